@@ -1,0 +1,37 @@
+"""Embedding-bag kernels behind one contract, chosen by name from a registry."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.registry import Backend, KernelEntry, get, list_kernels, register, register_unavailable
+from kernels.validate import validate_bags, validate_tables
+
+__all__ = [
+    "Backend",
+    "KernelEntry",
+    "embedding_bag",
+    "get",
+    "list_kernels",
+    "register",
+    "register_unavailable",
+    "validate_bags",
+    "validate_tables",
+]
+
+
+def embedding_bag(
+    name: str,
+    weight: torch.Tensor,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    per_sample_weights: torch.Tensor | None = None,
+    mode: str = "sum",
+    sparse: bool = True,
+) -> torch.Tensor:
+    """Validate the bags, then run kernel `name`. Returns (B, D) with B = len(offsets) - 1."""
+    entry = get(name, weight.device.type)
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (rows, dim), got shape {tuple(weight.shape)}")
+    validate_bags(weight.shape[0], indices, offsets, per_sample_weights)
+    return entry.fn(weight, indices, offsets, per_sample_weights, mode, sparse)

@@ -1,0 +1,67 @@
+"""Turns a kernel's forward and per-lookup backward into a differentiable embedding-bag."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["BagBackward", "BagForward", "bag_ids", "differentiable"]
+
+# forward(weight, indices, offsets, per_sample_weights | None) -> (B, D)
+BagForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+# backward(grad_out (B, D), indices, offsets, per_sample_weights | None) -> (N, D), one row per lookup
+BagBackward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def bag_ids(offsets: torch.Tensor, num_indices: int) -> torch.Tensor:
+    """The bag each index belongs to: (N,) int64, from CSR offsets."""
+    lengths = offsets[1:] - offsets[:-1]
+    bags = torch.arange(lengths.numel(), device=offsets.device)
+    return torch.repeat_interleave(bags, lengths.long(), output_size=num_indices)
+
+
+class _Bag(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, indices, offsets, per_sample_weights, fwd, bwd, sparse):  # type: ignore[override]
+        ctx.save_for_backward(weight, indices, offsets, per_sample_weights)
+        ctx.bwd, ctx.sparse = bwd, sparse
+        return fwd(weight, indices, offsets, per_sample_weights)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        weight, indices, offsets, psw = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_w = grad_psw = None
+        if ctx.needs_input_grad[0]:
+            values = ctx.bwd(grad_out, indices, offsets, psw)  # (N, D)
+            if ctx.sparse:
+                # indices were validated before the forward, so the invariant check is skipped
+                grad_w = torch.sparse_coo_tensor(
+                    indices.long().unsqueeze(0), values, weight.shape, check_invariants=False
+                )
+            else:
+                grad_w = torch.zeros_like(weight).index_add_(0, indices.long(), values)
+        if ctx.needs_input_grad[3]:
+            bags = bag_ids(offsets, indices.numel())
+            grad_psw = (weight.index_select(0, indices.long()) * grad_out.index_select(0, bags)).sum(1)
+        return grad_w, None, None, grad_psw, None, None, None
+
+
+def differentiable(fwd: BagForward, bwd: BagBackward) -> Callable[..., torch.Tensor]:
+    """Wrap a kernel's (forward, backward) pair into the registry's `fn` contract."""
+
+    def fn(
+        weight: torch.Tensor,
+        indices: torch.Tensor,
+        offsets: torch.Tensor,
+        per_sample_weights: torch.Tensor | None = None,
+        mode: str = "sum",
+        sparse: bool = True,
+    ) -> torch.Tensor:
+        if mode != "sum":
+            raise NotImplementedError(f"mode={mode!r}: only 'sum' is implemented; use kernel 'torch' for it")
+        return _Bag.apply(weight, indices, offsets, per_sample_weights, fwd, bwd, sparse)
+
+    fn.__doc__ = fwd.__doc__
+    return fn

@@ -1,0 +1,113 @@
+"""Input checks that every unchecked kernel relies on: shapes, dtypes, index and offset ranges."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["validate_bags", "validate_tables"]
+
+_INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def validate_bags(
+    num_rows: int | None,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    per_sample_weights: torch.Tensor | None = None,
+    *,
+    where: str = "",
+) -> None:
+    """Raise ValueError unless (indices, offsets) describe valid bags over `num_rows` rows.
+
+    Offsets are CSR style: B + 1 non-decreasing entries from 0 to len(indices).
+    `where` prefixes messages (e.g. "table 3") so the caller's context is named.
+
+    Args:
+        num_rows: rows of the table the indices address; None skips the range check.
+        indices: 1-D int32/int64 row ids.
+        offsets: 1-D int32/int64, length B + 1.
+        per_sample_weights: optional 1-D floating tensor, one weight per index.
+        where: context for the message.
+    """
+    at = f"{where}: " if where else ""
+    for name, t in (("indices", indices), ("offsets", offsets)):
+        if t.dtype not in _INDEX_DTYPES:
+            raise ValueError(f"{at}{name} must be int32 or int64, got {t.dtype}")
+        if t.dim() != 1:
+            raise ValueError(f"{at}{name} must be 1-D, got shape {tuple(t.shape)}")
+    n = indices.numel()
+    if offsets.numel() == 0:
+        raise ValueError(f"{at}offsets must have B + 1 >= 1 entries, got none")
+    first, last = int(offsets[0]), int(offsets[-1])
+    if first != 0:
+        raise ValueError(f"{at}offsets[0] must be 0, got {first}")
+    if last != n:
+        raise ValueError(f"{at}offsets[-1] = {last} overruns the {n} indices (it must equal len(indices))")
+    if offsets.numel() > 1:
+        bad = (offsets[1:] < offsets[:-1]).nonzero()
+        if bad.numel():
+            i = int(bad[0, 0])
+            raise ValueError(
+                f"{at}offsets decrease at position {i + 1}: "
+                f"offsets[{i}] = {int(offsets[i])} > offsets[{i + 1}] = {int(offsets[i + 1])}"
+            )
+    if n and num_rows is not None:
+        bad = ((indices < 0) | (indices >= num_rows)).nonzero()
+        if bad.numel():
+            i = int(bad[0, 0])
+            bag = int(torch.searchsorted(offsets, torch.tensor(i, dtype=offsets.dtype), right=True)) - 1
+            raise ValueError(
+                f"{at}index {int(indices[i])} at position {i} (bag {bag}) is out of range [0, {num_rows})"
+            )
+    if per_sample_weights is not None:
+        if not per_sample_weights.is_floating_point():
+            raise ValueError(f"{at}per_sample_weights must be floating point, got {per_sample_weights.dtype}")
+        if per_sample_weights.shape != indices.shape:
+            raise ValueError(
+                f"{at}per_sample_weights has shape {tuple(per_sample_weights.shape)}, "
+                f"indices {tuple(indices.shape)}: they must match"
+            )
+
+
+def validate_tables(
+    table_rows: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Check a table-batched lookup (T tables x B bags, tables concatenated) table by table.
+
+    Layout, e.g. T=2, B=2 (bags 0,1 of table 0 then bags 0,1 of table 1):
+        indices = [3, 1, 4 | 0 | 2, 2]      offsets = [0, 2, 3, 4, 6]
+    Table t's bags are offsets[t*B : (t+1)*B + 1].
+
+    Args:
+        table_rows: (T,) int64, rows of each table (on the device of `indices`).
+        indices: (N,) int32/int64, row ids local to their table.
+        offsets: (T*B + 1,) int32/int64, CSR over all bags.
+        batch_size: B.
+    Returns:
+        (N,) int64, the table of each index (callers need it to address a fused table).
+    """
+    num_tables = table_rows.numel()
+    if offsets.dim() == 1 and offsets.numel() != num_tables * batch_size + 1:
+        raise ValueError(
+            f"offsets has {offsets.numel()} entries; {num_tables} tables x {batch_size} bags "
+            f"need {num_tables * batch_size + 1}"
+        )
+    validate_bags(None, indices, offsets)  # shapes, dtypes and offsets; ranges below, per table
+    table_starts = offsets[:: max(batch_size, 1)] if batch_size else offsets.new_zeros(num_tables + 1)
+    per_table = (table_starts[1:] - table_starts[:-1]).long()  # (T,) lookups per table
+    table_ids = torch.repeat_interleave(
+        torch.arange(num_tables, device=indices.device), per_table, output_size=indices.numel()
+    )
+    if indices.numel():
+        limits = table_rows.index_select(0, table_ids)
+        bad = ((indices < 0) | (indices >= limits)).nonzero()
+        if bad.numel():
+            i = int(bad[0, 0])
+            t = int(table_ids[i])
+            pos = i - int(table_starts[t])
+            bag = int(torch.searchsorted(offsets, torch.tensor(i, dtype=offsets.dtype), right=True)) - 1
+            raise ValueError(
+                f"table {t}: index {int(indices[i])} at position {pos} (bag {bag - t * batch_size}) "
+                f"is out of range [0, {int(table_rows[t])})"
+            )
+    return table_ids

@@ -1,0 +1,252 @@
+"""`dlrmbench train` and `dlrmbench presets`: the reference's flags, parsed once at the edge."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import replace
+from typing import Any
+
+import psutil
+
+from model.config import DLRMConfig, Interaction, parse_sizes
+from model.data import RandomData
+from model.presets import PRESETS, get_preset, scale_rows
+from model.train import LossFunction, TrainConfig, load_checkpoint, resolve_device, run
+
+__all__ = ["add_train_arguments", "parse_bool", "print_presets", "train_main"]
+
+_ARCH_FLAGS = ("arch_sparse_feature_size", "arch_embedding_size", "arch_mlp_bot", "arch_mlp_top",
+               "arch_interaction_op", "arch_interaction_itself")  # fmt: skip
+_MEMORY_FRACTION = 0.8  # of available memory the tables may take before we refuse
+
+
+def parse_bool(text: str) -> bool:
+    """The reference's `--flag=True` / `--flag=False` form (and 1/0, yes/no)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def _flag_bool(parser: argparse._ActionsContainer, name: str, help: str) -> None:
+    parser.add_argument(name, nargs="?", const=True, default=None, type=parse_bool, metavar="BOOL", help=help)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    arch = p.add_argument_group("architecture (reference flags; defaults are the reference's)")
+    arch.add_argument("--preset", help=f"named configuration: {', '.join(PRESETS)} (see `dlrmbench presets`)")
+    arch.add_argument(
+        "--scale", type=float, default=1.0, help="divide every table's rows by this (presets too big)"
+    )
+    arch.add_argument("--arch-sparse-feature-size", type=int, help="embedding dim D (default 2)")
+    arch.add_argument(
+        "--arch-embedding-size", help="rows per table, e.g. 1000-1000-1000 or 100000x26 (default 4-3-2)"
+    )
+    arch.add_argument("--arch-mlp-bot", help="bottom MLP, dense features first, D last (default 4-3-2)")
+    arch.add_argument(
+        "--arch-mlp-top", help="top MLP after its input, which the interaction sets (default 4-2-1)"
+    )
+    arch.add_argument("--arch-interaction-op", choices=[str(i) for i in Interaction], help="default dot")
+    _flag_bool(arch, "--arch-interaction-itself", "dot: include self-interaction terms")
+    arch.add_argument("--kernel", default="torch", help="embedding-bag kernel (see `dlrmbench kernels`)")
+    arch.add_argument(
+        "--embedding-grad",
+        choices=["sparse", "dense"],
+        default="sparse",
+        help="embedding gradient layout (sparse, as the reference)",
+    )
+
+    data = p.add_argument_group("data")
+    data.add_argument("--data-generation", default="random", help="random (synthetic and dataset: not yet)")
+    data.add_argument("--data-size", type=int, default=1, help="samples in the random data set")
+    data.add_argument("--mini-batch-size", type=int, default=1)
+    data.add_argument("--num-batches", type=int, default=0, help="batches per epoch (0: the whole data set)")
+    data.add_argument(
+        "--num-indices-per-lookup", type=int, help="pooling factor L (default 10, or the preset's)"
+    )
+    _flag_bool(data, "--num-indices-per-lookup-fixed", "every bag has exactly L lookups")
+    _flag_bool(data, "--round-targets", "labels in {0, 1} instead of U[0, 1)")
+    data.add_argument("--numpy-rand-seed", type=int, default=123, help="seed of the data and the weights")
+
+    tr = p.add_argument_group("training")
+    tr.add_argument("--nepochs", type=int, default=1)
+    tr.add_argument("--learning-rate", type=float, default=0.01)
+    tr.add_argument(
+        "--loss-function",
+        choices=[str(x) for x in LossFunction],
+        default="bce",
+        help="default bce (the reference defaults to mse)",
+    )
+    tr.add_argument("--loss-weights", default="1.0-1.0", help="wbce: weights of label 0 and label 1")
+    _flag_bool(tr, "--inference-only", "forward passes only, no update")
+    tr.add_argument("--save-model", default="", help="write the trained model here")
+    tr.add_argument("--load-model", default="", help="start from this saved model (its architecture)")
+
+    run_ = p.add_argument_group("run")
+    _flag_bool(run_, "--use-gpu", "run on the first CUDA device")
+    run_.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    run_.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    run_.add_argument("--print-freq", type=int, default=1)
+    _flag_bool(run_, "--print-time", "print ms/it on each progress line")
+    run_.add_argument("--json-out", default="", help="write throughput, losses and config as JSON")
+
+
+def _model_config(args: argparse.Namespace) -> tuple[DLRMConfig, int, list[str]]:
+    """Reference defaults < preset < explicit flags. Returns (config, pooling factor, notes)."""
+    notes: list[str] = []
+    base, pooling = DLRMConfig(), 10
+    if args.preset:
+        preset = get_preset(args.preset)
+        base, pooling = preset.config, preset.pooling_factor
+        notes.append(f"preset {preset.name}: {preset.source}")
+    cfg = base
+    if args.arch_sparse_feature_size is not None:
+        cfg = replace(cfg, embedding_dim=args.arch_sparse_feature_size)
+    if args.arch_embedding_size:
+        cfg = replace(cfg, table_rows=parse_sizes(args.arch_embedding_size, "--arch-embedding-size"))
+    if args.arch_mlp_bot:
+        cfg = replace(cfg, bottom_mlp=parse_sizes(args.arch_mlp_bot, "--arch-mlp-bot"))
+    if args.arch_mlp_top:
+        cfg = replace(cfg, top_mlp=parse_sizes(args.arch_mlp_top, "--arch-mlp-top"))
+    if args.arch_interaction_op:
+        cfg = replace(cfg, interaction=Interaction(args.arch_interaction_op))
+    if args.arch_interaction_itself is not None:
+        cfg = replace(cfg, interaction_itself=args.arch_interaction_itself)
+    cfg = replace(cfg, kernel=args.kernel, sparse_grad=args.embedding_grad == "sparse")
+    if args.scale != 1:
+        before = cfg.table_bytes()
+        cfg = scale_rows(cfg, args.scale)
+        notes.append(
+            f"scaled down: table rows divided by {args.scale:g}, {_gib(before)} -> {_gib(cfg.table_bytes())} "
+            "of embedding tables"
+        )
+    if args.num_indices_per_lookup is not None:
+        pooling = args.num_indices_per_lookup
+    return cfg.validate(), pooling, notes
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _check_memory(cfg: DLRMConfig) -> None:
+    need, avail = cfg.table_bytes(), psutil.virtual_memory().available
+    if need > _MEMORY_FRACTION * avail:
+        scale = math.ceil(need / (0.5 * avail))
+        raise ValueError(
+            f"the embedding tables need {_gib(need)} but only {_gib(avail)} of memory is available: "
+            f"run it scaled down, e.g. --scale {scale} (rows divided by {scale})"
+        )
+
+
+def train_main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.data_generation != "random":
+        raise NotImplementedError(
+            f"--data-generation {args.data_generation}: only 'random' is implemented so far"
+        )
+    if args.mini_batch_size < 1 or args.print_freq < 1 or args.nepochs < 1 or args.num_batches < 0:
+        raise ValueError("--mini-batch-size, --print-freq and --nepochs must be >= 1, --num-batches >= 0")
+    device = args.device or ("cuda" if args.use_gpu else "cpu")
+    if args.use_gpu and device == "cpu":
+        raise ValueError("--use-gpu conflicts with --device cpu")
+    resolve_device(device)
+    cfg, pooling, notes = _model_config(args)
+    state = None
+    if args.load_model:
+        import torch
+
+        ckpt = load_checkpoint(args.load_model, torch.device("cpu"))
+        saved = DLRMConfig.from_dict(ckpt["config"])
+        given = {f for f in _ARCH_FLAGS if getattr(args, f) not in (None, "")}
+        if given and (saved.to_dict() | {"kernel": 0, "sparse_grad": 0}) != (
+            cfg.to_dict() | {"kernel": 0, "sparse_grad": 0}
+        ):
+            raise ValueError(
+                f"--load-model {args.load_model} holds a different architecture from the flags given "
+                f"({', '.join('--' + g.replace('_', '-') for g in sorted(given))}); drop them to use the saved one"
+            )
+        cfg = replace(saved, kernel=cfg.kernel, sparse_grad=cfg.sparse_grad)
+        state = ckpt["state_dict"]
+        notes.append(f"loaded model from {args.load_model}")
+    _check_memory(cfg)
+    weights = parse_sizes_float(args.loss_weights)
+    data = RandomData(
+        cfg.table_rows,
+        cfg.num_dense,
+        args.mini_batch_size,
+        max(args.data_size, args.mini_batch_size * args.num_batches),
+        pooling,
+        bool(args.num_indices_per_lookup_fixed),
+        args.numpy_rand_seed,
+        bool(args.round_targets),
+    )
+    for note in notes:
+        print(note)
+    print(
+        f"model: {cfg.num_tables} tables, D={cfg.embedding_dim}, rows {sum(cfg.table_rows):,} "
+        f"({_gib(cfg.table_bytes())}), bottom {'-'.join(map(str, cfg.bottom_mlp))}, "
+        f"top {'-'.join(map(str, cfg.top_mlp_full))}, interaction {cfg.interaction}"
+        f"{' with self terms' if cfg.interaction_itself else ''}, {cfg.num_parameters():,} parameters, "
+        f"L={pooling}{' fixed' if args.num_indices_per_lookup_fixed else ''}, kernel {cfg.kernel}"
+    )
+    train = TrainConfig(
+        learning_rate=args.learning_rate,
+        nepochs=args.nepochs,
+        num_batches=args.num_batches,
+        loss_function=LossFunction(args.loss_function),
+        loss_weights=weights,
+        inference_only=bool(args.inference_only),
+        device=device,
+        threads=args.threads,
+        seed=args.numpy_rand_seed,
+        print_freq=args.print_freq,
+        print_time=bool(args.print_time),
+        save_model=args.save_model,
+        json_out=args.json_out,
+        extra={
+            "batch_size": args.mini_batch_size,
+            "pooling_factor": pooling,
+            "preset": args.preset,
+            "notes": notes,
+        },
+    )
+    return run(cfg, train, data, state_dict=state)
+
+
+def parse_sizes_float(text: str) -> tuple[float, float]:
+    parts = text.split("-")
+    try:
+        w0, w1 = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--loss-weights {text!r}: expected two numbers, e.g. 1.0-1.0") from None
+    return w0, w1
+
+
+def print_presets() -> None:
+    avail = psutil.virtual_memory().available
+    header = (
+        f"{'preset':<8} {'T':>3} {'D':>4} {'L':>4} {'rows':>14} {'parameters':>15} {'tables':>10}  fits here"
+    )
+    print(header)
+    print("-" * len(header))
+    for p in PRESETS.values():
+        c = p.config
+        fits = (
+            "yes"
+            if c.table_bytes() <= _MEMORY_FRACTION * avail
+            else (f"no: --scale {math.ceil(c.table_bytes() / (0.5 * avail))}")
+        )
+        print(
+            f"{p.name:<8} {c.num_tables:>3} {c.embedding_dim:>4} {p.pooling_factor:>4} {sum(c.table_rows):>14,} "
+            f"{c.num_parameters():>15,} {_gib(c.table_bytes()):>10}  {fits}"
+        )
+    print()
+    for p in PRESETS.values():
+        c = p.config
+        print(
+            f"{p.name}: {p.source}\n    bottom {'-'.join(map(str, c.bottom_mlp))}, "
+            f"top {'-'.join(map(str, c.top_mlp_full))}"
+        )

@@ -1,0 +1,109 @@
+"""DLRM (Naumov et al. 2019): bottom MLP, pooled embeddings, pairwise interaction, top MLP."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import kernels
+from model.config import DLRMConfig, Interaction
+
+__all__ = ["DLRM", "Embeddings", "interact"]
+
+
+def _mlp(sizes: tuple[int, ...], generator: torch.Generator | None, sigmoid_last: bool) -> nn.Sequential:
+    """Linear + ReLU layers, the last one Sigmoid when `sigmoid_last`; the reference's init."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        linear = nn.Linear(n_in, n_out)
+        with torch.no_grad():
+            linear.weight.normal_(0.0, math.sqrt(2.0 / (n_in + n_out)), generator=generator)
+            linear.bias.normal_(0.0, math.sqrt(1.0 / n_out), generator=generator)
+        last = i == len(sizes) - 2
+        layers += [linear, nn.Sigmoid() if (last and sigmoid_last) else nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class Embeddings(nn.Module):
+    """T tables of the same dim D kept in one (sum E, D) weight, looked up in one kernel call.
+
+    Fusing the tables (as FBGEMM's table-batched embedding does) turns T small kernel
+    calls, T sparse gradients and T optimizer updates into one of each.
+    """
+
+    def __init__(
+        self,
+        table_rows: tuple[int, ...],
+        dim: int,
+        kernel: str,
+        sparse: bool,
+        generator: torch.Generator | None,
+    ):
+        super().__init__()
+        self.kernel = kernel
+        self.sparse = sparse
+        self._fn = kernels.get(kernel).fn
+        starts = torch.tensor((0, *table_rows), dtype=torch.int64).cumsum(0)  # (T + 1,)
+        self.register_buffer("row_starts", starts, persistent=False)
+        self.register_buffer("table_rows", torch.tensor(table_rows, dtype=torch.int64), persistent=False)
+        self.weight = nn.Parameter(torch.empty(int(starts[-1]), dim))
+        with torch.no_grad():
+            for t, rows in enumerate(table_rows):  # the reference's U(-1/sqrt(E), 1/sqrt(E)) per table
+                bound = math.sqrt(1.0 / rows)
+                self.weight[starts[t] : starts[t + 1]].uniform_(-bound, bound, generator=generator)
+
+    def forward(self, indices: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """(N,) table-local indices, (T*B + 1,) offsets -> pooled (T, B, D)."""
+        table_ids = kernels.validate_tables(self.table_rows, indices, offsets, batch_size)
+        rows = indices + self.row_starts.index_select(0, table_ids)  # (N,) rows of the fused weight
+        out = self._fn(self.weight, rows, offsets, None, "sum", self.sparse)  # (T*B, D)
+        return out.view(self.table_rows.numel(), batch_size, -1)
+
+
+def interact(x: torch.Tensor, ly: torch.Tensor, op: Interaction, pairs: torch.Tensor | None) -> torch.Tensor:
+    """Second-order interaction, concatenated with the bottom MLP output x.
+
+    Args:
+        x: (B, D) bottom MLP output.
+        ly: (T, B, D) pooled embeddings.
+        op: dot (pairwise dot products of all T + 1 vectors) or cat.
+        pairs: for dot, flat indices into the (T+1, T+1) Gram matrix of the pairs kept
+            (strict lower triangle, or with the diagonal for self-interaction), row-major
+            as in the reference.
+    Returns:
+        (B, D + num_pairs) for dot, (B, (T + 1) * D) for cat.
+    """
+    if op == Interaction.CAT:
+        return torch.cat([x, ly.transpose(0, 1).flatten(1)], dim=1)
+    vectors = torch.cat([x.unsqueeze(0), ly], dim=0).transpose(0, 1)  # (B, T+1, D)
+    gram = torch.bmm(vectors, vectors.transpose(1, 2))  # (B, T+1, T+1)
+    return torch.cat([x, gram.flatten(1).index_select(1, pairs)], dim=1)
+
+
+class DLRM(nn.Module):
+    """forward(dense (B, F), indices (N,), offsets (T*B + 1,)) -> click probability (B,)."""
+
+    def __init__(self, config: DLRMConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        self.config = config.validate()
+        self.bottom = _mlp(config.bottom_mlp, generator, sigmoid_last=False)
+        self.embeddings = Embeddings(
+            config.table_rows, config.embedding_dim, config.kernel, config.sparse_grad, generator
+        )
+        self.top = _mlp(config.top_mlp_full, generator, sigmoid_last=True)
+        n = config.num_tables + 1
+        rows, cols = torch.tril_indices(n, n, offset=0 if config.interaction_itself else -1)
+        self.register_buffer("pairs", rows * n + cols, persistent=False)
+
+    def forward(self, dense: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        if dense.dim() != 2 or dense.shape[1] != self.config.num_dense:
+            raise ValueError(
+                f"dense features have shape {tuple(dense.shape)} but --arch-mlp-bot starts with "
+                f"{self.config.num_dense}: the bottom MLP's input must equal the data's dense width"
+            )
+        x = self.bottom(dense)  # (B, D)
+        ly = self.embeddings(indices, offsets, dense.shape[0])  # (T, B, D)
+        z = interact(x, ly, self.config.interaction, self.pairs)  # (B, top input)
+        return self.top(z).squeeze(1)  # (B,)

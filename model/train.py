@@ -1,0 +1,212 @@
+"""The training / inference loop: reference-style progress lines, throughput by step and by wall clock."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum, unique
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import kernels
+from model.config import DLRMConfig
+from model.data import Batch
+from model.dlrm import DLRM
+
+__all__ = ["LossFunction", "TrainConfig", "load_checkpoint", "make_loss", "resolve_device", "run"]
+
+CHECKPOINT_VERSION = 1  # 1: {"version", "config", "state_dict", "iterations"}
+
+
+@unique
+class LossFunction(StrEnum):
+    MSE = "mse"
+    BCE = "bce"
+    WBCE = "wbce"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    learning_rate: float = 0.01  # the reference's default
+    nepochs: int = 1
+    num_batches: int = 0  # 0: one pass over the data
+    loss_function: LossFunction = LossFunction.BCE  # the reference defaults to mse
+    loss_weights: tuple[float, float] = (1.0, 1.0)  # wbce: weight of label 0 and of label 1
+    inference_only: bool = False
+    device: str = "cpu"
+    threads: int = 0  # 0: leave torch's default
+    seed: int = 123
+    print_freq: int = 1
+    print_time: bool = False
+    save_model: str = ""
+    json_out: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in --json-out as given
+
+
+def resolve_device(device: str) -> torch.device:
+    """'cpu' or 'cuda[:n]'; ValueError with the reason when CUDA is asked for but absent."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", built without CUDA")
+        raise ValueError(f"--use-gpu / --device {device}: no CUDA device is visible ({build})")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: allowed: cpu, cuda")
+    return dev
+
+
+def make_loss(
+    kind: LossFunction, weights: tuple[float, float]
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Loss on probabilities, as the reference computes it (BCELoss on the sigmoid output)."""
+    if kind == LossFunction.MSE:
+        return torch.nn.MSELoss()
+    if kind == LossFunction.BCE:
+        return torch.nn.BCELoss()
+    bce = torch.nn.BCELoss(reduction="none")
+    w = torch.tensor(weights)
+
+    def wbce(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (w.to(p.device)[y.round().long()] * bce(p, y)).mean()
+
+    return wbce
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> dict[str, Any]:
+    """Read a --save-model file (weights_only: no pickled code is ever run)."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: not a dlrmbench checkpoint (version {CHECKPOINT_VERSION})")
+    return ckpt
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(
+    config: DLRMConfig,
+    train: TrainConfig,
+    data: Iterable[Batch],
+    *,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train (or with inference_only, evaluate) DLRM on `data`; returns the --json-out record."""
+    device = resolve_device(train.device)
+    kernels.get(config.kernel, device.type)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    model = DLRM(config, torch.Generator().manual_seed(train.seed))
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    model.to(device)
+    loss_fn = make_loss(train.loss_function, train.loss_weights)
+    optimizer = torch.optim.SGD(model.parameters(), lr=train.learning_rate)
+    model.train(not train.inference_only)
+    mode = "inference" if train.inference_only else "training"
+
+    losses: list[float] = []
+    step_s = data_s = 0.0
+    samples = iters = 0
+    window_loss = torch.zeros((), device=device)
+    window_samples = window_iters = 0
+    window_step_s = 0.0
+    nbatches = len(data) if train.num_batches == 0 else train.num_batches  # type: ignore[arg-type]
+    wall0 = time.perf_counter()
+    for epoch in range(train.nepochs):
+        t_data = time.perf_counter()
+        for j, batch in enumerate(data):
+            if j >= nbatches:
+                break
+            batch = batch.to(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            data_s += t0 - t_data
+            if train.inference_only:
+                with torch.no_grad():
+                    loss = loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels)
+            else:
+                loss = loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            _sync(device)
+            dt = time.perf_counter() - t0
+            step_s += dt
+            B = batch.batch_size
+            samples += B
+            iters += 1
+            window_loss += loss.detach() * B
+            window_samples += B
+            window_iters += 1
+            window_step_s += dt
+            if (j + 1) % train.print_freq == 0 or j + 1 == nbatches:
+                mean_loss = float(window_loss) / window_samples
+                losses.append(mean_loss)
+                ms = 1000.0 * window_step_s / window_iters if train.print_time else -1.0
+                log(
+                    f"Finished {mode} it {j + 1}/{nbatches} of epoch {epoch}, "
+                    f"{ms:.2f} ms/it, loss {mean_loss:.6f}"
+                )
+                window_loss.zero_()
+                window_samples = window_iters = 0
+                window_step_s = 0.0
+            t_data = time.perf_counter()
+    wall_s = time.perf_counter() - wall0
+    if iters == 0:
+        raise ValueError("no batches were run: check --num-batches, --data-size and --mini-batch-size")
+
+    result = {
+        "mode": mode,
+        "kernel": config.kernel,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "iterations": iters,
+        "samples": samples,
+        "samples_per_s": samples / wall_s,
+        "step_samples_per_s": samples / step_s,
+        "ms_per_iter": 1000.0 * step_s / iters,
+        "data_ms_per_iter": 1000.0 * data_s / iters,
+        "wall_s": wall_s,
+        "train_loss": losses,
+        "config": config.to_dict(),
+        "train_config": {k: v for k, v in asdict(train).items() if k != "extra"},
+        **train.extra,
+        "versions": {"torch": torch.__version__, "numpy": np.__version__},
+    }
+    log(
+        f"{mode}: {iters} it, {result['ms_per_iter']:.2f} ms/it (step), "
+        f"{result['step_samples_per_s']:,.0f} samples/s by step time, "
+        f"{result['samples_per_s']:,.0f} samples/s by wall clock "
+        f"(data {result['data_ms_per_iter']:.2f} ms/it), kernel {config.kernel}, {device}, "
+        f"{result['threads']} threads"
+    )
+    if train.save_model:
+        torch.save(
+            {
+                "version": CHECKPOINT_VERSION,
+                "config": config.to_dict(),
+                "state_dict": model.state_dict(),
+                "iterations": iters,
+            },
+            train.save_model,
+        )
+        log(f"saved model to {train.save_model}")
+    if train.json_out:
+        _write_json(Path(train.json_out), result)
+    return result
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
