@@ -56,9 +56,7 @@ def validate_bags(
         if bad.numel():
             i = int(bad[0, 0])
             bag = int(torch.searchsorted(offsets, torch.tensor(i, dtype=offsets.dtype), right=True)) - 1
-            raise ValueError(
-                f"{at}index {int(indices[i])} at position {i} (bag {bag}) is out of range [0, {num_rows})"
-            )
+            raise ValueError(f"{at}index {int(indices[i])} at position {i} (bag {bag}) is out of range [0, {num_rows})")
     if per_sample_weights is not None:
         if not per_sample_weights.is_floating_point():
             raise ValueError(f"{at}per_sample_weights must be floating point, got {per_sample_weights.dtype}")

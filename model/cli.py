@@ -38,17 +38,11 @@ def _flag_bool(parser: argparse._ActionsContainer, name: str, help: str) -> None
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     arch = p.add_argument_group("architecture (reference flags; defaults are the reference's)")
     arch.add_argument("--preset", help=f"named configuration: {', '.join(PRESETS)} (see `dlrmbench presets`)")
-    arch.add_argument(
-        "--scale", type=float, default=1.0, help="divide every table's rows by this (presets too big)"
-    )
+    arch.add_argument("--scale", type=float, default=1.0, help="divide every table's rows by this (presets too big)")
     arch.add_argument("--arch-sparse-feature-size", type=int, help="embedding dim D (default 2)")
-    arch.add_argument(
-        "--arch-embedding-size", help="rows per table, e.g. 1000-1000-1000 or 100000x26 (default 4-3-2)"
-    )
+    arch.add_argument("--arch-embedding-size", help="rows per table, e.g. 1000-1000-1000 or 100000x26 (default 4-3-2)")
     arch.add_argument("--arch-mlp-bot", help="bottom MLP, dense features first, D last (default 4-3-2)")
-    arch.add_argument(
-        "--arch-mlp-top", help="top MLP after its input, which the interaction sets (default 4-2-1)"
-    )
+    arch.add_argument("--arch-mlp-top", help="top MLP after its input, which the interaction sets (default 4-2-1)")
     arch.add_argument("--arch-interaction-op", choices=[str(i) for i in Interaction], help="default dot")
     _flag_bool(arch, "--arch-interaction-itself", "dot: include self-interaction terms")
     arch.add_argument("--kernel", default="torch", help="embedding-bag kernel (see `dlrmbench kernels`)")
@@ -64,9 +58,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--data-size", type=int, default=1, help="samples in the random data set")
     data.add_argument("--mini-batch-size", type=int, default=1)
     data.add_argument("--num-batches", type=int, default=0, help="batches per epoch (0: the whole data set)")
-    data.add_argument(
-        "--num-indices-per-lookup", type=int, help="pooling factor L (default 10, or the preset's)"
-    )
+    data.add_argument("--num-indices-per-lookup", type=int, help="pooling factor L (default 10, or the preset's)")
     _flag_bool(data, "--num-indices-per-lookup-fixed", "every bag has exactly L lookups")
     _flag_bool(data, "--round-targets", "labels in {0, 1} instead of U[0, 1)")
     data.add_argument("--numpy-rand-seed", type=int, default=123, help="seed of the data and the weights")
@@ -144,9 +136,7 @@ def _check_memory(cfg: DLRMConfig) -> None:
 
 def train_main(args: argparse.Namespace) -> dict[str, Any]:
     if args.data_generation != "random":
-        raise NotImplementedError(
-            f"--data-generation {args.data_generation}: only 'random' is implemented so far"
-        )
+        raise NotImplementedError(f"--data-generation {args.data_generation}: only 'random' is implemented so far")
     if args.mini_batch_size < 1 or args.print_freq < 1 or args.nepochs < 1 or args.num_batches < 0:
         raise ValueError("--mini-batch-size, --print-freq and --nepochs must be >= 1, --num-batches >= 0")
     device = args.device or ("cuda" if args.use_gpu else "cpu")
@@ -227,9 +217,7 @@ def parse_sizes_float(text: str) -> tuple[float, float]:
 
 def print_presets() -> None:
     avail = psutil.virtual_memory().available
-    header = (
-        f"{'preset':<8} {'T':>3} {'D':>4} {'L':>4} {'rows':>14} {'parameters':>15} {'tables':>10}  fits here"
-    )
+    header = f"{'preset':<8} {'T':>3} {'D':>4} {'L':>4} {'rows':>14} {'parameters':>15} {'tables':>10}  fits here"
     print(header)
     print("-" * len(header))
     for p in PRESETS.values():

@@ -5,6 +5,7 @@ Letters: B batch, T tables, E rows per table, D embedding dim, L pooling factor.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum, unique
 from typing import Any, Self
@@ -121,5 +122,5 @@ class DLRMConfig:
     def num_parameters(self) -> int:
         mlp = 0
         for layers in (self.bottom_mlp, self.top_mlp_full):
-            mlp += sum(n_in * n_out + n_out for n_in, n_out in zip(layers, layers[1:], strict=False))
+            mlp += sum(n_in * n_out + n_out for n_in, n_out in itertools.pairwise(layers))
         return sum(self.table_rows) * self.embedding_dim + mlp

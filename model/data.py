@@ -35,9 +35,7 @@ class Batch:
         return self.indices[offs[0] : offs[-1]], offs - offs[0]
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(
-            *(t.to(device, non_blocking=True) for t in (self.dense, self.indices, self.offsets, self.labels))
-        )
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.dense, self.indices, self.offsets, self.labels)))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -16,7 +17,7 @@ __all__ = ["DLRM", "Embeddings", "interact"]
 def _mlp(sizes: tuple[int, ...], generator: torch.Generator | None, sigmoid_last: bool) -> nn.Sequential:
     """Linear + ReLU layers, the last one Sigmoid when `sigmoid_last`; the reference's init."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         linear = nn.Linear(n_in, n_out)
         with torch.no_grad():
             linear.weight.normal_(0.0, math.sqrt(2.0 / (n_in + n_out)), generator=generator)

@@ -60,9 +60,7 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def make_loss(
-    kind: LossFunction, weights: tuple[float, float]
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_loss(kind: LossFunction, weights: tuple[float, float]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Loss on probabilities, as the reference computes it (BCELoss on the sigmoid output)."""
     if kind == LossFunction.MSE:
         return torch.nn.MSELoss()
@@ -151,10 +149,7 @@ def run(
                 mean_loss = float(window_loss) / window_samples
                 losses.append(mean_loss)
                 ms = 1000.0 * window_step_s / window_iters if train.print_time else -1.0
-                log(
-                    f"Finished {mode} it {j + 1}/{nbatches} of epoch {epoch}, "
-                    f"{ms:.2f} ms/it, loss {mean_loss:.6f}"
-                )
+                log(f"Finished {mode} it {j + 1}/{nbatches} of epoch {epoch}, {ms:.2f} ms/it, loss {mean_loss:.6f}")
                 window_loss.zero_()
                 window_samples = window_iters = 0
                 window_step_s = 0.0
