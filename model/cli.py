@@ -14,7 +14,7 @@ from model.data import RandomData
 from model.presets import PRESETS, get_preset, scale_rows
 from model.train import LossFunction, TrainConfig, load_checkpoint, resolve_device, run
 
-__all__ = ["add_train_arguments", "parse_bool", "print_presets", "train_main"]
+__all__ = ["add_commands", "add_train_arguments", "parse_bool", "print_presets", "train_main"]
 
 _ARCH_FLAGS = ("arch_sparse_feature_size", "arch_embedding_size", "arch_mlp_bot", "arch_mlp_top",
                "arch_interaction_op", "arch_interaction_itself")  # fmt: skip
@@ -238,3 +238,15 @@ def print_presets() -> None:
             f"{p.name}: {p.source}\n    bottom {'-'.join(map(str, c.bottom_mlp))}, "
             f"top {'-'.join(map(str, c.top_mlp_full))}"
         )
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train or run inference on DLRM (the reference's flags)",
+        description="Train DLRM (Naumov et al. 2019). Flags follow the reference dlrm_s_pytorch.py; "
+        "--loss-function defaults to bce (the reference's default is mse).",
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=lambda a: train_main(a) and 0)
+    sub.add_parser("presets", help="list named model configurations").set_defaults(func=lambda a: print_presets())
