@@ -19,7 +19,7 @@ from model.config import DLRMConfig
 from model.data import Batch
 from model.dlrm import DLRM
 
-__all__ = ["LossFunction", "TrainConfig", "load_checkpoint", "make_loss", "resolve_device", "run"]
+__all__ = ["LossFunction", "TrainConfig", "load_checkpoint", "make_loss", "resolve_device", "run", "save_checkpoint"]
 
 CHECKPOINT_VERSION = 1  # 1: {"version", "config", "state_dict", "iterations"}
 
@@ -73,6 +73,15 @@ def make_loss(kind: LossFunction, weights: tuple[float, float]) -> Callable[[tor
         return (w.to(p.device)[y.round().long()] * bce(p, y)).mean()
 
     return wbce
+
+
+def save_checkpoint(model: DLRM, path: str | os.PathLike[str], *, iterations: int = 0) -> None:
+    """Write config + weights (tensors and plain types only, so weights_only loading works)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    ckpt = {"version": CHECKPOINT_VERSION, "config": model.config.to_dict(), "state_dict": state, "iterations": iterations}
+    tmp = Path(str(path) + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> dict[str, Any]:
@@ -184,15 +193,7 @@ def run(
         f"{result['threads']} threads"
     )
     if train.save_model:
-        torch.save(
-            {
-                "version": CHECKPOINT_VERSION,
-                "config": config.to_dict(),
-                "state_dict": model.state_dict(),
-                "iterations": iters,
-            },
-            train.save_model,
-        )
+        save_checkpoint(model, train.save_model, iterations=iters)
         log(f"saved model to {train.save_model}")
     if train.json_out:
         _write_json(Path(train.json_out), result)

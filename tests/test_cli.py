@@ -1,0 +1,133 @@
+"""The dlrmbench command line: reference flags, presets, kernels, JSON output and error messages."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import psutil
+import pytest
+import torch
+
+from profiler.cli import build_parser, main
+
+_LINE = re.compile(r"^Finished training it (\d+)/(\d+) of epoch 0, (-?\d+\.\d\d) ms/it, loss (\d+\.\d{6})$", re.M)
+
+
+def test_train_prints_reference_lines_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    argv = ["train", "--preset=tiny", "--data-size=40", "--mini-batch-size=8", "--print-time", f"--json-out={out}"]
+    assert main(argv) == 0
+    lines = _LINE.findall(capsys.readouterr().out)
+    assert [(int(a), int(b)) for a, b, _, _ in lines] == [(i, 5) for i in range(1, 6)]
+    assert all(float(ms) > 0 for _, _, ms, _ in lines)
+    record = json.loads(out.read_text())
+    for key in ("samples_per_s", "step_samples_per_s", "ms_per_iter", "train_loss", "kernel", "device", "config"):
+        assert key in record
+    assert [round(x, 6) for x in record["train_loss"]] == [float(loss) for *_, loss in lines]
+    assert record["kernel"] == "torch" and record["device"] == "cpu"
+    assert record["versions"]["torch"] == torch.__version__
+    assert record["config"]["top_mlp_input"] == 4 * 3 // 2 + 4  # tiny: T=3, D=4
+    assert record["samples"] == 40
+
+
+def test_reference_defaults_and_boolean_forms():
+    parse = build_parser().parse_args
+    a = parse(["train"])
+    assert (a.arch_sparse_feature_size, a.arch_embedding_size, a.learning_rate, a.loss_function) == (
+        None, None, 0.01, "bce",
+    )  # fmt: skip
+    assert parse(["train", "--num-indices-per-lookup-fixed"]).num_indices_per_lookup_fixed is True
+    assert parse(["train", "--num-indices-per-lookup-fixed=True"]).num_indices_per_lookup_fixed is True
+    assert parse(["train", "--num-indices-per-lookup-fixed=False"]).num_indices_per_lookup_fixed is False
+    assert parse(["train", "--arch-interaction-itself", "--print-time=True"]).arch_interaction_itself is True
+    with pytest.raises(SystemExit):
+        parse(["train", "--inference-only=maybe"])
+
+
+def test_help_states_bce_default():
+    proc = subprocess.run([sys.executable, "-m", "profiler.cli", "train", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert "defaults to mse" in " ".join(proc.stdout.split())
+
+
+def test_reference_architecture_flags(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["train", "--arch-sparse-feature-size=8", "--arch-embedding-size=30-20-10-5", "--arch-mlp-bot=7-16-8",
+            "--arch-mlp-top=12-1", "--arch-interaction-op=dot", "--arch-interaction-itself=True",
+            "--num-indices-per-lookup=3", "--num-indices-per-lookup-fixed=True", "--mini-batch-size=4",
+            "--num-batches=3", "--learning-rate=0.5", "--loss-function=mse", "--kernel=torch_naive",
+            f"--json-out={out}"]  # fmt: skip
+    assert main(argv) == 0
+    cfg = json.loads(out.read_text())["config"]
+    assert cfg["table_rows"] == [30, 20, 10, 5] and cfg["bottom_mlp"] == [7, 16, 8]
+    assert cfg["top_mlp_input"] == 5 * 6 // 2 + 8  # n = 5 vectors, with self terms
+    assert cfg["kernel"] == "torch_naive"
+    assert "3 it" in capsys.readouterr().out
+
+
+def test_cat_interaction_and_inference_only(tmp_path):
+    out = tmp_path / "i.json"
+    argv = ["train", "--preset=tiny", "--arch-interaction-op=cat", "--inference-only", "--data-size=16",
+            "--mini-batch-size=8", f"--json-out={out}"]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads(out.read_text())
+    assert record["mode"] == "inference" and record["config"]["top_mlp_input"] == 4 * 4
+
+
+def test_save_then_load_model(tmp_path, capsys):
+    ckpt = tmp_path / "m.pt"
+    base = ["train", "--preset=tiny", "--data-size=16", "--mini-batch-size=8"]
+    assert main([*base, f"--save-model={ckpt}"]) == 0
+    assert main([*base, f"--load-model={ckpt}", "--inference-only"]) == 0
+    assert f"loaded model from {ckpt}" in capsys.readouterr().out
+    assert main([*base, f"--load-model={ckpt}", "--arch-mlp-bot=5-8-4", "--arch-sparse-feature-size=4",
+                 "--arch-embedding-size=9-9-9"]) == 2  # fmt: skip
+    assert "holds a different architecture" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--preset=nope"], "unknown preset 'nope'; presets: tiny, demo"),
+        (["--arch-embedding-size=10-x"], "--arch-embedding-size: 'x' in '10-x' is not an integer"),
+        (["--arch-mlp-bot=4-3-5"], "--arch-mlp-bot ends in 5 but --arch-sparse-feature-size is 2"),
+        (["--arch-mlp-top=4-2"], "--arch-mlp-top must end in 1"),
+        (["--kernel=fast"], "unknown kernel 'fast'"),
+        (["--data-generation=dataset"], "only 'random' is implemented"),
+        (["--scale=0.5"], "--scale must be >= 1"),
+    ],
+)
+def test_bad_flags_give_clear_errors(argv, message, capsys):
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present, so --use-gpu is valid")
+def test_use_gpu_without_gpu_is_a_clear_error(capsys):
+    assert main(["train", "--use-gpu"]) == 2
+    assert "no CUDA device is visible" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(psutil.virtual_memory().available > 150 * 2**30, reason="this machine could hold mlperf's tables")
+def test_too_large_preset_is_refused_with_a_scale_hint(capsys):
+    assert main(["train", "--preset=mlperf"]) == 2
+    assert re.search(r"need \d+\.\d\d GiB .* --scale \d+", capsys.readouterr().err)
+
+
+def test_scaled_preset_says_so(capsys):
+    assert main(["train", "--preset=rm2", "--scale=1000", "--num-batches=1", "--mini-batch-size=4"]) == 0
+    out = capsys.readouterr().out
+    assert "scaled down: table rows divided by 1000" in out and "rows 16,000 " in out
+
+
+def test_presets_and_kernels_listings(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("tiny", "demo", "kaggle", "rm1", "rm2", "rm3", "mlperf"):
+        assert re.search(rf"^{name}\s+\d+", out, re.M)
+    assert main(["kernels"]) == 0
+    assert re.search(r"^torch\s+torch\s+cpu,cuda\s+yes", capsys.readouterr().out, re.M)

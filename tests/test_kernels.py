@@ -1,0 +1,108 @@
+"""Every available embedding-bag kernel against torch's own embedding_bag, forward and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+
+CPU_KERNELS = [e.name for e in kernels.list_kernels() if e.available and "cpu" in e.devices]
+
+
+def _reference(weight, indices, offsets, psw):
+    return F.embedding_bag(
+        indices.long(), weight, offsets.long(), mode="sum", per_sample_weights=psw, include_last_offset=True
+    )
+
+
+# Jagged batches, sketched:
+#   bags   : [0: 1 2 2] [1: -] [2: 4] [3: -]     (bags 1 and 3 empty, row 2 repeated)
+#   indices: 1 2 2 4        offsets: 0 3 3 4 4
+CASES = {
+    "repeats_and_empty_bags": (6, [1, 2, 2, 4], [0, 3, 3, 4, 4]),
+    "single_row_table": (1, [0, 0, 0], [0, 1, 3]),
+    "all_bags_empty": (5, [], [0, 0, 0]),
+    "no_bags": (4, [], [0]),
+    "one_bag_many": (9, [8, 0, 3, 3, 7, 1], [0, 6]),
+}
+
+
+@pytest.mark.parametrize("name", CPU_KERNELS)
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dim", [1, 3, 16])
+def test_forward_and_gradients_match_torch(name, case, index_dtype, weighted, dim):
+    rows, idx, offs = CASES[case]
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(rows, dim, generator=g)
+    indices = torch.tensor(idx, dtype=index_dtype)
+    offsets = torch.tensor(offs, dtype=index_dtype)
+    psw = torch.rand(len(idx), generator=g) if weighted else None
+    grad_out = torch.randn(len(offs) - 1, dim, generator=g)
+
+    w_ref = weight.clone().requires_grad_()
+    p_ref = psw.clone().requires_grad_() if weighted else None
+    out_ref = _reference(w_ref, indices, offsets, p_ref)
+    out_ref.backward(grad_out)
+
+    for sparse in (True, False):
+        w = weight.clone().requires_grad_()
+        p = psw.clone().requires_grad_() if weighted else None
+        out = kernels.embedding_bag(name, w, indices, offsets, p, sparse=sparse)
+        assert out.shape == (len(offs) - 1, dim)
+        torch.testing.assert_close(out, out_ref)
+        out.backward(grad_out)
+        assert w.grad.is_sparse == sparse
+        torch.testing.assert_close(w.grad.to_dense(), w_ref.grad)
+        if weighted:
+            torch.testing.assert_close(p.grad, p_ref.grad)
+
+
+@pytest.mark.parametrize("name", CPU_KERNELS)
+def test_gradcheck_float64(name):
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    psw = torch.rand(6, dtype=torch.float64, generator=g, requires_grad=True)
+    indices = torch.tensor([0, 6, 6, 2, 3, 0])
+    offsets = torch.tensor([0, 2, 2, 5, 6])
+    fn = kernels.get(name).fn
+    assert torch.autograd.gradcheck(lambda w, p: fn(w, indices, offsets, p, "sum", False), (weight, psw))
+
+
+def test_bad_indices_and_offsets_are_named():
+    w = torch.zeros(10, 4)
+    with pytest.raises(ValueError, match=r"index 10 at position 2 \(bag 1\) is out of range \[0, 10\)"):
+        kernels.embedding_bag("torch", w, torch.tensor([1, 2, 10]), torch.tensor([0, 2, 3]))
+    with pytest.raises(ValueError, match=r"index -1 at position 0 \(bag 0\)"):
+        kernels.embedding_bag("torch_naive", w, torch.tensor([-1]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"offsets decrease at position 2: offsets\[1\] = 3 > offsets\[2\] = 1"):
+        kernels.embedding_bag("torch", w, torch.tensor([1, 2, 3]), torch.tensor([0, 3, 1, 3]))
+    with pytest.raises(ValueError, match=r"offsets\[-1\] = 5 overruns the 3 indices"):
+        kernels.embedding_bag("torch", w, torch.tensor([1, 2, 3]), torch.tensor([0, 2, 5]))
+    with pytest.raises(ValueError, match=r"indices must be int32 or int64"):
+        kernels.embedding_bag("torch", w, torch.tensor([1.0]), torch.tensor([0, 1]))
+
+
+def test_table_batched_validation_names_the_table():
+    # T=2 tables of 3 and 5 rows, B=2:  table 0: [0 2] [1] | table 1: [4] [5 <- out of range]
+    rows = torch.tensor([3, 5])
+    indices = torch.tensor([0, 2, 1, 4, 5])
+    offsets = torch.tensor([0, 2, 3, 4, 5])
+    with pytest.raises(ValueError, match=r"table 1: index 5 at position 1 \(bag 1\) is out of range \[0, 5\)"):
+        kernels.validate_tables(rows, indices, offsets, 2)
+    ok = torch.tensor([0, 2, 1, 4, 0])
+    assert kernels.validate_tables(rows, ok, offsets, 2).tolist() == [0, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"2 tables x 3 bags need 7"):
+        kernels.validate_tables(rows, ok, offsets, 3)
+
+
+def test_registry_lookup_errors():
+    with pytest.raises(ValueError, match=r"unknown kernel 'nope'; registered kernels: .*torch"):
+        kernels.get("nope")
+    names = [e.name for e in kernels.list_kernels()]
+    assert {"torch", "torch_naive"} <= set(names)
+    with pytest.raises(NotImplementedError, match="only 'sum'"):
+        kernels.get("torch_naive").fn(torch.zeros(2, 2), torch.tensor([0]), torch.tensor([0, 1]), None, "mean")
