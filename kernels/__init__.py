@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels.autograd import fused_sgd_bag
 from kernels.registry import Backend, KernelEntry, get, list_kernels, register, register_unavailable
 from kernels.validate import validate_bags, validate_tables
 
@@ -11,6 +12,7 @@ __all__ = [
     "Backend",
     "KernelEntry",
     "embedding_bag",
+    "fused_sgd_bag",
     "get",
     "list_kernels",
     "register",

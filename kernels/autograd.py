@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["BagBackward", "BagForward", "bag_ids", "differentiable"]
+__all__ = ["BagBackward", "BagForward", "bag_ids", "differentiable", "fused_sgd_bag"]
 
 # forward(weight, indices, offsets, per_sample_weights | None) -> (B, D)
 BagForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -65,3 +65,30 @@ def differentiable(fwd: BagForward, bwd: BagBackward) -> Callable[..., torch.Ten
 
     fn.__doc__ = fwd.__doc__
     return fn
+
+
+class _FusedSGDBag(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, rows, offsets, fn, lr):  # type: ignore[override]
+        ctx.save_for_backward(weight, rows, offsets)
+        ctx.lr = lr
+        return fn(weight.detach(), rows, offsets, None, "sum", True)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        from kernels.update import sgd_from_bags
+
+        weight, rows, offsets = ctx.saved_tensors
+        sgd_from_bags(weight, rows, offsets, grad_out.contiguous(), None, ctx.lr)
+        return None, None, None, None, None
+
+
+def fused_sgd_bag(
+    fn: Callable[..., torch.Tensor], weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor, lr: float
+) -> torch.Tensor:
+    """Kernel `fn`'s forward; its backward applies SGD to `weight` directly and returns no gradient.
+
+    This is FBGEMM's fused-optimizer backward: the (N, D) per-lookup gradient and the
+    sparse tensor holding it are never built.
+    """
+    return _FusedSGDBag.apply(weight, rows, offsets, fn, lr)

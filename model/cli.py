@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from model.config import DLRMConfig, Interaction, parse_sizes
+from model.config import DLRMConfig, EmbeddingGrad, Interaction, parse_sizes
 from model.data import RandomData
 from model.presets import PRESETS, get_preset, scale_rows
 from model.train import LossFunction, TrainConfig, load_checkpoint, resolve_device, run
@@ -48,9 +48,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     arch.add_argument("--kernel", default="torch", help="embedding-bag kernel (see `dlrmbench kernels`)")
     arch.add_argument(
         "--embedding-grad",
-        choices=["sparse", "dense"],
+        choices=[str(g) for g in EmbeddingGrad],
         default="sparse",
-        help="embedding gradient layout (sparse, as the reference)",
+        help="sparse (the reference's), dense, or fused: SGD applied inside the backward as FBGEMM does",
     )
 
     data = p.add_argument_group("data")
@@ -107,7 +107,7 @@ def _model_config(args: argparse.Namespace) -> tuple[DLRMConfig, int, list[str]]
         cfg = replace(cfg, interaction=Interaction(args.arch_interaction_op))
     if args.arch_interaction_itself is not None:
         cfg = replace(cfg, interaction_itself=args.arch_interaction_itself)
-    cfg = replace(cfg, kernel=args.kernel, sparse_grad=args.embedding_grad == "sparse")
+    cfg = replace(cfg, kernel=args.kernel, embedding_grad=EmbeddingGrad(args.embedding_grad))
     if args.scale != 1:
         before = cfg.table_bytes()
         cfg = scale_rows(cfg, args.scale)
@@ -151,14 +151,14 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         ckpt = load_checkpoint(args.load_model, torch.device("cpu"))
         saved = DLRMConfig.from_dict(ckpt["config"])
         given = {f for f in _ARCH_FLAGS if getattr(args, f) not in (None, "")}
-        if given and (saved.to_dict() | {"kernel": 0, "sparse_grad": 0}) != (
-            cfg.to_dict() | {"kernel": 0, "sparse_grad": 0}
+        if given and (saved.to_dict() | {"kernel": 0, "embedding_grad": 0}) != (
+            cfg.to_dict() | {"kernel": 0, "embedding_grad": 0}
         ):
             raise ValueError(
                 f"--load-model {args.load_model} holds a different architecture from the flags given "
                 f"({', '.join('--' + g.replace('_', '-') for g in sorted(given))}); drop them to use the saved one"
             )
-        cfg = replace(saved, kernel=cfg.kernel, sparse_grad=cfg.sparse_grad)
+        cfg = replace(saved, kernel=cfg.kernel, embedding_grad=cfg.embedding_grad)
         state = ckpt["state_dict"]
         notes.append(f"loaded model from {args.load_model}")
     _check_memory(cfg)

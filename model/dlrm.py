@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import kernels
-from model.config import DLRMConfig, Interaction
+from model.config import DLRMConfig, EmbeddingGrad, Interaction
 
 __all__ = ["DLRM", "Embeddings", "interact"]
 
@@ -23,7 +23,7 @@ def _mlp(sizes: tuple[int, ...], generator: torch.Generator | None, sigmoid_last
             linear.weight.normal_(0.0, math.sqrt(2.0 / (n_in + n_out)), generator=generator)
             linear.bias.normal_(0.0, math.sqrt(1.0 / n_out), generator=generator)
         last = i == len(sizes) - 2
-        layers += [linear, nn.Sigmoid() if (last and sigmoid_last) else nn.ReLU()]
+        layers += [linear, nn.Sigmoid() if (last and sigmoid_last) else nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -39,12 +39,13 @@ class Embeddings(nn.Module):
         table_rows: tuple[int, ...],
         dim: int,
         kernel: str,
-        sparse: bool,
+        grad: EmbeddingGrad,
         generator: torch.Generator | None,
     ):
         super().__init__()
         self.kernel = kernel
-        self.sparse = sparse
+        self.grad = grad
+        self.fused_lr: float | None = None  # the trainer sets it for EmbeddingGrad.FUSED
         self._fn = kernels.get(kernel).fn
         starts = torch.tensor((0, *table_rows), dtype=torch.int64).cumsum(0)  # (T + 1,)
         self.register_buffer("row_starts", starts, persistent=False)
@@ -59,7 +60,13 @@ class Embeddings(nn.Module):
         """(N,) table-local indices, (T*B + 1,) offsets -> pooled (T, B, D)."""
         table_ids = kernels.validate_tables(self.table_rows, indices, offsets, batch_size)
         rows = indices + self.row_starts.index_select(0, table_ids)  # (N,) rows of the fused weight
-        out = self._fn(self.weight, rows, offsets, None, "sum", self.sparse)  # (T*B, D)
+        if self.grad == EmbeddingGrad.FUSED and self.training and torch.is_grad_enabled():
+            if self.fused_lr is None:
+                raise ValueError("embedding_grad=fused needs the learning rate: set Embeddings.fused_lr")
+            out = kernels.fused_sgd_bag(self._fn, self.weight, rows, offsets, self.fused_lr)  # (T*B, D)
+        else:
+            sparse = self.grad != EmbeddingGrad.DENSE
+            out = self._fn(self.weight, rows, offsets, None, "sum", sparse)  # (T*B, D)
         return out.view(self.table_rows.numel(), batch_size, -1)
 
 
@@ -91,7 +98,7 @@ class DLRM(nn.Module):
         self.config = config.validate()
         self.bottom = _mlp(config.bottom_mlp, generator, sigmoid_last=False)
         self.embeddings = Embeddings(
-            config.table_rows, config.embedding_dim, config.kernel, config.sparse_grad, generator
+            config.table_rows, config.embedding_dim, config.kernel, config.embedding_grad, generator
         )
         self.top = _mlp(config.top_mlp_full, generator, sigmoid_last=True)
         n = config.num_tables + 1

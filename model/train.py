@@ -18,6 +18,7 @@ import kernels
 from model.config import DLRMConfig
 from model.data import Batch
 from model.dlrm import DLRM
+from model.optim import SGD
 
 __all__ = ["LossFunction", "TrainConfig", "load_checkpoint", "make_loss", "resolve_device", "run", "save_checkpoint"]
 
@@ -78,7 +79,12 @@ def make_loss(kind: LossFunction, weights: tuple[float, float]) -> Callable[[tor
 def save_checkpoint(model: DLRM, path: str | os.PathLike[str], *, iterations: int = 0) -> None:
     """Write config + weights (tensors and plain types only, so weights_only loading works)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ckpt = {"version": CHECKPOINT_VERSION, "config": model.config.to_dict(), "state_dict": state, "iterations": iterations}
+    ckpt = {
+        "version": CHECKPOINT_VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": state,
+        "iterations": iterations,
+    }
     tmp = Path(str(path) + ".tmp")
     torch.save(ckpt, tmp)
     os.replace(tmp, path)
@@ -115,7 +121,8 @@ def run(
         model.load_state_dict(state_dict)
     model.to(device)
     loss_fn = make_loss(train.loss_function, train.loss_weights)
-    optimizer = torch.optim.SGD(model.parameters(), lr=train.learning_rate)
+    model.embeddings.fused_lr = train.learning_rate
+    optimizer = SGD(model.parameters(), lr=train.learning_rate)
     model.train(not train.inference_only)
     mode = "inference" if train.inference_only else "training"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import DLRMConfig, Interaction
+from model.config import DLRMConfig, EmbeddingGrad, Interaction
 from model.data import RandomData
 from model.dlrm import DLRM
 from model.train import TrainConfig, load_checkpoint, run, save_checkpoint
@@ -102,12 +102,15 @@ def test_torch_and_naive_kernels_train_identically():
     assert len(set(np.round(a["train_loss"], 6))) > 1
 
 
-def test_dense_embedding_gradient_trains_like_sparse():
+@pytest.mark.parametrize("grad", [EmbeddingGrad.DENSE, EmbeddingGrad.FUSED])
+@pytest.mark.parametrize("kernel", ["torch", "torch_naive"])
+def test_dense_and_fused_embedding_updates_train_like_sparse(grad, kernel):
     from dataclasses import replace
 
     cfg, data, sparse = _train("torch")
-    dense = run(replace(cfg, sparse_grad=False), TrainConfig(learning_rate=0.1, seed=7), data, log=lambda s: None)
-    np.testing.assert_allclose(sparse["train_loss"], dense["train_loss"], rtol=1e-5)
+    other = run(replace(cfg, embedding_grad=grad, kernel=kernel), TrainConfig(learning_rate=0.1, seed=7), data,
+                log=lambda s: None)  # fmt: skip
+    np.testing.assert_allclose(sparse["train_loss"], other["train_loss"], rtol=1e-5)
 
 
 def test_save_load_round_trip_gives_identical_predictions(tmp_path):
@@ -135,5 +138,17 @@ def test_checkpoint_loading_refuses_pickled_code(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"version": 1, "x": Evil()}, path)
-    with pytest.raises(Exception, match="(?i)weights_only|unsupported"):
+    with pytest.raises(Exception, match=r"(?i)weights_only|unsupported"):
         load_checkpoint(path, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("itself", [False, True])
+def test_dot_interaction_gradient(itself):
+    from model.dlrm import interact
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    ly = torch.randn(2, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    rows, cols = torch.tril_indices(3, 3, offset=0 if itself else -1)
+    pairs = rows * 3 + cols
+    assert torch.autograd.gradcheck(lambda a, b: interact(a, b, Interaction.DOT, pairs), (x, ly))

@@ -1,0 +1,170 @@
+"""`dlrmbench bench dlrm`: whole-model training step time and wall-clock throughput, kernels side by side.
+
+Configurations run round-robin, one step each in turn on the same batch, so a noisy
+neighbour slows them all alike and the ratios stay meaningful on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.config import DLRMConfig, EmbeddingGrad, parse_sizes
+from model.data import RandomData
+from model.dlrm import DLRM
+from model.optim import SGD
+from model.train import LossFunction, make_loss
+from profiler.timer import Measurement
+
+__all__ = ["add_bench_targets", "bench_dlrm"]
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def bench_dlrm(
+    config: DLRMConfig,
+    batch_sizes: list[int],
+    kernels: list[str],
+    grads: list[EmbeddingGrad],
+    *,
+    pooling_factor: int = 10,
+    fixed: bool = False,
+    steps: int = 50,
+    warmup: int = 5,
+    seed: int = 123,
+    learning_rate: float = 0.01,
+) -> list[dict[str, Any]]:
+    """Time training steps (forward, BCE, backward, SGD) of each (kernel, gradient mode) per batch size.
+
+    Returns one record per (batch size, kernel, gradient mode) with raw step and data-generation
+    samples, their medians, and samples/s by step time and by wall clock (step + data).
+    """
+    loss_fn = make_loss(LossFunction.BCE, (1.0, 1.0))
+    records = []
+    for B in batch_sizes:
+        data = RandomData(config.table_rows, config.num_dense, B, B * (steps + warmup), pooling_factor, fixed, seed)
+        runs = []
+        for kernel in kernels:
+            for grad in grads:
+                model = DLRM(replace(config, kernel=kernel, embedding_grad=grad), torch.Generator().manual_seed(seed))
+                model.embeddings.fused_lr = learning_rate
+                runs.append((kernel, grad, model, SGD(model.parameters(), lr=learning_rate), []))
+        data_s = []
+        for i in range(steps + warmup):
+            t0 = time.perf_counter()
+            batch = data.batch(i)
+            if i >= warmup:
+                data_s.append(time.perf_counter() - t0)
+            for *_, model, opt, step_s in runs:
+                t0 = time.perf_counter()
+                loss = loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if i >= warmup:
+                    step_s.append(time.perf_counter() - t0)
+        data_m = Measurement(data_s, threads=torch.get_num_threads())
+        for kernel, grad, _, _, step_s in runs:
+            step_m = Measurement(step_s, threads=torch.get_num_threads())
+            wall_m = Measurement([a + b for a, b in zip(step_s, data_s, strict=True)], threads=step_m.threads)
+            records.append(
+                {
+                    "kernel": kernel,
+                    "embedding_grad": str(grad),
+                    "batch_size": B,
+                    "threads": step_m.threads,
+                    "step_ms": step_m.median_s * 1e3,
+                    "step_iqr_ms": step_m.iqr_s * 1e3,
+                    "data_ms": data_m.median_s * 1e3,
+                    "data_share": data_m.median_s / wall_m.median_s,
+                    "step_samples_per_s": B / step_m.median_s,
+                    "samples_per_s": B / wall_m.median_s,
+                    "step": step_m.to_dict(),
+                    "data": data_m.to_dict(),
+                    "config": config.to_dict(),
+                    "pooling_factor": pooling_factor,
+                    "fixed": fixed,
+                }
+            )
+    return records
+
+
+def _print_table(records: list[dict[str, Any]]) -> None:
+    head = (f"{'B':>5} {'kernel':<12} {'grad':<7} {'step ms':>8} {'IQR ms':>7} {'step samples/s':>15} "
+            f"{'data ms':>8} {'data %':>6} {'wall samples/s':>15} {'vs first':>8}")  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    base: dict[int, float] = {}
+    for r in records:
+        first = base.setdefault(r["batch_size"], r["step_samples_per_s"])
+        print(
+            f"{r['batch_size']:>5} {r['kernel']:<12} {r['embedding_grad']:<7} {r['step_ms']:>8.2f} "
+            f"{r['step_iqr_ms']:>7.2f} {r['step_samples_per_s']:>15,.0f} {r['data_ms']:>8.2f} "
+            f"{100 * r['data_share']:>5.1f}% {r['samples_per_s']:>15,.0f} {r['step_samples_per_s'] / first:>7.2f}x"
+        )
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = DLRMConfig(
+        embedding_dim=args.arch_sparse_feature_size,
+        table_rows=parse_sizes(args.arch_embedding_size, "--arch-embedding-size"),
+        bottom_mlp=parse_sizes(args.arch_mlp_bot, "--arch-mlp-bot"),
+        top_mlp=parse_sizes(args.arch_mlp_top, "--arch-mlp-top"),
+    ).validate()
+    grads = [EmbeddingGrad(g) for g in _csv(args.embedding_grad)]
+    batch_sizes = [int(float(b)) for b in _csv(args.batch_size)]
+    print(
+        f"DLRM training step: {config.num_tables} tables x {config.table_rows[0]:,} rows, D={config.embedding_dim}, "
+        f"bottom {args.arch_mlp_bot}, top {'-'.join(map(str, config.top_mlp_full))}, L={args.num_indices_per_lookup}"
+        f"{' fixed' if args.num_indices_per_lookup_fixed else ' (random, as the reference)'}, "
+        f"{torch.get_num_threads()} threads, {args.steps} timed steps after {args.warmup} warm-up"
+    )
+    records = bench_dlrm(
+        config, batch_sizes, _csv(args.kernels), grads, pooling_factor=args.num_indices_per_lookup,
+        fixed=args.num_indices_per_lookup_fixed, steps=args.steps, warmup=args.warmup,
+    )  # fmt: skip
+    _print_table(records)
+    if args.json_out:
+        path = Path(args.json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"torch": torch.__version__, "numpy": np.__version__}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"versions": meta, "records": records}, indent=1) + "\n")
+        os.replace(tmp, path)
+        print(f"wrote {path}")
+    return 0
+
+
+def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "dlrm",
+        help="DLRM training throughput per kernel and batch size",
+        description="Time DLRM training steps (random data as the reference generates it), configurations "
+        "interleaved step by step. Defaults: the Kaggle shape with 100k rows per table.",
+    )
+    p.add_argument("--kernels", default="torch,torch_naive", help="comma-separated registry names")
+    p.add_argument("--batch-size", default="128,2048", help="comma-separated")
+    p.add_argument("--embedding-grad", default="sparse", help="comma-separated: sparse, dense, fused")
+    p.add_argument("--arch-sparse-feature-size", type=int, default=16)
+    p.add_argument("--arch-embedding-size", default="100000x26")
+    p.add_argument("--arch-mlp-bot", default="13-512-256-64-16")
+    p.add_argument("--arch-mlp-top", default="512-256-1")
+    p.add_argument("--num-indices-per-lookup", type=int, default=10)
+    p.add_argument("--num-indices-per-lookup-fixed", action="store_true")
+    p.add_argument("--steps", type=int, default=50, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--json-out", default="", help="write every record, raw samples included")
+    p.set_defaults(func=_cmd)

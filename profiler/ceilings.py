@@ -1,0 +1,325 @@
+"""The machine's own limits: bandwidth per cache level and DRAM, random-gather bandwidth, GEMM FLOP/s.
+
+Measured ceilings come from compiled loops timed with profiler.timer; derived ones from the
+fingerprint and stated assumptions. Each record says which (`source`), so plots draw measured
+ceilings solid and derived ones dashed.
+
+Byte counting follows STREAM: copy moves 2 x 4 bytes per element, triad 3 x 4 (the write-allocate
+read of the destination is not counted, so a write-allocate cache shows ~3/4 of the bus traffic).
+Gather is an embedding-bag over a table far larger than the last-level cache, counted with
+profiler.metrics.embedding_bag_cost, so an embedding-bag point divided by it is a like-for-like share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from profiler.metrics import embedding_bag_cost
+from profiler.timer import Measurement, measure
+
+__all__ = ["Ceiling", "derived_ceilings", "level_working_sets", "measure_ceilings"]
+
+_GATHER_DIMS = (16, 64, 128)  # D: Kaggle/MLPerf-sized rows of 64, 256 and 512 bytes
+_GATHER_POOLING = 32  # L per bag; large enough that the output write is a small share
+_GEMM_SQUARE = {"full": 2048, "quick": 1024}
+# DLRM-shaped (M=B, K=in, N=out): Kaggle bottom 512->256, Kaggle top 367->512, MLPerf top 1024->1024.
+_GEMM_DLRM = ((2048, 512, 256), (2048, 367, 512), (2048, 1024, 1024))
+_BUDGET = {"full": {"warmup_ms": 40.0, "rep_ms": 250.0}, "quick": {"warmup_ms": 10.0, "rep_ms": 40.0}}
+_CALL_BYTES = 64 << 20  # bytes counted per timed call of a cache-resident sweep (~1 ms at 64 GB/s)
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """One limit of the machine, measured or derived. `gbps` for bandwidth, `gflops` for compute."""
+
+    name: str  # copy, triad, gather, gemm, fma_peak, dram_peak
+    kind: str  # bandwidth | compute
+    source: str  # measured | derived
+    device: str = "cpu"
+    level: str = ""  # L1d, L2, L3, DRAM (bandwidth)
+    threads: int = 1
+    dtype: str = "float32"
+    gbps: float | None = None
+    gflops: float | None = None
+    working_set_bytes: int | None = None
+    shape: tuple[int, ...] = ()  # gemm (M, K, N); gather (rows, D, L)
+    method: str = ""
+    median_s: float | None = None
+    iqr_s: float | None = None
+    n_samples: int | None = None
+    contended: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def validate(self) -> Ceiling:
+        if self.kind not in ("bandwidth", "compute") or self.source not in ("measured", "derived"):
+            raise ValueError(
+                f"kind={self.kind!r}, source={self.source!r}: kind bandwidth|compute, source measured|derived"
+            )
+        if (self.gbps if self.kind == "bandwidth" else self.gflops) is None:
+            raise ValueError(
+                f"{self.name}: a {self.kind} ceiling needs {'gbps' if self.kind == 'bandwidth' else 'gflops'}"
+            )
+        return self
+
+    @property
+    def key(self) -> str:
+        """A stable label: 'triad/DRAM/2t/float32', 'gather/DRAM/D64/1t/float32', 'gemm/2048x2048x2048/2t/bfloat16'."""
+        where = self.level or "x".join(map(str, self.shape)) or "peak"
+        if self.name == "gather" and len(self.shape) > 1:
+            where += f"/D{self.shape[1]}"
+        return f"{self.name}/{where}/{self.threads}t/{self.dtype}" + ("" if self.device == "cpu" else f"/{self.device}")
+
+    @property
+    def value(self) -> float:
+        return float(self.gbps if self.kind == "bandwidth" else self.gflops)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "shape": list(self.shape), "key": self.key}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Ceiling:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["shape"] = tuple(known.get("shape", ()))
+        known["warnings"] = list(known.get("warnings", []))
+        return cls(**known).validate()
+
+
+def _from_measurement(m: Measurement, **kw: Any) -> Ceiling:
+    return Ceiling(
+        source="measured",
+        median_s=m.median_s,
+        iqr_s=m.iqr_s,
+        n_samples=len(m.samples_s),
+        contended=m.contended,
+        warnings=list(m.warnings),
+        threads=m.threads,
+        **kw,
+    ).validate()
+
+
+def level_working_sets(fp: dict[str, Any], threads: int) -> dict[str, int]:
+    """Total bytes (all arrays, all threads) that sit inside each level: half of L1d / L2 per thread,
+    half of L3, and 4 x the last level for DRAM. A level whose set would not exceed the one below is
+    left out (e.g. an L3 smaller than the L2s in use)."""
+    caches = fp.get("caches", {})
+    size = {lv: caches[lv]["size_bytes"] for lv in ("L1d", "L2", "L3") if lv in caches}
+    sets: dict[str, int] = {}
+    if "L1d" in size:
+        sets["L1d"] = threads * size["L1d"] // 2
+    if "L2" in size:
+        sets["L2"] = threads * size["L2"] // 2
+    if "L3" in size:
+        l3_total = size["L3"] * caches["L3"].get("instances", 1)
+        if l3_total // 2 > 2 * sets.get("L2", 0):
+            sets["L3"] = l3_total // 2
+    llc = max(size.values(), default=32 << 20) * (caches.get("L3", {}).get("instances", 1) if "L3" in size else 1)
+    sets["DRAM"] = max(4 * llc, 64 << 20)
+    for lower, upper in (("L1d", "L2"), ("L2", "L3")):
+        if lower in sets and upper in sets and sets[upper] <= sets[lower]:
+            del sets[upper]
+    return sets
+
+
+def _stream_ceiling(kind: str, level: str, ws_bytes: int, threads: int, budget: dict[str, float]) -> Ceiling:
+    from profiler.stream import kernels
+
+    fn = kernels()[kind]
+    narrays = 2 if kind == "copy" else 3
+    n = max(16, ws_bytes // (narrays * 4) // (16 * threads) * 16 * threads)  # per array, 64-byte chunks
+    arrays = [np.full(n, 1.0 + i, dtype=np.float32) for i in range(narrays)]  # written: no shared zero page
+    counted = narrays * 4 * n
+    reps = max(1, _CALL_BYTES // counted) if level != "DRAM" else 1
+    if kind == "copy":
+        call: Callable[[], object] = lambda: fn(arrays[0], arrays[1], threads, reps)  # noqa: E731
+    else:
+        call = lambda: fn(arrays[0], arrays[1], arrays[2], np.float32(0.5), threads, reps)  # noqa: E731
+    m = measure(call, threads=threads, **budget)
+    return _from_measurement(
+        m,
+        name=kind,
+        kind="bandwidth",
+        level=level,
+        gbps=counted * reps / m.median_s / 1e9,
+        working_set_bytes=counted,
+        method=f"numba {kind} loop, {threads} private chunks, {reps} sweeps per call, STREAM byte count",
+    )
+
+
+def _gather_ceiling(dim: int, table_bytes: int, threads: int, budget: dict[str, float], seed: int = 0) -> Ceiling:
+    from profiler.stream import kernels
+
+    rows = table_bytes // (4 * dim)
+    table = np.full((rows, dim), 1.0, dtype=np.float32)
+    lookups = max(rows // 4, 1 << 16)  # a call reads a quarter of the table's rows: several x the LLC
+    nbags = lookups // _GATHER_POOLING // threads * threads
+    idx = np.random.default_rng(seed).integers(0, rows, nbags * _GATHER_POOLING, dtype=np.int64)
+    out = np.empty((nbags, dim), dtype=np.float32)
+    fn = kernels()["gather"]
+    m = measure(lambda: fn(table, idx, out, _GATHER_POOLING, threads), threads=threads, **budget)
+    cost = embedding_bag_cost(nbags, idx.size, dim)
+    return _from_measurement(
+        m,
+        name="gather",
+        kind="bandwidth",
+        level="DRAM",
+        gbps=cost.bytes_moved / m.median_s / 1e9,
+        working_set_bytes=table.nbytes,
+        shape=(rows, dim, _GATHER_POOLING),
+        method="numba embedding-bag (sum) over uniform random rows; bytes = metrics.embedding_bag_cost",
+    )
+
+
+def _gemm_ceiling(
+    shape: tuple[int, int, int], dtype: str, threads: int | None, budget: dict[str, float], device: str = "cpu"
+) -> Ceiling:
+    import torch
+
+    M, K, N = shape
+    tdtype = getattr(torch, dtype)
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(M, K, generator=gen, device=device).to(tdtype)
+    b = torch.randn(K, N, generator=gen, device=device).to(tdtype)
+    m = measure(lambda: torch.mm(a, b), threads=threads, device=device, **budget)
+    return _from_measurement(
+        m,
+        name="gemm",
+        kind="compute",
+        device=device,
+        dtype=dtype,
+        gflops=2 * M * K * N / m.median_s / 1e9,
+        shape=shape,
+        method=f"torch.mm {M}x{K} @ {K}x{N}",
+    )
+
+
+def derived_ceilings(fp: dict[str, Any]) -> list[Ceiling]:
+    """Textbook peaks from the fingerprint, each with its assumptions in `method`.
+
+    CPU float32 peak = cores x MHz x FMA units x lanes x 2, assuming 2 FMA units per core at the widest
+    vector width the ISA flags allow. This overstates CPUs that split wide vectors (Zen 4 executes
+    512-bit FMAs on 256-bit units: half the AVX-512 figure), which is why plots prefer measured ceilings.
+    GPU DRAM = memory clock x bus width x 2 (DDR) / 8, where both are known.
+    """
+    out: list[Ceiling] = []
+    flags = set(fp.get("isa_flags", []))
+    cores = fp.get("affinity_cpus") or fp.get("physical_cores") or fp.get("logical_cpus")
+    mhz = fp.get("cpu_mhz")
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags or "avx" in flags else 4
+    fma = 2 if ("fma" in flags or "avx512f" in flags or "asimd" in flags) else 1
+    if cores and mhz:
+        per_cycle = 2 * lanes * fma  # 2 units x lanes x (2 FLOPs per FMA, or mul + add)
+        assume = f"{cores} cores x {mhz:.0f} MHz x 2 units x {lanes} lanes x {2 if fma == 2 else 1} FLOP"
+        out.append(
+            Ceiling(
+                "fma_peak", "compute", "derived", threads=cores, gflops=cores * mhz * per_cycle / 1e3, method=assume
+            )
+        )
+        if "avx512_bf16" in flags:
+            out.append(
+                Ceiling(
+                    "fma_peak", "compute", "derived", threads=cores, dtype="bfloat16",
+                    gflops=2 * cores * mhz * per_cycle / 1e3,
+                    method=assume + "; bf16 dot-product (vdpbf16ps) doubles the float32 rate",
+                )
+            )  # fmt: skip
+    for i, gpu in enumerate(fp.get("gpus", [])):
+        if gpu.get("memory_clock_mhz") and gpu.get("bus_width_bits"):
+            gbps = gpu["memory_clock_mhz"] * gpu["bus_width_bits"] * 2 / 8 / 1e3
+            out.append(
+                Ceiling(
+                    "dram_peak", "bandwidth", "derived", device=f"cuda:{i}", level="DRAM", gbps=gbps,
+                    method=f"{gpu['memory_clock_mhz']:.0f} MHz x {gpu['bus_width_bits']} bits x 2 / 8",
+                )
+            )  # fmt: skip
+    return [c.validate() for c in out]
+
+
+def measure_ceilings(
+    fp: dict[str, Any],
+    *,
+    quick: bool = False,
+    thread_counts: tuple[int, ...] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[Ceiling]:
+    """Measure every ceiling (a few seconds with quick, well under two minutes in full on 2 cores).
+
+    Args:
+        fp: the fingerprint (profiler.fingerprint.collect()), for cache sizes, cores and GPUs.
+        quick: smaller budgets, 1024 square GEMM, no DLRM-shaped GEMMs at 1 thread, D=64 gather only.
+        thread_counts: default (1, all CPUs this process may use).
+        log: called with one line per finished ceiling.
+    Returns:
+        Measured ceilings followed by derived ones.
+    """
+    mode = "quick" if quick else "full"
+    budget = _BUDGET[mode]
+    cpus = fp.get("affinity_cpus") or fp.get("logical_cpus") or 1
+    threads_list = thread_counts or tuple(sorted({1, cpus}))
+    say = log or (lambda _line: None)
+    out: list[Ceiling] = []
+
+    def add(c: Ceiling) -> None:
+        out.append(c)
+        say(_line(c))
+
+    for t in threads_list:
+        for level, ws in level_working_sets(fp, t).items():
+            for kind in ("copy", "triad"):
+                add(_stream_ceiling(kind, level, ws, t, budget))
+    llc = level_working_sets(fp, 1)["DRAM"] // 4
+    table_bytes = (8 if quick else 16) * llc  # a random row misses the LLC with probability >= 7/8
+    for t in threads_list:
+        for dim in (64,) if quick else _GATHER_DIMS:
+            add(_gather_ceiling(dim, table_bytes, t, budget))
+    import torch
+
+    n = _GEMM_SQUARE[mode]
+    bf16 = "avx512_bf16" in fp.get("isa_flags", []) or "amx_bf16" in fp.get("isa_flags", [])
+    for t in threads_list:
+        for dtype in ("float32", "bfloat16") if bf16 else ("float32",):
+            add(_gemm_ceiling((n, n, n), dtype, t, budget))
+            if not quick or t == threads_list[-1]:
+                for shape in _GEMM_DLRM[: 1 if quick else None]:
+                    add(_gemm_ceiling(shape, dtype, t, budget))
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            _gpu_ceilings(f"cuda:{i}", quick, budget, add)
+    derived = derived_ceilings(fp)
+    for c in derived:
+        say(_line(c))
+    return out + derived
+
+
+def _gpu_ceilings(device: str, quick: bool, budget: dict[str, float], add: Callable[[Ceiling], None]) -> None:
+    """Device copy bandwidth and GEMM FLOP/s (float32 without TF32, bfloat16); added through `add`."""
+    import torch
+
+    nbytes = (256 if quick else 1024) << 20
+    a = torch.ones(nbytes // 4, device=device)
+    b = torch.empty_like(a)
+    m = measure(lambda: b.copy_(a), device=device, **budget)
+    add(
+        _from_measurement(
+            m, name="copy", kind="bandwidth", device=device, level="DRAM", gbps=2 * nbytes / m.median_s / 1e9,
+            working_set_bytes=2 * nbytes, method="torch copy_ of a device tensor",
+        )
+    )  # fmt: skip
+    n = 4096 if quick else 8192
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for dtype in ("float32", "bfloat16"):
+            add(_gemm_ceiling((n, n, n), dtype, None, budget, device))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+
+
+def _line(c: Ceiling) -> str:
+    value = f"{c.gbps:9.1f} GB/s" if c.kind == "bandwidth" else f"{c.gflops:9.1f} GFLOP/s"
+    spread = f"IQR {c.iqr_s / c.median_s:4.0%}" if c.median_s and c.iqr_s is not None else "         "
+    flag = " CONTENDED" if c.contended else ""
+    return f"{c.source:8s} {c.key:40s} {value}  {spread}{flag}"

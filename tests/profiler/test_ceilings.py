@@ -1,0 +1,58 @@
+"""profiler.ceilings: working-set sizing and derived peaks by hand, record round trip, one tiny measured sweep."""
+
+from __future__ import annotations
+
+import pytest
+
+from profiler import ceilings
+from profiler.ceilings import Ceiling, derived_ceilings, level_working_sets
+
+FP = {
+    "affinity_cpus": 2,
+    "cpu_mhz": 2500.0,
+    "isa_flags": ["avx2", "fma", "avx512f", "avx512_bf16"],
+    "caches": {
+        "L1d": {"size_bytes": 32 << 10, "instances": 2},
+        "L2": {"size_bytes": 1 << 20, "instances": 2},
+        "L3": {"size_bytes": 32 << 20, "instances": 1},
+    },
+}
+
+
+def test_working_sets_by_level() -> None:
+    assert level_working_sets(FP, 1) == {"L1d": 16 << 10, "L2": 512 << 10, "L3": 16 << 20, "DRAM": 128 << 20}
+    assert level_working_sets(FP, 2) == {"L1d": 32 << 10, "L2": 1 << 20, "L3": 16 << 20, "DRAM": 128 << 20}
+
+
+def test_l3_not_above_the_l2s_is_left_out() -> None:
+    fp = {"caches": {"L2": {"size_bytes": 2 << 20}, "L3": {"size_bytes": 4 << 20, "instances": 1}}}
+    assert "L3" not in level_working_sets(fp, 2)
+
+
+def test_derived_peaks_by_hand() -> None:
+    peaks = {c.dtype: c for c in derived_ceilings(FP)}
+    # 2 cores x 2500 MHz x 2 FMA units x 16 lanes x 2 FLOP = 320 GFLOP/s; bf16 dot products double it
+    assert peaks["float32"].gflops == pytest.approx(320.0)
+    assert peaks["bfloat16"].gflops == pytest.approx(640.0)
+    assert all(c.source == "derived" for c in peaks.values())
+
+
+def test_gpu_dram_peak_derived_from_clock_and_bus() -> None:
+    fp = {"gpus": [{"name": "x", "memory_clock_mhz": 2619.0, "bus_width_bits": 5120}]}
+    (c,) = derived_ceilings(fp)
+    assert c.gbps == pytest.approx(2619.0 * 5120 * 2 / 8 / 1e3) and c.device == "cuda:0"
+
+
+def test_record_round_trip_and_validation() -> None:
+    c = Ceiling("triad", "bandwidth", "measured", level="DRAM", threads=2, gbps=20.0, warnings=["noisy"])
+    assert c.key == "triad/DRAM/2t/float32"
+    assert Ceiling.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError):
+        Ceiling("triad", "bandwidth", "guessed", gbps=1.0).validate()
+    with pytest.raises(ValueError):
+        Ceiling("gemm", "compute", "measured").validate()
+
+
+def test_tiny_measured_triad_is_positive() -> None:
+    c = ceilings._stream_ceiling("triad", "L1d", 12 << 10, 1, {"warmup_ms": 1.0, "rep_ms": 5.0})
+    assert c.source == "measured" and c.gbps > 0 and c.n_samples >= 5

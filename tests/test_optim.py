@@ -1,0 +1,76 @@
+"""Our SGD (parallel sparse row updates) against torch.optim.SGD."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.update import scatter_add_rows
+from model.optim import SGD
+
+
+def test_scatter_add_rows_matches_a_python_loop():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(9, 5, generator=g)
+    rows = torch.tensor([3, 0, 3, 8, 3, 1])  # row 3 three times
+    values = torch.randn(6, 5, generator=g)
+    want = weight.clone()
+    for i, r in enumerate(rows.tolist()):
+        want[r] += -0.5 * values[i]
+    scatter_add_rows(weight, rows, values, -0.5)
+    torch.testing.assert_close(weight, want)
+
+
+def test_scatter_add_rows_rejects_bad_rows():
+    with pytest.raises(ValueError, match=r"row ids span \[0, 9\], table has 9 rows"):
+        scatter_add_rows(torch.zeros(9, 2), torch.tensor([0, 9]), torch.zeros(2, 2), 1.0)
+    with pytest.raises(ValueError, match="do not match"):
+        scatter_add_rows(torch.zeros(9, 2), torch.tensor([0, 1]), torch.zeros(2, 3), 1.0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sgd_matches_torch_sgd_on_sparse_and_dense_grads(threads):
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(1000, 8, generator=g)
+    dense = torch.randn(4, 3, generator=g)
+    indices = torch.randint(0, 1000, (500,), generator=g)  # many repeats
+    offsets = torch.arange(0, 501, 5)
+    params = {}
+    for name, opt_cls in (("ours", SGD), ("torch", torch.optim.SGD)):
+        t = torch.nn.Parameter(table.clone())
+        d = torch.nn.Parameter(dense.clone())
+        opt = opt_cls([t, d], lr=0.3)
+        for _ in range(3):
+            out = torch.nn.functional.embedding_bag(indices, t, offsets, sparse=True, include_last_offset=True)
+            loss = (out**2).sum() + (d**3).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        params[name] = (t.detach(), d.detach())
+    torch.testing.assert_close(params["ours"][0], params["torch"][0])
+    torch.testing.assert_close(params["ours"][1], params["torch"][1])
+
+
+@pytest.mark.parametrize("kernel", ["torch", "torch_naive"])
+def test_fused_embedding_update_equals_sparse_gradient_then_torch_sgd(kernel):
+    from model.config import EmbeddingGrad
+    from model.data import RandomData
+    from model.dlrm import Embeddings
+
+    rows = (40, 1, 25)
+    batch = RandomData(rows, 3, 16, 16, pooling_factor=6, seed=3).batch(0)
+    grad_out = torch.randn(3, 16, 5, generator=torch.Generator().manual_seed(2))
+    weights = {}
+    for grad in (EmbeddingGrad.SPARSE, EmbeddingGrad.FUSED):
+        emb = Embeddings(rows, 5, kernel, grad, torch.Generator().manual_seed(0))
+        emb.fused_lr = 0.7
+        opt = torch.optim.SGD(emb.parameters(), lr=0.7)
+        emb(batch.indices, batch.offsets, 16).backward(grad_out)
+        if grad == EmbeddingGrad.FUSED:
+            assert emb.weight.grad is None  # no gradient is built
+        opt.step()
+        weights[grad] = emb.weight.detach()
+    before = Embeddings(rows, 5, kernel, EmbeddingGrad.SPARSE, torch.Generator().manual_seed(0)).weight.detach()
+    assert not torch.equal(weights[EmbeddingGrad.SPARSE], before)
+    torch.testing.assert_close(weights[EmbeddingGrad.FUSED], weights[EmbeddingGrad.SPARSE])
