@@ -84,6 +84,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     run_.add_argument("--print-freq", type=int, default=1)
     _flag_bool(run_, "--print-time", "print ms/it on each progress line")
     run_.add_argument("--json-out", default="", help="write throughput, losses and config as JSON")
+    _flag_bool(run_, "--profile", "after training, split a step into operators (table + Chrome trace)")
+    run_.add_argument("--profile-trace", default="dlrm_trace.json", help="where --profile writes its trace")
 
 
 def _model_config(args: argparse.Namespace) -> tuple[DLRMConfig, int, list[str]]:
@@ -196,6 +198,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         print_time=bool(args.print_time),
         save_model=args.save_model,
         json_out=args.json_out,
+        profile_trace=args.profile_trace if args.profile else "",
         extra={
             "batch_size": args.mini_batch_size,
             "pooling_factor": pooling,

@@ -47,6 +47,7 @@ class TrainConfig:
     print_time: bool = False
     save_model: str = ""
     json_out: str = ""
+    profile_trace: str = ""  # non-empty: after training, profile a few steps, write this Chrome trace
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in --json-out as given
 
 
@@ -199,6 +200,13 @@ def run(
         f"(data {result['data_ms_per_iter']:.2f} ms/it), kernel {config.kernel}, {device}, "
         f"{result['threads']} threads"
     )
+    if train.profile_trace and not train.inference_only:
+        from profiler.breakdown import profile_training_step
+
+        breakdown = profile_training_step(model, batch, loss_fn, optimizer, steps=5, trace_path=train.profile_trace)
+        log("per-operator breakdown of one training step (torch.profiler, last batch):\n" + breakdown.table())
+        log(f"Chrome/Perfetto trace: {train.profile_trace}")
+        result["breakdown"] = breakdown.to_dict()
     if train.save_model:
         save_checkpoint(model, train.save_model, iterations=iters)
         log(f"saved model to {train.save_model}")

@@ -131,3 +131,17 @@ def test_presets_and_kernels_listings(capsys):
         assert re.search(rf"^{name}\s+\d+", out, re.M)
     assert main(["kernels"]) == 0
     assert re.search(r"^torch\s+torch\s+cpu,cuda\s+yes", capsys.readouterr().out, re.M)
+
+
+def test_profile_prints_a_breakdown_and_writes_a_trace(tmp_path, capsys):
+    trace = tmp_path / "t.json"
+    out = tmp_path / "p.json"
+    argv = ["train", "--preset=tiny", "--data-size=16", "--mini-batch-size=8", "--profile",
+            f"--profile-trace={trace}", f"--json-out={out}"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    for part in ("embedding_fwd", "embedding_bwd", "top_mlp_bwd", "optimizer", "other"):
+        assert re.search(rf"^{part}\s+\d+\.\d+", text, re.M)
+    assert json.loads(trace.read_text())["traceEvents"]
+    parts = json.loads(out.read_text())["breakdown"]["parts_s"]
+    assert set(parts) >= {"embedding_fwd", "interaction_bwd", "optimizer", "other"}
