@@ -13,7 +13,13 @@ import sys
 __all__ = ["build_parser", "main"]
 
 # Modules that add subcommands; each is imported when the parser is built.
-_COMMAND_MODULES: tuple[str, ...] = ("model.cli", "model.bench", "kernels.cli", "profiler.machine_cli")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "model.cli",
+    "model.bench",
+    "kernels.cli",
+    "profiler.machine_cli",
+    "profiler.sweep_cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

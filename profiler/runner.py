@@ -1,0 +1,229 @@
+"""Run one sweep point (an embedding-bag call or a DLRM step) and turn its timing into a record.
+
+Every point allocates its own inputs, is timed by profiler.timer.measure, and yields a
+record with the raw measurement and derived rates. A point that cannot run (kernel
+unavailable, out of memory, timeout, invalid combination) yields a failed record with
+the reason instead of stopping the sweep.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+import kernels
+from profiler.ceilings import Ceiling
+from profiler.metrics import Cost, embedding_bag_cost, mlp_cost, rates
+from profiler.sweep_spec import Point, resolve_bytes
+from profiler.timer import measure
+from profiler.workload import check_memory, hot_rows, make_bag_inputs
+
+__all__ = ["PointTimeout", "cache_sizes", "pick_ceiling", "run_point"]
+
+
+class PointTimeout(Exception):
+    pass
+
+
+def cache_sizes(fingerprint: dict[str, Any]) -> dict[str, int]:
+    """Level -> bytes one thread sees: L1d and L2 per core, L3 as the whole shared cache."""
+    out = {}
+    for level, c in fingerprint.get("caches", {}).items():
+        if level in ("L1d", "L2", "L3"):
+            out[level] = int(c["size_bytes"]) * (int(c.get("instances", 1)) if level == "L3" else 1)
+    return out
+
+
+def _level_of(ws_bytes: int | None, caches: dict[str, int]) -> str:
+    if ws_bytes is not None:
+        for level in ("L1d", "L2", "L3"):
+            if level in caches and ws_bytes <= caches[level]:
+                return level
+    return "DRAM"
+
+
+def pick_ceiling(
+    ceilings: list[Ceiling], *, level: str, dim: int, threads: int, compute: bool = False
+) -> Ceiling | None:
+    """The measured ceiling a point is judged against: for DRAM-resident lookups the random-gather
+    bandwidth of the nearest row width, for cache-resident ones the triad bandwidth of that level,
+    for compute-bound work the largest measured float32 GEMM rate; the closest thread count wins."""
+    measured = [c for c in ceilings if c.source == "measured" and c.device == "cpu" and c.dtype == "float32"]
+    if compute:
+        pool = [c for c in measured if c.name == "gemm"]
+    elif level == "DRAM":
+        pool = [c for c in measured if c.name == "gather"] or [c for c in measured if c.level == "DRAM"]
+    else:
+        pool = [c for c in measured if c.name == "triad" and c.level == level]
+    if not pool:
+        return None
+    best_threads = min({c.threads for c in pool}, key=lambda t: (abs(t - threads), -t))
+    pool = [c for c in pool if c.threads == best_threads]
+    if compute:
+        return max(pool, key=lambda c: c.value)
+    return min(pool, key=lambda c: abs((c.shape[1] if len(c.shape) > 1 else dim) - dim))
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Raise PointTimeout in the main thread after `seconds` (checked between Python bytecodes)."""
+    if seconds <= 0 or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def _fire(signum: int, frame: Any) -> None:
+        raise PointTimeout(f"timed out after {seconds:g} s (--point-timeout)")
+
+    old = signal.signal(signal.SIGALRM, _fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def run_point(
+    point: Point,
+    *,
+    fingerprint: dict[str, Any],
+    ceilings: list[Ceiling],
+    timing: dict[str, float] | None = None,
+    timeout_s: float = 0.0,
+) -> dict[str, Any]:
+    """Measure `point`; returns {status, reason, measurement, derived, elapsed_s} (status ok|failed)."""
+    t0 = time.perf_counter()
+    caches = cache_sizes(fingerprint)
+    try:
+        ws = resolve_bytes(point.working_set, caches)
+        with _deadline(timeout_s):
+            run = _run_bag if point.target == "embedding_bag" else _run_dlrm
+            m, cost, extra = run(point, ws, timing or {})
+    except (ValueError, NotImplementedError, MemoryError, PointTimeout, torch.OutOfMemoryError) as exc:
+        kind = "out of memory" if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) else type(exc).__name__
+        return {"status": "failed", "reason": f"{kind}: {exc}", "elapsed_s": time.perf_counter() - t0}
+    threads = m.threads
+    compute_bound = point.target == "dlrm"
+    level = _level_of(ws, caches)
+    ceiling = pick_ceiling(ceilings, level=level, dim=point.embedding_dim, threads=threads, compute=compute_bound)
+    r = rates(
+        cost,
+        m.median_s,
+        bandwidth_gbps=ceiling.value if ceiling and not compute_bound else None,
+        peak_gflops=ceiling.value if ceiling and compute_bound else None,
+    )
+    derived = {
+        **cost.to_dict(),
+        **r.to_dict(),
+        "working_set_bytes": ws,
+        "memory_level": level,
+        "ceiling": ceiling.key if ceiling else None,
+        "ceiling_value": ceiling.value if ceiling else None,
+        "frac_of_ceiling": (r.frac_of_flops if compute_bound else r.frac_of_bandwidth),
+        **extra,
+    }
+    return {
+        "status": "ok",
+        "reason": "",
+        "measurement": m.to_dict(),
+        "median_s": m.median_s,
+        "iqr_s": m.iqr_s,
+        "derived": derived,
+        "warnings": list(m.warnings),
+        "elapsed_s": time.perf_counter() - t0,
+    }
+
+
+def _timed(fn: Callable[[], object], point: Point, timing: dict[str, float]) -> Any:
+    return measure(
+        fn,
+        warmup_ms=float(timing.get("warmup_ms", 30.0)),
+        rep_ms=float(timing.get("rep_ms", 150.0)),
+        flush_bytes=int(timing.get("flush_bytes", 0)),
+        threads=point.threads or None,
+        device=point.device,
+    )
+
+
+def _run_bag(point: Point, ws: int | None, timing: dict[str, float]) -> tuple[Any, Cost, dict[str, Any]]:
+    if point.mode not in ("forward", "backward"):
+        raise ValueError(f"mode={point.mode!r} is not valid for embedding_bag; allowed: forward, backward")
+    entry = kernels.get(point.kernel, torch.device(point.device).type)
+    bags = make_bag_inputs(point, ws)
+    weight, indices, offsets = (t.to(point.device) for t in (bags.weight, bags.indices, bags.offsets))
+    kernels.validate_bags(weight.shape[0], indices, offsets)  # the timed calls below run unchecked
+    n_bags, n = offsets.numel() - 1, indices.numel()
+    cost = embedding_bag_cost(n_bags, n, point.embedding_dim)
+    if point.mode == "forward":
+        with torch.no_grad():
+            m = _timed(lambda: entry.fn(weight, indices, offsets, None, "sum", True), point, timing)
+    else:
+        weight.requires_grad_(True)
+        grad = torch.full((n_bags, point.embedding_dim), 1e-3, device=weight.device)
+
+        def step() -> None:
+            kernels.fused_sgd_bag(entry.fn, weight, indices, offsets, 0.01).backward(grad)
+
+        m = _timed(step, point, timing)
+        row_bytes = n * point.embedding_dim * 4
+        cost = cost + Cost(n_bags * point.embedding_dim * 4 + row_bytes + n * 8, row_bytes, 2 * n * point.embedding_dim)
+    extra = {"lookups_per_s": n / m.median_s, "hot_rows": bags.hot_rows}
+    return m, cost, extra
+
+
+def _run_dlrm(point: Point, ws: int | None, timing: dict[str, float]) -> tuple[Any, Cost, dict[str, Any]]:
+    from model.config import DLRMConfig, EmbeddingGrad, parse_sizes
+    from model.data import RandomData
+    from model.dlrm import DLRM
+    from model.optim import SGD
+
+    if point.mode not in ("forward", "train"):
+        raise ValueError(f"mode={point.mode!r} is not valid for dlrm; allowed: forward, train")
+    if ws is not None:
+        raise NotImplementedError("working_set applies to embedding_bag points; dlrm points draw uniform rows")
+    check_memory(point, hot_rows(point, ws))
+    bottom = (*parse_sizes(point.bottom_mlp, "bottom_mlp"), point.embedding_dim)
+    config = DLRMConfig(
+        point.embedding_dim,
+        (point.num_rows,) * point.num_tables,
+        bottom,
+        parse_sizes(point.top_mlp, "top_mlp"),
+        kernel=point.kernel,
+        embedding_grad=EmbeddingGrad(point.embedding_grad),
+    ).validate()
+    kernels.get(point.kernel, torch.device(point.device).type)
+    model = DLRM(config, torch.Generator().manual_seed(0)).to(point.device)
+    B = point.batch_size
+    data = RandomData(config.table_rows, config.num_dense, B, 8 * B, point.pooling_factor, fixed=True, seed=0)
+    batches = [data.batch(i).to(point.device) for i in range(8)]
+    loss_fn = torch.nn.BCELoss()
+    opt = SGD(model.parameters(), lr=0.01)
+    model.embeddings.fused_lr = 0.01
+    state = {"i": 0}
+
+    def step() -> None:
+        b = batches[state["i"] % len(batches)]
+        state["i"] += 1
+        if point.mode == "forward":
+            with torch.no_grad():
+                model(b.dense, b.indices, b.offsets)
+            return
+        loss = loss_fn(model(b.dense, b.indices, b.offsets), b.labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    m = _timed(step, point, timing)
+    n = config.num_tables * B * point.pooling_factor
+    cost = embedding_bag_cost(config.num_tables * B, n, point.embedding_dim)
+    for layers in (config.bottom_mlp, config.top_mlp_full):
+        for c in mlp_cost(B, layers):
+            cost = cost + c
+            if point.mode == "train":
+                cost = cost + c + c  # backward: two GEMMs per layer, as much traffic again
+    return m, cost, {"samples_per_s": B / m.median_s}

@@ -1,0 +1,132 @@
+"""`dlrmbench sweep FILE`: expand a sweep spec and run its points, appending each to the results store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from profiler.store import ResultFile
+from profiler.sweep_spec import Point, expand, load_spec
+
+__all__ = ["add_commands", "load_machine", "matches", "run_sweep"]
+
+
+def matches(point: Point, filters: list[str]) -> bool:
+    """`--filter kernel=torch,batch_size=2048`: every key=value must equal the point's field."""
+    d = point.to_dict()
+    for f in filters:
+        key, sep, value = f.partition("=")
+        if not sep or key not in d:
+            raise ValueError(f"--filter {f!r}: expected KEY=VALUE with KEY one of {', '.join(d)}")
+        if str(d[key]) != value:
+            return False
+    return True
+
+
+def load_machine(results_dir: Path, *, quick_ceilings: bool = False) -> tuple[dict[str, Any], list[Any], Path]:
+    """The fingerprint of this machine and its stored ceilings (measured quickly if asked and missing)."""
+    from profiler import fingerprint
+    from profiler.ceilings import Ceiling
+    from profiler.machine_cli import SCHEMA_VERSION, write_json_atomic
+
+    fp = fingerprint.collect()
+    path = results_dir / fp["sku_id"] / "machine.json"
+    stored: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    ceilings = [Ceiling.from_dict(c) for c in stored.get("ceilings", [])]
+    if not ceilings and quick_ceilings:
+        from profiler.ceilings import measure_ceilings
+
+        ceilings = measure_ceilings(fp, quick=True)
+        stored = {"mode": "quick", "ceilings": [c.to_dict() for c in ceilings]}
+    record = {**stored, "schema_version": SCHEMA_VERSION, "sku_id": fp["sku_id"], "fingerprint": fp}
+    write_json_atomic(path, record)
+    return fp, ceilings, path
+
+
+def run_sweep(
+    spec_path: str,
+    *,
+    results_dir: Path,
+    filters: list[str] | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    point_timeout_s: float = 0.0,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Run (or list) a sweep's points; returns counts of ok, failed, skipped points."""
+    import kernels
+
+    spec = load_spec(spec_path)
+    available = [e.name for e in kernels.list_kernels() if e.available]
+    points = [p for p in expand(spec, available) if matches(p, filters or [])]
+    if dry_run:
+        for i, p in enumerate(points, 1):
+            print(f"{i:4d}  {p.key()}  {p.label(list(spec.axes))}")
+        print(f"{len(points)} points")
+        return {"points": len(points)}
+    fp, ceilings, machine_path = load_machine(results_dir)
+    if not ceilings:
+        print(f"note: no ceilings in {machine_path}; run `dlrmbench machine --ceilings` for fractions of the roofline")
+    store = ResultFile(
+        results_dir / fp["sku_id"] / f"{spec.name}.jsonl",
+        {"sweep": spec.name, "spec_file": spec.source, "sku_id": fp["sku_id"], "fingerprint": fp},
+    )
+    done = set() if force else store.done_keys()
+    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    from tqdm import tqdm
+
+    bar = tqdm(points, desc=spec.name, unit="pt", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for point in bar:
+        key = point.key()
+        if key in done:
+            counts["skipped"] += 1
+            continue
+        bar.set_postfix_str(point.label(list(spec.axes))[:80])
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        from profiler.runner import run_point
+
+        rec = run_point(point, fingerprint=fp, ceilings=ceilings, timing=spec.timing, timeout_s=point_timeout_s)
+        store.append({"key": key, "point": point.to_dict(), "started": started, **rec})
+        counts[rec["status"]] += 1
+        if rec["status"] == "failed":
+            bar.write(f"failed: {point.label(list(spec.axes))}: {rec['reason']}")
+    bar.close()
+    print(
+        f"{spec.name}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already stored -> {store.path}"
+    )
+    return counts
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    filters = [f for part in args.filter for f in part.split(",") if f]
+    run_sweep(
+        args.file,
+        results_dir=Path(args.results_dir),
+        filters=filters,
+        force=args.force,
+        dry_run=args.dry_run,
+        point_timeout_s=args.point_timeout,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run a sweep spec (sweeps/*.toml), appending each point to results/<sku-id>/<sweep>.jsonl",
+        description="Expand a sweep file and measure each point. Finished points are appended one JSON line "
+        "each (flushed, fsynced, under a file lock); re-running skips stored points unless --force.",
+    )
+    p.add_argument("file", help="a sweep spec, e.g. sweeps/cache_footprint.toml")
+    p.add_argument("--dry-run", action="store_true", help="list the points and exit")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE[,...]", help="run matching points")
+    p.add_argument("--force", action="store_true", help="re-measure points already stored")
+    p.add_argument("--results-dir", default="results", help="replaces results/")
+    p.add_argument("--point-timeout", type=float, default=300.0, help="seconds before a point is abandoned")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd)

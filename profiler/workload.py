@@ -1,0 +1,88 @@
+"""Inputs for one sweep point: tables and index streams with a chosen hot set and distribution.
+
+The hot set places a kernel in a chosen level of the memory hierarchy: indices are drawn
+from `hot_rows` rows per table, scattered over the table (not its first rows), so the
+bytes touched repeatedly are about working_set bytes while the table keeps its size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from profiler.sweep_spec import Point
+
+__all__ = ["BagInputs", "estimate_bytes", "hot_rows", "make_bag_inputs", "sample_rows"]
+
+_MEMORY_FRACTION = 0.8  # of available memory a point may plan to use
+
+
+@dataclass(frozen=True)
+class BagInputs:
+    weight: torch.Tensor  # (T*E, D), the T tables fused
+    indices: torch.Tensor  # (N,) int64 rows of the fused weight
+    offsets: torch.Tensor  # (T*B + 1,) int64 CSR
+    hot_rows: int  # per table
+
+
+def hot_rows(point: Point, working_set_bytes: int | None) -> int:
+    """Rows per table in the hot set: working_set bytes over all T tables' rows of D float32."""
+    if working_set_bytes is None:
+        return point.num_rows
+    per_row = point.embedding_dim * 4 * point.num_tables
+    return max(1, min(point.num_rows, working_set_bytes // per_row))
+
+
+def estimate_bytes(point: Point, hot: int) -> int:
+    """Memory the point will allocate (tables, indices, outputs, gradients, sampling tables)."""
+    T, E, D, B, L = point.num_tables, point.num_rows, point.embedding_dim, point.batch_size, point.pooling_factor
+    n = T * B * L
+    total = T * E * D * 4 + n * 8 * 2 + T * B * D * 4 * 3 + E * 8 + hot * 8
+    if point.mode in ("backward", "train"):
+        total += n * D * 4  # a per-lookup gradient, for kernels that build one
+    if point.target == "dlrm":
+        total += 8 * B * (T + 1) ** 2 * 4 + (64 << 20)  # interaction and MLP activations, roughly
+    return total
+
+
+def check_memory(point: Point, hot: int) -> None:
+    need, avail = estimate_bytes(point, hot), psutil.virtual_memory().available
+    if need > _MEMORY_FRACTION * avail:
+        raise MemoryError(
+            f"needs about {need / 2**30:.2f} GiB but {avail / 2**30:.2f} GiB is available; refused before allocating"
+        )
+
+
+def sample_rows(distribution: str, hot: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n ranks in [0, hot): uniform, or Zipf ('zipf:S': P(k) ~ 1/(k+1)^S on the finite support)."""
+    if distribution == "uniform":
+        return torch.randint(hot, (n,), generator=generator)
+    if distribution.startswith("zipf:"):
+        s = float(distribution.split(":", 1)[1])
+        weights = torch.arange(1, hot + 1, dtype=torch.float64).pow_(-s)
+        cdf = weights.cumsum_(0)
+        cdf /= cdf[-1].clone()
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        return torch.searchsorted(cdf, u).clamp_(max=hot - 1)
+    raise NotImplementedError(f"distribution {distribution!r}: uniform and zipf:S are implemented here")
+
+
+def make_bag_inputs(point: Point, working_set_bytes: int | None, seed: int = 0) -> BagInputs:
+    """Tables (uniform weights) and B bags of exactly L lookups per table for `point`."""
+    g = torch.Generator().manual_seed(seed)
+    T, E, D, B, L = point.num_tables, point.num_rows, point.embedding_dim, point.batch_size, point.pooling_factor
+    hot = hot_rows(point, working_set_bytes)
+    check_memory(point, hot)
+    weight = torch.empty(T * E, D).uniform_(-1.0 / math.sqrt(E), 1.0 / math.sqrt(E), generator=g)
+    parts = []
+    for t in range(T):
+        # Hot rows sit at random places in the table; the hottest rank maps to a random row.
+        placement = torch.randperm(E, generator=g)[:hot] if hot < E else torch.randperm(E, generator=g)
+        ranks = sample_rows(point.distribution, hot, B * L, g)
+        parts.append(placement.index_select(0, ranks) + t * E)
+    indices = torch.cat(parts)
+    offsets = torch.arange(0, T * B * L + 1, L, dtype=torch.int64)
+    return BagInputs(weight, indices, offsets, hot)

@@ -1,0 +1,142 @@
+"""Sweep specs expand as specified; the results store survives torn lines and concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from profiler.store import ResultFile, read_records
+from profiler.sweep_spec import Point, expand, load_spec, parse_spec, resolve_bytes
+
+SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.toml"))
+CACHES = {"L1d": 32 << 10, "L2": 1 << 20, "L3": 32 << 20}
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_every_shipped_sweep_loads_and_expands(path):
+    spec = load_spec(path)
+    points = expand(spec, available_kernels=["torch", "torch_naive", "numba_w4", "numba_w16"])
+    n = 1
+    for key, values in spec.axes.items():
+        if key == "kernel":
+            continue
+        n *= len(values)
+    assert len(points) % n == 0 and len(points) >= n
+    assert len({p.key() for p in points}) == len(points)  # every point distinct
+    for p in points:
+        assert p.sweep == spec.name and p.target == str(spec.target)
+        resolve_bytes(p.working_set, CACHES)
+
+
+def test_required_sweeps_are_shipped():
+    assert {p.stem for p in SWEEPS} >= {"embedding_bag_kernels", "cache_footprint", "dlrm_batch", "simd_width"}
+
+
+def test_cartesian_product_and_zip():
+    spec = parse_spec(
+        {
+            "name": "t",
+            "target": "embedding_bag",
+            "fixed": {"num_rows": 100},
+            "axes": {
+                "kernel": ["a", "b"],
+                "batch_size": [1, 2, 3],
+                "pooling_factor": [10, 20, 30],
+                "embedding_dim": [4],
+            },
+            "zip": [["batch_size", "pooling_factor"]],
+        }
+    )
+    points = expand(spec)
+    got = [(p.kernel, p.batch_size, p.pooling_factor, p.embedding_dim, p.num_rows) for p in points]
+    assert got == [(k, b, pf, 4, 100) for k in "ab" for b, pf in ((1, 10), (2, 20), (3, 30))]
+
+
+def test_kernel_wildcards():
+    spec = parse_spec({"name": "t", "target": "embedding_bag", "axes": {"kernel": ["numba_*", "torch", "all"]}})
+    kernels = [p.kernel for p in expand(spec, ["torch", "numba_w1", "numba_w8", "x"])]
+    assert kernels == ["numba_w1", "numba_w8", "torch", "x"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"name": "t", "target": "gemm"}, "target = 'gemm'; allowed: embedding_bag, dlrm"),
+        ({"name": "t", "target": "dlrm", "axis": {}}, "unknown key(s) ['axis']"),
+        ({"name": "t", "target": "dlrm", "axes": {"batchsize": [1]}}, "unknown axis or argument 'batchsize'"),
+        ({"name": "t", "target": "dlrm", "axes": {"batch_size": [0]}}, "batch_size = 0 must be >= 1"),
+        ({"name": "t", "target": "dlrm", "fixed": {"mode": "fast"}}, "mode = 'fast'; allowed: ['backward'"),
+        ({"name": "t", "target": "dlrm", "axes": {"distribution": ["zipf"]}}, "allowed: uniform, zipf:S"),
+        ({"name": "t", "target": "dlrm", "axes": {"working_set": ["3*L4"]}}, "is not a size"),
+        (
+            {
+                "name": "t",
+                "target": "dlrm",
+                "axes": {"batch_size": [1, 2], "pooling_factor": [1]},
+                "zip": [["batch_size", "pooling_factor"]],
+            },
+            "zipped axes must have equal lengths",
+        ),
+        ({"name": "t", "target": "dlrm", "plot": {"colour": "red"}}, "unknown key(s) ['colour'] in [plot]"),
+        ({"target": "dlrm"}, "missing required key 'name'"),
+    ],
+)
+def test_bad_specs_name_the_key(data, message):
+    with pytest.raises(ValueError) as exc:
+        parse_spec(data, "sweeps/x.toml")
+    assert message in str(exc.value) and "sweeps/x.toml" in str(exc.value)
+
+
+def test_resolve_bytes():
+    assert resolve_bytes("0.5*L2", CACHES) == 512 << 10
+    assert resolve_bytes("64*L3", CACHES) == 64 * (32 << 20)
+    assert resolve_bytes("0.25*L1", CACHES) == 8 << 10
+    assert resolve_bytes("2*LLC", CACHES) == 64 << 20
+    assert resolve_bytes("64K", CACHES) == 65536 and resolve_bytes("1048576", CACHES) == 1 << 20
+    assert resolve_bytes("all", CACHES) is None
+    with pytest.raises(ValueError, match="whose size is unknown"):
+        resolve_bytes("2*L3", {"L2": 1})
+
+
+def test_point_key_is_stable_and_ignores_the_sweep_name():
+    a, b = Point(kernel="torch", sweep="x"), Point(kernel="torch", sweep="y")
+    assert a.key() == b.key() and a.key() != Point(kernel="torch_naive").key()
+    assert Point.from_dict(json.loads(json.dumps(a.to_dict()))) == a
+
+
+def test_store_appends_and_skips_torn_lines(tmp_path):
+    path = tmp_path / "r.jsonl"
+    store = ResultFile(path, {"sweep": "t"})
+    store.append({"key": "a", "status": "ok"})
+    with open(path, "a") as f:  # a crash in mid-write
+        f.write('{"kind": "point", "key": "b", "sta')
+    assert read_records(path).torn_lines == [3]
+    assert store.done_keys() == {"a"}
+    store.append({"key": "c", "status": "failed", "reason": "x"})
+    got = read_records(path)
+    assert [r["key"] for r in got.records] == ["a", "c"] and got.torn_lines == [3]
+    assert got.header["sweep"] == "t" and got.header["schema_version"] == 1
+    assert path.read_text().count("\n") == 4  # header, a, torn b (now closed off), c
+
+
+def _writer(path: str, tag: str, n: int) -> None:
+    store = ResultFile(path, {"sweep": "t"})
+    for i in range(n):
+        store.append({"key": f"{tag}{i}", "status": "ok", "payload": tag * 2000})
+
+
+def test_concurrent_writers_do_not_interleave(tmp_path):
+    path = str(tmp_path / "r.jsonl")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(path, tag, 40)) for tag in "xy"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    got = read_records(path)
+    assert not got.torn_lines
+    assert sorted(r["key"] for r in got.records) == sorted(f"{t}{i}" for t in "xy" for i in range(40))
+    assert sum(1 for line in open(path) if '"header"' in line) == 1
