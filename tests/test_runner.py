@@ -1,0 +1,98 @@
+"""The sweep runner: records, failure reasons, resume after a stop, and kill -9 in mid-sweep."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from profiler.store import read_records
+from profiler.sweep_cli import run_sweep
+from profiler.sweep_spec import Point
+
+SPEC = """
+name = "tiny"
+target = "embedding_bag"
+[fixed]
+batch_size = 4
+num_rows = 50
+embedding_dim = 4
+pooling_factor = 3
+[axes]
+kernel = ["torch", "torch_naive", "no_such_kernel"]
+num_tables = [1, 2]
+[timing]
+warmup_ms = 1
+rep_ms = 5
+"""
+
+
+def _spec(tmp_path: Path, text: str = SPEC) -> str:
+    path = tmp_path / "tiny.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def _records(results: Path, name: str = "tiny") -> list[dict]:
+    (path,) = results.glob(f"*/{name}.jsonl")
+    return read_records(path).records
+
+
+def test_sweep_records_derived_rates_and_failures_then_resumes(tmp_path, capsys):
+    spec, results = _spec(tmp_path), tmp_path / "results"
+    counts = run_sweep(spec, results_dir=results, progress=False)
+    assert counts == {"ok": 4, "failed": 2, "skipped": 0}
+    recs = _records(results)
+    failed = [r for r in recs if r["status"] == "failed"]
+    assert all("unknown kernel 'no_such_kernel'" in r["reason"] for r in failed)
+    for r in (r for r in recs if r["status"] == "ok"):
+        p = Point.from_dict(r["point"])
+        bags, n, D = p.batch_size * p.num_tables, p.batch_size * p.num_tables * p.pooling_factor, p.embedding_dim
+        moved = n * D * 4 + n * 8 + (bags + 1) * 8 + bags * D * 4  # rows, indices, offsets read; output written
+        assert r["derived"]["bytes_moved"] == moved
+        assert r["derived"]["gbps"] == pytest.approx(moved / r["median_s"] / 1e9)
+        assert len(r["measurement"]["samples_s"]) >= 5
+    assert run_sweep(spec, results_dir=results, progress=False) == {"ok": 0, "failed": 0, "skipped": 6}
+    assert run_sweep(spec, results_dir=results, progress=False, force=True, filters=["kernel=torch"])["ok"] == 2
+    assert len(_records(results)) == 8
+    assert (next(results.iterdir()) / "machine.json").exists()
+
+
+def test_points_that_would_not_fit_are_refused_before_allocating(tmp_path):
+    spec = _spec(tmp_path, SPEC.replace("num_rows = 50", "num_rows = 1_000_000_000_000"))
+    results = tmp_path / "r"
+    assert run_sweep(spec, results_dir=results, progress=False, filters=["kernel=torch", "num_tables=1"])["failed"] == 1
+    (rec,) = _records(results)
+    assert rec["reason"].startswith("out of memory: needs about") and "refused before allocating" in rec["reason"]
+
+
+def test_dry_run_lists_points(tmp_path, capsys):
+    assert run_sweep(_spec(tmp_path), results_dir=tmp_path / "r", dry_run=True) == {"points": 6}
+    assert "kernel=torch_naive num_tables=2" in capsys.readouterr().out
+    assert not (tmp_path / "r").exists()
+
+
+def test_kill_9_loses_at_most_the_point_in_flight(tmp_path):
+    slow = SPEC.replace("rep_ms = 5", "rep_ms = 400").replace("num_tables = [1, 2]", "num_tables = [1, 2, 3, 4]")
+    spec, results = _spec(tmp_path, slow), tmp_path / "results"
+    cmd = [sys.executable, "-m", "profiler.cli", "sweep", spec, "--results-dir", str(results), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        files = list(results.glob("*/tiny.jsonl"))
+        if files and len(read_records(files[0]).records) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {r["key"] for r in _records(results)}
+    assert 2 <= len(before) < 12
+    counts = run_sweep(spec, results_dir=results, progress=False, filters=[])
+    assert counts["skipped"] == len(before) and counts["ok"] + counts["failed"] == 12 - len(before)
+    keys = [r["key"] for r in _records(results)]
+    assert len(keys) == len(set(keys)) == 12
