@@ -19,6 +19,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "kernels.cli",
     "profiler.machine_cli",
     "profiler.sweep_cli",
+    "profiler.quickstart",
 )
 
 
