@@ -41,6 +41,7 @@ class Embeddings(nn.Module):
         kernel: str,
         grad: EmbeddingGrad,
         generator: torch.Generator | None,
+        table_ids: tuple[int, ...] | None = None,
     ):
         super().__init__()
         self.kernel = kernel
@@ -51,10 +52,15 @@ class Embeddings(nn.Module):
         self.register_buffer("row_starts", starts, persistent=False)
         self.register_buffer("table_rows", torch.tensor(table_rows, dtype=torch.int64), persistent=False)
         self.weight = nn.Parameter(torch.empty(int(starts[-1]), dim))
+        # Each table draws from its own generator, seeded by its global id, so a rank holding
+        # some tables (model parallelism) initialises them exactly as one process holding all.
+        base = generator.initial_seed() if generator is not None else int(torch.randint(1 << 62, ()))
+        ids = table_ids if table_ids is not None else tuple(range(len(table_rows)))
         with torch.no_grad():
             for t, rows in enumerate(table_rows):  # the reference's U(-1/sqrt(E), 1/sqrt(E)) per table
                 bound = math.sqrt(1.0 / rows)
-                self.weight[starts[t] : starts[t + 1]].uniform_(-bound, bound, generator=generator)
+                g = torch.Generator().manual_seed((base * 1_000_003 + ids[t] + 1) % (1 << 63))
+                self.weight[starts[t] : starts[t + 1]].uniform_(-bound, bound, generator=g)
 
     def forward(self, indices: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> torch.Tensor:
         """(N,) table-local indices, (T*B + 1,) offsets -> pooled (T, B, D)."""
