@@ -11,10 +11,10 @@ from torch import nn
 import kernels
 from model.config import DLRMConfig, EmbeddingGrad, Interaction
 
-__all__ = ["DLRM", "Embeddings", "interact"]
+__all__ = ["DLRM", "Embeddings", "interact", "make_mlp"]
 
 
-def _mlp(sizes: tuple[int, ...], generator: torch.Generator | None, sigmoid_last: bool) -> nn.Sequential:
+def make_mlp(sizes: tuple[int, ...], generator: torch.Generator | None, sigmoid_last: bool) -> nn.Sequential:
     """Linear + ReLU layers, the last one Sigmoid when `sigmoid_last`; the reference's init."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
@@ -102,11 +102,11 @@ class DLRM(nn.Module):
     def __init__(self, config: DLRMConfig, generator: torch.Generator | None = None):
         super().__init__()
         self.config = config.validate()
-        self.bottom = _mlp(config.bottom_mlp, generator, sigmoid_last=False)
+        self.bottom = make_mlp(config.bottom_mlp, generator, sigmoid_last=False)
         self.embeddings = Embeddings(
             config.table_rows, config.embedding_dim, config.kernel, config.embedding_grad, generator
         )
-        self.top = _mlp(config.top_mlp_full, generator, sigmoid_last=True)
+        self.top = make_mlp(config.top_mlp_full, generator, sigmoid_last=True)
         n = config.num_tables + 1
         rows, cols = torch.tril_indices(n, n, offset=0 if config.interaction_itself else -1)
         self.register_buffer("pairs", rows * n + cols, persistent=False)

@@ -1,0 +1,106 @@
+"""Hybrid-parallel DLRM on 2 gloo processes matches one process step for step."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from model.config import DLRMConfig
+from model.data import RandomData
+from model.distributed import DistributedDLRM, batch_slices, local_batch, place_tables, train_steps
+from model.dlrm import DLRM
+from model.optim import SGD
+
+CONFIG = DLRMConfig(4, (30, 7, 50, 12, 3), (6, 8, 4), (16, 1))
+STEPS, SEED, LR = 3, 5, 0.2
+
+
+def _data(batch_size: int) -> list:
+    data = RandomData(CONFIG.table_rows, 6, batch_size, batch_size * STEPS, pooling_factor=3, seed=9)
+    return [data.batch(i) for i in range(STEPS)]
+
+
+def _single(batch_size: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+    model = DLRM(CONFIG, torch.Generator().manual_seed(SEED))
+    opt = SGD(model.parameters(), lr=LR)
+    losses = []
+    for b in _data(batch_size):
+        loss = torch.nn.BCELoss()(model(b.dense, b.indices, b.offsets), b.labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _rank(rank: int, world: int, port: int, batch_size: int, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        placement = place_tables(CONFIG.table_rows, 3, world)
+        model = DistributedDLRM(CONFIG, placement, rank, SEED)
+        model.wrap_ddp()
+        losses = train_steps(model, _data(batch_size), lr=LR)
+        out[rank] = {
+            "losses": losses,
+            "tables": placement.tables[rank],
+            "weight": model.embeddings.weight.detach().clone(),
+            "bottom": model.bottom.module.state_dict(),
+            "top": model.top.module.state_dict(),
+        }
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("batch_size", [8, 7])  # 7: an uneven split, 4 + 3
+def test_two_gloo_ranks_match_one_process(batch_size):
+    want_losses, want = _single(batch_size)
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_rank, args=(2, _free_port(), batch_size, out), nprocs=2, join=True)
+        got = dict(out)
+    for rank in (0, 1):
+        assert got[rank]["losses"] == pytest.approx(want_losses, rel=1e-5)
+        for k, v in got[rank]["bottom"].items():
+            torch.testing.assert_close(v, want[f"bottom.{k}"], rtol=1e-5, atol=1e-6)
+        for k, v in got[rank]["top"].items():
+            torch.testing.assert_close(v, want[f"top.{k}"], rtol=1e-5, atol=1e-6)
+    starts = [0, *torch.tensor(CONFIG.table_rows).cumsum(0).tolist()]
+    full = want["embeddings.weight"]
+    for rank in (0, 1):
+        mine = torch.cat([full[starts[t] : starts[t + 1]] for t in got[rank]["tables"]])
+        torch.testing.assert_close(got[rank]["weight"], mine, rtol=1e-5, atol=1e-6)
+    assert sorted(got[0]["tables"] + got[1]["tables"]) == list(range(CONFIG.num_tables))
+
+
+def test_placement_balances_rows_times_pooling():
+    p = place_tables((1000, 10, 900, 20, 30), 2, 2)
+    assert p.tables == ((0,), (1, 2, 3, 4))  # costs 2000 | 1800, then 60, 40, 20 all go to the lighter rank
+    with pytest.raises(ValueError, match="3 tables cannot be spread over 4 ranks"):
+        place_tables((1, 2, 3), 1, 4)
+
+
+def test_local_batch_slices_samples_and_keeps_its_tables():
+    batch = RandomData((5, 6, 7), 2, 5, 5, pooling_factor=2, seed=1).batch(0)
+    assert batch_slices(5, 2) == [3, 2]
+    placement = place_tables((5, 6, 7), 1, 2)
+    for rank in (0, 1):
+        mine = local_batch(batch, placement, rank)
+        lo = 0 if rank == 0 else 3
+        torch.testing.assert_close(mine.dense, batch.dense[lo : lo + (3, 2)[rank]])
+        for j, t in enumerate(placement.tables[rank]):
+            offs = mine.offsets[j * 5 : (j + 1) * 5 + 1]
+            idx, o = batch.table(t)
+            assert torch.equal(mine.indices[offs[0] : offs[-1]], idx) and torch.equal(offs - offs[0], o)
