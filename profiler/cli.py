@@ -19,7 +19,11 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "kernels.cli",
     "profiler.machine_cli",
     "profiler.sweep_cli",
+    "profiler.plots",
+    "profiler.compare",
+    "profiler.report",
     "profiler.quickstart",
+    "profiler.bench_bag_cli",
 )
 
 

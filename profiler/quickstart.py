@@ -80,7 +80,7 @@ def _cmd(args: argparse.Namespace) -> int:
     print(f"\nquickstart done in {time.perf_counter() - t_start:.0f} s; results in {results_dir / sku}")
     report = results_dir / sku / "report"
     if report.exists():
-        pngs = sorted(report.glob("*.png"))
+        pngs = sorted(report.glob("plots/*.png"))
         print(f"report: {report / 'index.md'} ({len(pngs)} plots: {', '.join(p.name for p in pngs[:6])})")
     return 0
 

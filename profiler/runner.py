@@ -109,7 +109,8 @@ def run_point(
         return {"status": "failed", "reason": f"{kind}: {exc}", "elapsed_s": time.perf_counter() - t0}
     threads = m.threads
     compute_bound = point.target == "dlrm"
-    level = _level_of(ws, caches)
+    # "all": the whole tables are the working set (they may still fit in a cache)
+    level = _level_of(ws if ws is not None else point.num_tables * point.num_rows * point.embedding_dim * 4, caches)
     ceiling = pick_ceiling(ceilings, level=level, dim=point.embedding_dim, threads=threads, compute=compute_bound)
     r = rates(
         cost,

@@ -1,0 +1,199 @@
+"""The roofline: arithmetic intensity vs achieved GFLOP/s, under the machine's measured ceilings.
+
+A point doing F FLOPs and moving Q bytes in t seconds sits at x = F / Q (FLOP/byte) and
+y = F / t / 1e9 (GFLOP/s). A bandwidth ceiling of W GB/s is the diagonal y = W x (a kernel
+moving bytes at W GB/s reaches W x GFLOP/s at intensity x); a compute ceiling of P GFLOP/s is
+the horizontal y = P. Attainable performance is the lowest roof above a point. Embedding-bag
+(x ~ 0.2) sits on its bandwidth roof; MLP GEMMs (x in the tens) near the compute roof.
+
+Each point is judged against the ceiling the runner picked for it (derived.ceiling). A point
+above that roof by more than a tolerance cannot be a measurement: its bytes or FLOPs are
+miscounted (or the ceiling was mismeasured), so it is flagged as an accounting error.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from profiler.ceilings import Ceiling
+from profiler.plot_style import AXIS_NAMES, color, machine_tags, marker, new_figure, roof_color
+from profiler.results import Machine, group_by, point_label, varying_fields
+
+__all__ = ["DEFAULT_TOLERANCE", "RoofCheck", "above_roof", "point_roof_gflops", "roofline_figure", "roofs_for"]
+
+DEFAULT_TOLERANCE = 0.05  # a point within 5% of its roof is measurement noise, not an accounting error
+_LEVELS = ("L1d", "L2", "L3", "DRAM")
+
+
+@dataclass(frozen=True)
+class RoofCheck:
+    """A point above its roof: where it sits and the roof it breaks."""
+
+    row: dict[str, Any]
+    roof_gflops: float
+    ceiling: str
+
+    @property
+    def ratio(self) -> float:
+        return float(self.row["gflops"]) / self.roof_gflops
+
+
+def _devices_match(ceiling_device: str, row_device: str) -> bool:
+    return ceiling_device.split(":")[0] == str(row_device).split(":")[0]
+
+
+def point_roof_gflops(row: dict[str, Any], machine: Machine | None) -> tuple[float, str] | None:
+    """The roof over one point, in GFLOP/s at its intensity, and the ceiling key it comes from.
+
+    Args:
+        row: a flat result row with arithmetic_intensity and derived ceiling / ceiling_value.
+        machine: its machine (for the ceiling's kind); without it, dlrm points count as compute-bound.
+    Returns:
+        (roof GFLOP/s, ceiling key), or None when the point has no ceiling.
+    """
+    key, value, ai = row.get("ceiling"), row.get("ceiling_value"), row.get("arithmetic_intensity")
+    if not key or not value or ai is None:
+        return None
+    found = next((c for c in (machine.ceilings if machine else ()) if c.key == key), None)
+    kind = found.kind if found else ("compute" if row.get("target") == "dlrm" else "bandwidth")
+    return (float(value) if kind == "compute" else float(value) * float(ai)), str(key)
+
+
+def above_roof(
+    rows: list[dict[str, Any]], machines: dict[str, Machine], *, tolerance: float = DEFAULT_TOLERANCE
+) -> list[RoofCheck]:
+    """Points whose GFLOP/s exceeds their own roof by more than `tolerance` (a fraction): accounting errors."""
+    flagged = []
+    for r in rows:
+        roof = point_roof_gflops(r, machines.get(r.get("sku_id", "")))
+        if roof and r.get("gflops") is not None and float(r["gflops"]) > roof[0] * (1 + tolerance):
+            flagged.append(RoofCheck(r, roof[0], roof[1]))
+    return flagged
+
+
+def roofs_for(machine: Machine, rows: list[dict[str, Any]]) -> list[Ceiling]:
+    """The ceilings worth drawing for these points: per memory level the triad roof (and DRAM gather) at
+    the points' usual thread count, the best float32 GEMM, the derived peaks, and every ceiling a point
+    was judged against."""
+    devices = {str(r.get("device", "cpu")) for r in rows} or {"cpu"}
+    pool = [c for c in machine.ceilings if any(_devices_match(c.device, d) for d in devices)]
+    threads_seen = Counter(int(r.get("measured_threads") or r.get("threads") or 1) for r in rows)
+    threads = threads_seen.most_common(1)[0][0] if threads_seen else 1
+
+    def nearest(cands: list[Ceiling]) -> list[Ceiling]:
+        if not cands:
+            return []
+        t = min({c.threads for c in cands}, key=lambda n: (abs(n - threads), -n))
+        return [c for c in cands if c.threads == t]
+
+    measured = [c for c in pool if c.source == "measured"]
+    chosen: list[Ceiling] = []
+    for level in _LEVELS:
+        chosen += nearest([c for c in measured if c.kind == "bandwidth" and c.level == level and c.name == "triad"])
+    chosen += nearest([c for c in measured if c.name == "gather"])
+    chosen += [c for c in measured if c.kind == "bandwidth" and not c.device.startswith("cpu")]
+    gemms = nearest([c for c in measured if c.kind == "compute" and c.dtype == "float32"])
+    chosen += [max(gemms, key=lambda c: c.value)] if gemms else []
+    chosen += [c for c in pool if c.source == "derived" and c.dtype == "float32"]
+    used = {r.get("ceiling") for r in rows}
+    chosen += [c for c in machine.ceilings if c.key in used]
+    return list({c.key: c for c in chosen}.values())
+
+
+def _roof_label(c: Ceiling) -> str:
+    where = c.level or c.dtype
+    unit = f"{c.value:.0f} GB/s" if c.kind == "bandwidth" else f"{c.value:.0f} GFLOP/s"
+    extra = f" D{c.shape[1]}" if c.name == "gather" and len(c.shape) > 1 else ""
+    return f"{c.name}{extra} {where} {c.threads}t: {unit}" + (" (derived)" if c.source == "derived" else "")
+
+
+def _draw_roofs(ax: Any, roofs: list[Ceiling], x_lo: float, x_hi: float, tint: str | None, sku: str) -> None:
+    top = max((c.value for c in roofs if c.kind == "compute"), default=None)
+    xs = [x_lo * (x_hi / x_lo) ** (i / 64) for i in range(65)]
+    for i, c in enumerate(ordered := sorted(roofs, key=lambda c: (c.kind, -c.value))):
+        style = "--" if c.source == "derived" else "-"
+        col = tint or roof_color(i, len(ordered))
+        label = (sku + ": " if sku else "") + _roof_label(c)
+        tag = f"{sku} " if sku else ""
+        if c.kind == "compute":
+            ax.plot([x_lo, x_hi], [c.value, c.value], style, color=col, lw=1.2, alpha=0.8, label=label)
+            ax.annotate(f"{tag}{c.name} {c.dtype}", (x_hi, c.value), xytext=(-3, 2), textcoords="offset points",
+                        fontsize=6, color=col, ha="right")  # fmt: skip
+        else:
+            ys = [min(c.value * x, top) if top else c.value * x for x in xs]
+            ax.plot(xs, ys, style, color=col, lw=1.2, alpha=0.8, label=label)
+            name = f"{c.name} {c.level}" if c.name != "triad" else c.level
+            ax.annotate(f"{tag}{name}", (xs[2], ys[2]), xytext=(0, 3), textcoords="offset points", fontsize=6,
+                        color=col)  # fmt: skip
+
+
+def roofline_figure(
+    rows: list[dict[str, Any]],
+    machines: dict[str, Machine],
+    *,
+    labels: bool = False,
+    title: str = "",
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> tuple[Figure, list[RoofCheck]]:
+    """Log-log roofline of the ok points, one marker per kernel, the machine's roofs as lines.
+
+    With several machines (compare), colours mark the machine and each machine's roofs take its colour.
+
+    Args:
+        rows: flat rows (failed ones and those without FLOPs are skipped).
+        machines: sku_id -> Machine, for the ceilings.
+        labels: annotate each point with the fields that vary between points.
+        title: figure title (default: "Roofline: <machine names>").
+        tolerance: fraction above its roof at which a point is flagged (drawn with a red edge).
+    Returns:
+        The figure and the flagged points.
+    """
+    pts = [r for r in rows if r.get("status") == "ok" and r.get("gflops") and r.get("arithmetic_intensity")]
+    if not pts:
+        raise ValueError("no ok points with FLOPs and bytes to place on a roofline")
+    flagged = above_roof(pts, machines, tolerance=tolerance)
+    skus = list(dict.fromkeys(r["sku_id"] for r in pts))
+    kernels = list(dict.fromkeys(r["kernel"] for r in pts))
+    multi = len(skus) > 1
+    tags, names = machine_tags(skus, {s: m.name for s, m in machines.items()})
+    fig, (ax,) = new_figure(panel_in=(11.0, 6.0))
+    ais = [float(r["arithmetic_intensity"]) for r in pts]
+    x_lo, x_hi = min(ais) / 10, max(max(ais) * 10, 100.0)
+    for s, sku in enumerate(skus):
+        m = machines.get(sku)
+        if m and m.ceilings:
+            sku_rows = [r for r in pts if r["sku_id"] == sku]
+            _draw_roofs(ax, roofs_for(m, sku_rows), x_lo, x_hi, color(s) if multi else None, tags[sku])
+    shown = {sweep: varying_fields(group, exclude=["kernel"]) for (sweep,), group in group_by(pts, ["sweep"]).items()}
+    for s, sku in enumerate(skus):
+        for k, kernel in enumerate(kernels):
+            group = [r for r in pts if r["sku_id"] == sku and r["kernel"] == kernel]
+            if not group:
+                continue
+            name = f"{tags[sku]}: {kernel}" if multi else kernel
+            col = color(s) if multi else color(k)
+            ax.scatter(
+                [r["arithmetic_intensity"] for r in group], [r["gflops"] for r in group], marker=marker(k),
+                s=46, color=col, edgecolors="black", linewidths=0.5, zorder=3, label=name,
+            )  # fmt: skip
+            for r in group if labels else []:
+                text = point_label(r, shown[r["sweep"]], short=True)
+                ax.annotate(text, (r["arithmetic_intensity"], r["gflops"]), fontsize=7, xytext=(4, 3),
+                            textcoords="offset points")  # fmt: skip
+    if flagged:
+        ax.scatter([f.row["arithmetic_intensity"] for f in flagged], [f.row["gflops"] for f in flagged], s=150,
+                   marker="o", facecolors="none", edgecolors="red", linewidths=1.8, zorder=4,
+                   label=f"above its roof (> {tolerance:.0%}): accounting error")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_xlabel(AXIS_NAMES["arithmetic_intensity"])
+    ax.set_ylabel("achieved performance (GFLOP/s)")
+    ax.set_title(title or f"Roofline: {names}", fontsize=10 if multi else 12)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)
+    return fig, flagged

@@ -1,0 +1,137 @@
+"""Shared look of the workbench's figures: axis names with units, markers per kernel, colours, saving.
+
+Figures are built with matplotlib.figure.Figure directly (no pyplot), so nothing depends on a
+display or on global pyplot state; saving uses the Agg (PNG) and SVG canvases.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
+
+__all__ = [
+    "AXIS_NAMES",
+    "BYTE_FIELDS",
+    "color",
+    "format_bytes",
+    "machine_tags",
+    "marker",
+    "new_figure",
+    "roof_color",
+    "save_figure",
+    "use_byte_ticks",
+    "use_value_ticks",
+]
+
+# field -> axis label with its unit
+AXIS_NAMES: dict[str, str] = {
+    "gbps": "achieved bandwidth (GB/s)",
+    "gflops": "achieved GFLOP/s",
+    "lookups_per_s": "lookups per second",
+    "samples_per_s": "samples per second",
+    "median_s": "time per call (s)",
+    "frac_of_ceiling": "fraction of ceiling",
+    "arithmetic_intensity": "arithmetic intensity (FLOP/byte)",
+    "batch_size": "batch size B (bags per table)",
+    "num_rows": "rows per table E",
+    "embedding_dim": "embedding dim D",
+    "pooling_factor": "pooling factor L (lookups per bag)",
+    "num_tables": "tables T",
+    "threads": "threads",
+    "working_set_bytes": "hot working set (bytes)",
+    "working_set": "hot working set (bytes)",
+    "table_bytes": "table size (bytes)",
+    "bytes_moved": "bytes moved per call",
+}
+BYTE_FIELDS = frozenset({"working_set_bytes", "working_set", "table_bytes", "bytes_moved", "bytes_read"})
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+           "tab:cyan", "tab:gray")  # fmt: skip
+
+
+def marker(i: int) -> str:
+    """The i-th marker shape (kernels keep their shape across figures when given in the same order)."""
+    return _MARKERS[i % len(_MARKERS)]
+
+
+def color(i: int) -> str:
+    """The i-th colour of the qualitative palette."""
+    return _COLORS[i % len(_COLORS)]
+
+
+def roof_color(i: int, n: int) -> str:
+    """The colour of the i-th of n roofs: a dark-to-light ramp kept apart from the kernels' palette."""
+    from matplotlib import colormaps
+
+    r, g, b, _ = colormaps["viridis"](0.85 * i / max(1, n - 1))
+    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+
+
+def machine_tags(skus: list[str], names: dict[str, str]) -> tuple[dict[str, str], str]:
+    """Short tags for several machines in one figure ('A', 'B', ...) and the title line naming them.
+
+    Args:
+        skus: sku ids in plotting order.
+        names: sku id -> machine name (CPU, GPU).
+    Returns:
+        ({sku: tag}, 'A = AMD EPYC (64 cpus); B = ...'); with one machine, ({sku: ''}, its name).
+    """
+    if len(skus) == 1:
+        return {skus[0]: ""}, names.get(skus[0], skus[0])
+    tags = {s: chr(65 + i) if i < 26 else f"M{i}" for i, s in enumerate(skus)}
+    return tags, "; ".join(f"{tags[s]} = {names.get(s, s)}" for s in skus)
+
+
+def format_bytes(n: float) -> str:
+    """32768 -> '32 KiB', 3e7 -> '28.6 MiB'."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            v = n / size
+            return f"{v:.3g} {unit}" if abs(v) < 100 else f"{v:.0f} {unit}"
+    return f"{n:.0f} B"
+
+
+def use_byte_ticks(axis: Any) -> None:
+    """Label a log axis at powers of two, in KiB / MiB / GiB instead of raw byte counts."""
+    axis.set_major_locator(LogLocator(base=2, numticks=10))
+    axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: format_bytes(v) if v > 0 else "0"))
+
+
+def use_value_ticks(axis: Any, values: list[float], max_ticks: int = 12) -> None:
+    """Put ticks at the measured x values (batch sizes, row counts) in plain numbers, when there are few."""
+    distinct = sorted(set(values))
+    if 1 < len(distinct) <= max_ticks or len(distinct) == 1:
+        axis.set_major_locator(FixedLocator(distinct))
+        axis.set_minor_locator(NullLocator())
+        axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v == int(v) else f"{v:g}"))
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, panel_in: tuple[float, float] = (7.0, 4.6)) -> tuple[Figure, list]:
+    """A figure of nrows x ncols panels; returns it and its axes as a flat list."""
+    fig = Figure(figsize=(panel_in[0] * ncols, panel_in[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, [ax for row in axes for ax in row]
+
+
+def save_figure(fig: Figure, out: str | Path) -> list[Path]:
+    """Write `fig` as PNG and SVG when `out` has no suffix, else as the one format named.
+
+    Args:
+        fig: the figure.
+        out: 'plots/roofline' (writes roofline.png and roofline.svg), or 'x.png', or 'x.svg'.
+    Returns:
+        The paths written.
+    """
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix and suffix not in (".png", ".svg"):
+        raise ValueError(f"{out}: output format {suffix!r} is not supported; use .png, .svg, or no suffix for both")
+    paths = [out] if suffix else [out.with_name(out.name + ".png"), out.with_name(out.name + ".svg")]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        fig.savefig(p, dpi=120 if p.suffix.lower() == ".png" else "figure")
+    return paths

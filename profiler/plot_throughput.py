@@ -1,0 +1,145 @@
+"""Throughput vs one axis (batch size, table size, working set): median line and p25-p75 band per kernel.
+
+When x is a byte size the machine's L1d / L2 / L3 sizes are drawn as vertical lines, so the
+knees of a cache-footprint sweep line up with the cache boundaries; when y is GB/s the
+bandwidth ceilings the panel's points were judged against are drawn as horizontal lines.
+Fields that vary besides x and the line field (say embedding_dim) get one panel per combination.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from profiler.plot_roofline import roofs_for
+from profiler.plot_style import (
+    AXIS_NAMES,
+    BYTE_FIELDS,
+    color,
+    format_bytes,
+    machine_tags,
+    marker,
+    new_figure,
+    use_byte_ticks,
+    use_value_ticks,
+)
+from profiler.results import Machine, band, group_by, point_label, value_of, varying_fields
+
+__all__ = ["MAX_PANELS", "throughput_figure"]
+
+MAX_PANELS = 12  # beyond this a figure is unreadable; the rest are left out with a note (narrow with --filter)
+_CACHE_STYLES = {"L1d": ":", "L2": "--", "L3": "-."}
+
+
+def _facets(rows: list[dict[str, Any]], x: str, line: str) -> list[str]:
+    exclude = {x, line, "working_set" if x in ("working_set_bytes", "working_set") else x}
+    return varying_fields(rows, exclude=exclude)
+
+
+def _draw_caches(ax: Any, machine: Machine, tint: str, prefix: str) -> None:
+    for level, size in machine.cache_sizes_bytes().items():
+        ax.axvline(size, color=tint, ls=_CACHE_STYLES.get(level, ":"), lw=1.0, alpha=0.7)
+        ax.annotate(f"{prefix}{level} {format_bytes(size)}", (size, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(2, -10), textcoords="offset points", fontsize=7, color=tint, rotation=90,
+                    va="top")  # fmt: skip
+
+
+def _draw_ceilings(ax: Any, machine: Machine, rows: list[dict[str, Any]], tint: str | None, prefix: str) -> None:
+    used = {r.get("ceiling") for r in rows}
+    bw = [c for c in machine.ceilings if c.key in used and c.kind == "bandwidth"]
+    bw = bw or [c for c in roofs_for(machine, rows) if c.kind == "bandwidth"]  # points judged against none
+    for i, c in enumerate(sorted(bw, key=lambda c: -c.value)):
+        col = tint or color(i + 5)
+        ax.axhline(c.value, color=col, ls="--" if c.source == "derived" else "-", lw=0.9, alpha=0.6)
+        text = f"{prefix}{c.name} {c.level} {c.threads}t {c.value:.0f} GB/s"
+        ax.annotate(text, (1.0, c.value), xycoords=("axes fraction", "data"), xytext=(-3, 2),
+                    textcoords="offset points", fontsize=7, color=col, ha="right")  # fmt: skip
+
+
+def throughput_figure(
+    rows: list[dict[str, Any]],
+    machines: dict[str, Machine],
+    *,
+    x: str,
+    y: str = "gbps",
+    line: str = "kernel",
+    logx: bool = True,
+    logy: bool = False,
+    title: str = "",
+) -> tuple[Figure, list[str]]:
+    """Median `y` vs `x`, one line per value of `line` (and per machine when several), p25-p75 shaded.
+
+    Args:
+        rows: flat rows; failed points and points without `y` are skipped.
+        machines: sku_id -> Machine, for cache sizes and ceilings.
+        x: the axis field (batch_size, num_rows, working_set_bytes, ...).
+        y: the metric (gbps, gflops, lookups_per_s, samples_per_s, median_s, frac_of_ceiling).
+        line: the field that tells lines apart (usually kernel).
+        logx, logy: log scales.
+        title: figure title (default: "<y> vs <x>: <machine names>").
+    Returns:
+        The figure and notes (panels left out, points without a value).
+    """
+    pts = [r for r in rows if r.get("status") == "ok" and r.get(y) is not None and value_of(r, x) is not None]
+    if not pts:
+        known = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
+        raise ValueError(f"no ok points with both x={x!r} and y={y!r}; numeric fields here: {', '.join(known)}")
+    notes = []
+    facets = _facets(pts, x, line)
+    panels = group_by(pts, facets)
+    if len(panels) > MAX_PANELS:
+        notes.append(f"{len(panels) - MAX_PANELS} of {len(panels)} panels ({', '.join(facets)}) left out; "
+                     "narrow the points with --filter")  # fmt: skip
+        panels = dict(list(panels.items())[:MAX_PANELS])
+    ncols = 1 if len(panels) == 1 else 2 if len(panels) <= 4 else 3
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = new_figure(nrows, ncols, panel_in=(8.0, 5.0) if len(panels) == 1 else (5.5, 3.8))
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    skus = list(dict.fromkeys(r["sku_id"] for r in pts))
+    multi = len(skus) > 1
+    tags, names = machine_tags(skus, {s: m.name for s, m in machines.items()})
+    line_values = list(dict.fromkeys(r.get(line) for r in pts))
+    for ax, (facet_values, panel_rows) in zip(axes, panels.items(), strict=False):
+        for s, sku in enumerate(skus):
+            m = machines.get(sku)
+            prefix = f"{tags[sku]}: " if multi else ""
+            if m and x in BYTE_FIELDS:
+                _draw_caches(ax, m, color(s) if multi else "gray", prefix)
+            if m and y == "gbps" and m.ceilings:
+                _draw_ceilings(
+                    ax, m, [r for r in panel_rows if r["sku_id"] == sku], color(s) if multi else None, prefix
+                )
+        for (sku, value), group in group_by(panel_rows, ["sku_id", line]).items():
+            group = sorted(group, key=lambda r: value_of(r, x))
+            k = line_values.index(value)
+            s = skus.index(sku)
+            col = color(s) if multi else color(k)
+            name = f"{tags[sku]}: {value}" if multi else str(value)
+            xs = [value_of(r, x) for r in group]
+            ax.plot(xs, [r[y] for r in group], marker=marker(k), ms=5, color=col, lw=1.5, label=name,
+                    ls=["-", "--", ":", "-."][k % 4] if multi else "-")  # fmt: skip
+            bands = [band(r, y) for r in group]
+            if all(bands):
+                ax.fill_between(xs, [b[0] for b in bands], [b[1] for b in bands], color=col, alpha=0.2, lw=0)
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        if x in BYTE_FIELDS and logx:
+            use_byte_ticks(ax.xaxis)
+        elif logx:
+            use_value_ticks(ax.xaxis, [float(value_of(r, x)) for r in panel_rows])
+        ax.set_xlabel(AXIS_NAMES.get(x, x))
+        ax.set_ylabel(AXIS_NAMES.get(y, y))
+        if not logy:
+            ax.set_ylim(bottom=0)
+        ax.grid(True, which="major", alpha=0.3)
+        if facets:
+            ax.set_title(point_label(dict(zip(facets, facet_values, strict=True)), facets), fontsize=9)
+        ax.legend(fontsize=7, loc="best", framealpha=0.85, title="median, p25-p75 band", title_fontsize=7)
+    heading = f"{AXIS_NAMES.get(y, y)} vs {AXIS_NAMES.get(x, x)}"
+    fig.suptitle(title or (f"{heading}\n{names}" if multi else f"{heading}: {names}"), fontsize=11)
+    return fig, notes

@@ -1,0 +1,122 @@
+"""Kernel vs kernel: per point, the speedup of each kernel over a baseline kernel, as a table and a figure.
+
+Points are aligned on every Point field except the kernel (and the sweep name), per machine, so
+a kernel is only ever compared with the baseline at the very same batch, table, dim, pooling and
+working set. speedup = baseline median time / kernel median time (> 1: faster than the baseline).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from profiler.plot_style import color, new_figure
+from profiler.results import POINT_FIELDS, point_label, varying_fields
+
+__all__ = ["SpeedupTable", "format_speedup_table", "speedup_figure", "speedups"]
+
+_ALIGN = tuple(f for f in POINT_FIELDS if f not in ("kernel", "sweep"))
+_MAX_BARS = 48  # points x kernels beyond which a heat map reads better than bars
+
+
+@dataclass(frozen=True)
+class SpeedupTable:
+    """Rows are points (labelled by the fields that vary), columns kernels; None where either side failed."""
+
+    baseline: str
+    kernels: list[str]
+    labels: list[str]
+    values: dict[tuple[str, str], float | None]  # (label, kernel) -> speedup
+
+    def geomean(self, kernel: str) -> float | None:
+        """Geometric mean speedup of `kernel` over the points where it and the baseline both ran."""
+        vals = [v for (_, k), v in self.values.items() if k == kernel and v]
+        return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
+
+
+def speedups(rows: list[dict[str, Any]], baseline: str = "torch") -> SpeedupTable:
+    """Speedup of every kernel over `baseline` at each point.
+
+    Args:
+        rows: flat rows (one machine, or several: the machine then becomes part of the label).
+        baseline: the kernel to divide by.
+    Returns:
+        A SpeedupTable; a point whose baseline or kernel failed gets None.
+    """
+    kernels = list(dict.fromkeys(r["kernel"] for r in rows))
+    if baseline not in kernels:
+        raise ValueError(f"baseline kernel {baseline!r} is not in these results; kernels here: {', '.join(kernels)}")
+    align = (*_ALIGN, "sku_id")
+    shown = varying_fields(rows, exclude=["kernel"]) + (
+        ["machine_name"] if len({r["sku_id"] for r in rows}) > 1 else []
+    )
+    times: dict[tuple[Any, ...], dict[str, float | None]] = {}
+    labels: dict[tuple[Any, ...], str] = {}
+    for r in rows:  # later records of the same point (a --force re-run) replace earlier ones
+        key = tuple(r.get(f) for f in align)
+        ok = r.get("status") == "ok" and r.get("median_s")
+        times.setdefault(key, {})[r["kernel"]] = float(r["median_s"]) if ok else None
+        labels[key] = point_label(r, shown, short=not shown)
+    values: dict[tuple[str, str], float | None] = {}
+    for key, by_kernel in times.items():
+        base = by_kernel.get(baseline)
+        for k in kernels:
+            t = by_kernel.get(k)
+            values[(labels[key], k)] = base / t if base and t else None
+    return SpeedupTable(baseline, kernels, list(dict.fromkeys(labels.values())), values)
+
+
+def format_speedup_table(table: SpeedupTable) -> str:
+    """A fixed-width text table: one row per point, one column per kernel, and a geometric-mean row."""
+    width = max(12, *(len(k) + 2 for k in table.kernels))
+    label_w = max(len("geomean"), *(len(label) for label in table.labels)) + 2
+
+    def cell(v: float | None) -> str:
+        return f"{v:{width}.2f}x" if v else f"{'-':>{width + 1}}"
+
+    lines = [f"speedup over {table.baseline} (baseline time / kernel time; > 1 is faster)"]
+    lines.append(f"{'point':<{label_w}}" + "".join(f"{k:>{width + 1}}" for k in table.kernels))
+    for label in table.labels:
+        lines.append(f"{label:<{label_w}}" + "".join(cell(table.values.get((label, k))) for k in table.kernels))
+    lines.append(f"{'geomean':<{label_w}}" + "".join(cell(table.geomean(k)) for k in table.kernels))
+    return "\n".join(lines)
+
+
+def speedup_figure(table: SpeedupTable, *, title: str = "") -> Figure:
+    """Grouped bars (point on x, one bar per kernel) for small tables, a heat map for large ones."""
+    others = [k for k in table.kernels if k != table.baseline]
+    if not others:
+        raise ValueError(f"only the baseline kernel {table.baseline!r} is present; nothing to compare it with")
+    title = title or f"Speedup over {table.baseline} (baseline time / kernel time)"
+    n = len(table.labels)
+    if n * len(others) <= _MAX_BARS:
+        fig, (ax,) = new_figure(panel_in=(max(7.0, 0.9 * n * max(1, len(others)) ** 0.5 + 3), 5.0))
+        w = 0.8 / len(others)
+        for j, k in enumerate(others):
+            xs = [i + (j - (len(others) - 1) / 2) * w for i in range(n)]
+            ys = [table.values.get((label, k)) or 0.0 for label in table.labels]
+            ax.bar(xs, ys, w, color=color(j), label=k)
+        ax.axhline(1.0, color="black", lw=0.8, ls="--")
+        ax.set_xticks(range(n), table.labels, rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center",
+                      fontsize=8)  # fmt: skip
+        ax.set_ylabel(f"speedup over {table.baseline} (x)")
+        ax.set_xlabel("point")
+        ax.legend(fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    else:
+        fig, (ax,) = new_figure(panel_in=(1.2 * len(others) + 5, 0.28 * n + 2.0))
+        grid = [[math.log2(table.values.get((label, k)) or 1.0) for k in others] for label in table.labels]
+        lim = max(1.0, *(abs(v) for row in grid for v in row))
+        im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_xticks(range(len(others)), others, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(n), table.labels, fontsize=7)
+        for i, label in enumerate(table.labels):
+            for j, k in enumerate(others):
+                v = table.values.get((label, k))
+                ax.text(j, i, f"{v:.2f}" if v else "-", ha="center", va="center", fontsize=6)
+        fig.colorbar(im, ax=ax, label=f"log2 speedup over {table.baseline}")
+    ax.set_title(title)
+    return fig

@@ -1,0 +1,148 @@
+"""Plots, speedups and SKU comparison from synthetic results: files written, roofline math, ratios."""
+
+from __future__ import annotations
+
+import pytest
+from synthetic_results import CEILINGS, bag_point, write_sku
+
+from profiler.cli import main
+from profiler.compare import align, format_ratio_tables, write_comparison
+from profiler.plot_roofline import above_roof, roofline_figure
+from profiler.plot_style import save_figure
+from profiler.plots import make_plot, plot_settings
+from profiler.results import band, group_by, load_results, select
+from profiler.speedup import format_speedup_table, speedups
+
+TRIAD_L1, TRIAD_L2, _, GATHER, _, _ = CEILINGS
+
+
+def _one_sku(tmp_path, **kw):
+    """torch and numba_w8 over three working sets; numba_w8 in DRAM is 2x torch."""
+    pts = []
+    for ws, ceiling, t in (("8K", TRIAD_L1, 1e-5), ("512K", TRIAD_L2, 2e-5), ("256M", GATHER, 2e-4)):
+        pts.append((bag_point("torch", working_set=ws), t, ceiling))
+        pts.append((bag_point("numba_w8", working_set=ws), t / 2, ceiling))
+    pts.append((bag_point("torch_naive", working_set="256M"), 8e-4, GATHER))
+    return write_sku(tmp_path, "sku-a", "Synthetic CPU A", pts, **kw)
+
+
+def test_rows_are_flat_and_grouped_by_fields(tmp_path):
+    folder = _one_sku(tmp_path)
+    rs = load_results(folder)
+    assert len(rs.rows) == 7 and list(rs.machines) == ["sku-a"]
+    row = select(rs.rows, ["kernel=torch", "working_set=8K"])[0]
+    assert row["machine_name"] == "Synthetic CPU A (2 cpus)" and row["sku_id"] == "sku-a"
+    assert (row["median_s"], row["embedding_dim"], row["working_set_bytes"]) == (1e-5, 16, 8 << 10)
+    assert row["p25_s"] == pytest.approx(0.95e-5) and row["p75_s"] == pytest.approx(1.1e-5)
+    lo, hi = band(row, "gbps")  # a rate: the slow quartile is the low edge
+    assert lo == pytest.approx(row["gbps"] / 1.1) and hi == pytest.approx(row["gbps"] / 0.95)
+    assert [k for (k,) in group_by(rs.rows, ["kernel"])] == ["torch", "numba_w8", "torch_naive"]
+    with pytest.raises(ValueError, match="not a field"):
+        select(rs.rows, ["colour=red"])
+
+
+def test_contended_points_can_be_left_out(tmp_path):
+    key = bag_point("torch", working_set="8K").key()
+    folder = _one_sku(tmp_path, contended_keys=frozenset({key}))
+    assert len(load_results(folder).rows) == 7
+    rs = load_results(folder, include_contended=False)
+    assert len(rs.rows) == 6 and rs.excluded_contended == 1 and key not in {r["key"] for r in rs.rows}
+
+
+def test_roofline_places_a_point_at_its_intensity_and_gflops(tmp_path):
+    # B=64 bags, L=4, D=16: reads 256 rows x 64 B + 256 x 8 B indices + 65 x 8 B offsets, writes 64 x 64 B
+    bytes_moved = 256 * 64 + 256 * 8 + 65 * 8 + 64 * 64
+    flops = 256 * 16
+    folder = write_sku(tmp_path, "sku-a", "CPU", [(bag_point(working_set="8K"), 1e-6, TRIAD_L1)])
+    rs = load_results(folder)
+    fig, flagged = roofline_figure(rs.rows, rs.machines)
+    (x, y), = fig.axes[0].collections[0].get_offsets()  # fmt: skip
+    assert x == pytest.approx(flops / bytes_moved)
+    assert y == pytest.approx(flops / 1e-6 / 1e9)
+    assert flagged == []  # 22.8 GB/s under a 200 GB/s roof
+
+
+def test_a_point_above_its_roof_is_flagged_and_one_below_is_not(tmp_path, capsys):
+    bytes_moved = 256 * 64 + 256 * 8 + 65 * 8 + 64 * 64
+    over = bag_point("over", working_set="256M")
+    under = bag_point("under", working_set="256M")
+    t_over = bytes_moved / 15e9  # 15 GB/s against a 10 GB/s gather roof
+    t_under = bytes_moved / 8e9
+    folder = write_sku(tmp_path, "sku-a", "CPU", [(over, t_over, GATHER), (under, t_under, GATHER)])
+    rs = load_results(folder)
+    flagged = above_roof(rs.rows, rs.machines)
+    assert [f.row["kernel"] for f in flagged] == ["over"]
+    assert flagged[0].ratio == pytest.approx(1.5)
+    out = tmp_path / "roof.png"
+    assert main(["plot", str(folder), "--kind", "roofline", "--out", str(out), "--labels"]) == 0
+    err = capsys.readouterr().err
+    assert "over" in err and "accounting error" in err and "under" not in err
+    assert out.stat().st_size > 0
+
+
+def test_plot_writes_png_and_svg_without_a_suffix(tmp_path, capsys):
+    folder = _one_sku(tmp_path)
+    for kind in ("roofline", "throughput", "speedup"):
+        assert main(["plot", str(folder / "synth.jsonl"), "--kind", kind, "--out", str(tmp_path / kind)]) == 0
+        for suffix in (".png", ".svg"):
+            assert (tmp_path / f"{kind}{suffix}").stat().st_size > 1000
+    assert "speedup over torch" in capsys.readouterr().out
+    assert main(["plot", str(folder), "--kind", "speedup", "--out", str(tmp_path / "x.pdf")]) == 2
+    assert main(["plot", str(tmp_path / "missing"), "--kind", "roofline", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_throughput_defaults_to_the_varying_axis_and_draws_bands(tmp_path):
+    rs = load_results(_one_sku(tmp_path))
+    settings = plot_settings(rs.rows, None)
+    assert (settings["x"], settings["y"], settings["kinds"]) == ("working_set_bytes", "gbps",
+                                                                  ["roofline", "throughput", "speedup"])  # fmt: skip
+    res = make_plot("throughput", rs.rows, rs.machines, tmp_path / "t.png", settings=settings)
+    assert res.paths == [tmp_path / "t.png"] and res.paths[0].stat().st_size > 1000
+    with pytest.raises(ValueError, match="no ok points"):
+        make_plot("throughput", rs.rows, rs.machines, tmp_path / "u.png", settings={**settings, "y": "nope"})
+
+
+def test_speedup_values_match_hand_computed_ratios(tmp_path):
+    rs = load_results(_one_sku(tmp_path))
+    table = speedups(rs.rows, "torch")
+    assert table.labels == ["working_set=8K", "working_set=512K", "working_set=256M"]
+    assert table.values[("working_set=8K", "numba_w8")] == pytest.approx(2.0)
+    assert table.values[("working_set=256M", "torch_naive")] == pytest.approx(2e-4 / 8e-4)
+    assert table.values[("working_set=8K", "torch_naive")] is None  # never measured there
+    assert table.geomean("numba_w8") == pytest.approx(2.0)
+    text = format_speedup_table(table)
+    assert "2.00x" in text and "0.25x" in text and "geomean" in text
+    assert speedups(rs.rows, "numba_w8").values[("working_set=8K", "torch")] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="kernels here: torch, numba_w8, torch_naive"):
+        speedups(rs.rows, "cuda")
+
+
+def test_compare_aligns_points_by_key_across_skus(tmp_path, capsys):
+    a = _one_sku(tmp_path)
+    cases = (("8K", 5e-6, TRIAD_L1), ("256M", 5e-5, GATHER))
+    shared = [(bag_point("torch", working_set=ws), t, c) for ws, t, c in cases]
+    only_b = [(bag_point("torch", working_set="512K", embedding_dim=128), 1e-5, TRIAD_L2)]
+    b = write_sku(tmp_path, "sku-b", "Synthetic CPU B", shared + only_b)
+    sets = [load_results(a), load_results(b)]
+    aligned, skus = align(sets)
+    assert skus == ["sku-a", "sku-b"]
+    assert {x.key for x in aligned} == {p.key() for p, _, _ in shared}
+    by_ws = {x.rows["sku-a"]["working_set"]: x.ratio("sku-a", "sku-b") for x in aligned}
+    assert by_ws == pytest.approx({"8K": 1e-5 / 5e-6, "256M": 2e-4 / 5e-5})
+    text = format_ratio_tables(aligned, skus, {k: v for s in sets for k, v in s.machines.items()})
+    assert "Synthetic CPU A (2 cpus)" in text and "Synthetic CPU B (2 cpus)" in text
+    assert "2.00x" in text and "4.00x" in text
+    paths, _notes = write_comparison(sets, tmp_path / "cmp")
+    assert {p.name for p in paths} >= {"compare_roofline.png", "compare_synth_throughput.svg"}
+    assert all(p.stat().st_size > 1000 for p in paths)
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cli")]) == 0
+    assert "4.00x" in capsys.readouterr().out
+    assert main(["compare", str(a), str(a)]) == 2
+
+
+def test_save_figure_rejects_unknown_formats(tmp_path):
+    rs = load_results(_one_sku(tmp_path))
+    fig, _ = roofline_figure(rs.rows, rs.machines)
+    assert [p.name for p in save_figure(fig, tmp_path / "r")] == ["r.png", "r.svg"]
+    with pytest.raises(ValueError, match=r"\.jpg"):
+        save_figure(fig, tmp_path / "r.jpg")
