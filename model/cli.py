@@ -10,7 +10,7 @@ from typing import Any
 import psutil
 
 from model.config import DLRMConfig, EmbeddingGrad, Interaction, parse_sizes
-from model.data import RandomData
+from model.data_cli import add_data_arguments, build_sources, fit_tables
 from model.presets import PRESETS, get_preset, scale_rows
 from model.train import LossFunction, TrainConfig, load_checkpoint, resolve_device, run
 
@@ -53,15 +53,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="sparse (the reference's), dense, or fused: SGD applied inside the backward as FBGEMM does",
     )
 
-    data = p.add_argument_group("data")
-    data.add_argument("--data-generation", default="random", help="random (synthetic and dataset: not yet)")
-    data.add_argument("--data-size", type=int, default=1, help="samples in the random data set")
-    data.add_argument("--mini-batch-size", type=int, default=1)
-    data.add_argument("--num-batches", type=int, default=0, help="batches per epoch (0: the whole data set)")
-    data.add_argument("--num-indices-per-lookup", type=int, help="pooling factor L (default 10, or the preset's)")
-    _flag_bool(data, "--num-indices-per-lookup-fixed", "every bag has exactly L lookups")
-    _flag_bool(data, "--round-targets", "labels in {0, 1} instead of U[0, 1)")
-    data.add_argument("--numpy-rand-seed", type=int, default=123, help="seed of the data and the weights")
+    add_data_arguments(p, _flag_bool)
 
     tr = p.add_argument_group("training")
     tr.add_argument("--nepochs", type=int, default=1)
@@ -137,8 +129,6 @@ def _check_memory(cfg: DLRMConfig) -> None:
 
 
 def train_main(args: argparse.Namespace) -> dict[str, Any]:
-    if args.data_generation != "random":
-        raise NotImplementedError(f"--data-generation {args.data_generation}: only 'random' is implemented so far")
     if args.mini_batch_size < 1 or args.print_freq < 1 or args.nepochs < 1 or args.num_batches < 0:
         raise ValueError("--mini-batch-size, --print-freq and --nepochs must be >= 1, --num-batches >= 0")
     device = args.device or ("cuda" if args.use_gpu else "cpu")
@@ -163,18 +153,13 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         cfg = replace(saved, kernel=cfg.kernel, embedding_grad=cfg.embedding_grad)
         state = ckpt["state_dict"]
         notes.append(f"loaded model from {args.load_model}")
-    _check_memory(cfg)
     weights = parse_sizes_float(args.loss_weights)
-    data = RandomData(
-        cfg.table_rows,
-        cfg.num_dense,
-        args.mini_batch_size,
-        max(args.data_size, args.mini_batch_size * args.num_batches),
-        pooling,
-        bool(args.num_indices_per_lookup_fixed),
-        args.numpy_rand_seed,
-        bool(args.round_targets),
-    )
+    sources = build_sources(args, cfg, pooling)
+    notes += sources.notes
+    if sources.table_rows is not None:
+        cfg, note = fit_tables(cfg, sources.table_rows, bool(args.arch_embedding_size or args.load_model))
+        notes.append(note)
+    _check_memory(cfg)
     for note in notes:
         print(note)
     print(
@@ -199,14 +184,16 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         save_model=args.save_model,
         json_out=args.json_out,
         profile_trace=args.profile_trace if args.profile else "",
+        test_freq=max(args.test_freq, 0),
         extra={
             "batch_size": args.mini_batch_size,
             "pooling_factor": pooling,
             "preset": args.preset,
             "notes": notes,
+            "data": sources.record,
         },
     )
-    return run(cfg, train, data, state_dict=state)
+    return run(cfg, train, sources.train, state_dict=state, test_data=sources.test)
 
 
 def parse_sizes_float(text: str) -> tuple[float, float]:

@@ -19,8 +19,18 @@ from model.config import DLRMConfig
 from model.data import Batch
 from model.dlrm import DLRM
 from model.optim import SGD
+from model.quality import Quality, quality
 
-__all__ = ["LossFunction", "TrainConfig", "load_checkpoint", "make_loss", "resolve_device", "run", "save_checkpoint"]
+__all__ = [
+    "LossFunction",
+    "TrainConfig",
+    "evaluate",
+    "load_checkpoint",
+    "make_loss",
+    "resolve_device",
+    "run",
+    "save_checkpoint",
+]
 
 CHECKPOINT_VERSION = 1  # 1: {"version", "config", "state_dict", "iterations"}
 
@@ -48,6 +58,7 @@ class TrainConfig:
     save_model: str = ""
     json_out: str = ""
     profile_trace: str = ""  # non-empty: after training, profile a few steps, write this Chrome trace
+    test_freq: int = 0  # with test data: evaluate every this many iterations (0: only at the end)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in --json-out as given
 
 
@@ -99,6 +110,32 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> dict[
     return ckpt
 
 
+@torch.no_grad()
+def evaluate(model: DLRM, data: Iterable[Batch], device: torch.device) -> Quality:
+    """AUC, accuracy and log loss of `model` on every batch of `data` (the model is left in its mode).
+
+    Args:
+        model: a DLRM on `device`.
+        data: the test batches.
+        device: where to run.
+    Returns:
+        Quality over all samples of `data`.
+    """
+    was_training = model.training
+    model.eval()
+    labels, scores = [], []
+    try:
+        for batch in data:
+            batch = batch.to(device)
+            scores.append(model(batch.dense, batch.indices, batch.offsets).float().cpu())
+            labels.append(batch.labels.float().cpu())
+    finally:
+        model.train(was_training)
+    if not labels:
+        raise ValueError("the test data holds no batch")
+    return quality(torch.cat(labels).numpy(), torch.cat(scores).numpy())
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -110,9 +147,15 @@ def run(
     data: Iterable[Batch],
     *,
     state_dict: dict[str, torch.Tensor] | None = None,
+    test_data: Iterable[Batch] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train (or with inference_only, evaluate) DLRM on `data`; returns the --json-out record."""
+    """Train (or with inference_only, evaluate) DLRM on `data`; returns the --json-out record.
+
+    With `test_data`, the model is evaluated on it every `train.test_freq` iterations and at
+    the end; the record then holds "test" (auc, accuracy, logloss, samples) and "test_history".
+    Evaluation time is left out of every throughput figure.
+    """
     device = resolve_device(train.device)
     kernels.get(config.kernel, device.type)
     if train.threads:
@@ -133,6 +176,18 @@ def run(
     window_loss = torch.zeros((), device=device)
     window_samples = window_iters = 0
     window_step_s = 0.0
+    test_s = 0.0
+    last = (0, 0)  # (epoch, j) of the latest step
+    history: list[dict[str, Any]] = []
+
+    def test(epoch: int, j: int) -> None:
+        nonlocal test_s
+        t = time.perf_counter()
+        q = evaluate(model, test_data, device)  # type: ignore[arg-type]
+        test_s += time.perf_counter() - t
+        history.append({"epoch": epoch, "iteration": iters, **q.to_dict()})
+        log(f"Testing at - it {j + 1}/{nbatches} of epoch {epoch}: {q.line()}")
+
     nbatches = len(data) if train.num_batches == 0 else train.num_batches  # type: ignore[arg-type]
     wall0 = time.perf_counter()
     for epoch in range(train.nepochs):
@@ -170,8 +225,13 @@ def run(
                 window_loss.zero_()
                 window_samples = window_iters = 0
                 window_step_s = 0.0
+            last = (epoch, j)
+            if test_data is not None and train.test_freq and iters % train.test_freq == 0:
+                test(*last)
             t_data = time.perf_counter()
-    wall_s = time.perf_counter() - wall0
+    if test_data is not None and iters and (not history or history[-1]["iteration"] != iters):
+        test(*last)
+    wall_s = time.perf_counter() - wall0 - test_s
     if iters == 0:
         raise ValueError("no batches were run: check --num-batches, --data-size and --mini-batch-size")
 
@@ -188,6 +248,7 @@ def run(
         "data_ms_per_iter": 1000.0 * data_s / iters,
         "wall_s": wall_s,
         "train_loss": losses,
+        **_test_record(history, test_s),
         "config": config.to_dict(),
         "train_config": {k: v for k, v in asdict(train).items() if k != "extra"},
         **train.extra,
@@ -213,6 +274,14 @@ def run(
     if train.json_out:
         _write_json(Path(train.json_out), result)
     return result
+
+
+def _test_record(history: list[dict[str, Any]], test_s: float) -> dict[str, Any]:
+    """The --json-out keys of the evaluations: the last one as "test", all of them as "test_history"."""
+    if not history:
+        return {}
+    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "iteration")}
+    return {"test": final, "test_history": history, "test_wall_s": test_s}
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:

@@ -96,7 +96,7 @@ def test_save_then_load_model(tmp_path, capsys):
         (["--arch-mlp-bot=4-3-5"], "--arch-mlp-bot ends in 5 but --arch-sparse-feature-size is 2"),
         (["--arch-mlp-top=4-2"], "--arch-mlp-top must end in 1"),
         (["--kernel=fast"], "unknown kernel 'fast'"),
-        (["--data-generation=dataset"], "only 'random' is implemented"),
+        (["--data-generation=dataset"], "--data-generation dataset needs --raw-data-file"),
         (["--scale=0.5"], "--scale must be >= 1"),
     ],
 )

@@ -1,0 +1,221 @@
+"""Criteo raw lines parsed and checked: raw TSV (Kaggle / Terabyte) or headered CSV, plain or gzip, streamed.
+
+A sample is a label (0/1), 13 integer features I1..I13 and 26 categorical features C1..C26
+written as hex (up to 8 digits: the full 32-bit range). Any feature may be empty. Raw TSV has
+no header; trailing empty fields may be stripped, so a line may have 15 to 40 fields. The
+headered CSV variants (Kaggle's `Id,Label,I1,...` with CRLF; `label,I1,...,C26` with integers
+written as `260.0`) are recognised from their first line and read by column name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = [
+    "NUM_CAT",
+    "NUM_DENSE",
+    "BadLine",
+    "Layout",
+    "ParsedLine",
+    "detect_layout",
+    "iter_lines",
+    "open_raw",
+    "parse_line",
+]
+
+NUM_DENSE = 13  # I1..I13
+NUM_CAT = 26  # C1..C26
+_GZIP_MAGIC = b"\x1f\x8b"
+_SNIFF_BYTES = 8192  # read this much to tell text from binary
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+class BadLine(ValueError):
+    """One line that is not a valid sample; `reason` says which field and why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each field sits in a line: the separator and the column of each feature."""
+
+    name: str  # "tsv", "csv" (label,I1..C26) or "kaggle-csv" (Id,Label,I1..C26)
+    sep: str
+    label_col: int
+    dense_cols: tuple[int, ...]  # 13 columns
+    cat_cols: tuple[int, ...]  # 26 columns
+    num_fields: int  # fields in a full line
+    has_header: bool
+
+    @property
+    def min_fields(self) -> int:
+        """Fewer fields than this is a truncated line, not stripped trailing empties."""
+        return max(self.label_col, *self.dense_cols) + 2  # at least one categorical after the integers
+
+    def validate(self) -> Layout:
+        if len(self.dense_cols) != NUM_DENSE or len(self.cat_cols) != NUM_CAT:
+            raise ValueError(f"layout {self.name}: needs {NUM_DENSE} integer and {NUM_CAT} categorical columns")
+        return self
+
+
+_TSV = Layout("tsv", "\t", 0, tuple(range(1, 14)), tuple(range(14, 40)), 40, False)
+
+
+@dataclass(frozen=True)
+class ParsedLine:
+    label: int  # 0 or 1
+    dense: tuple[int, ...]  # 13 raw integers, empty as 0
+    cats: tuple[int, ...]  # 26 values in [0, 2**32), empty as -1
+
+
+def open_raw(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a raw file for binary line reading, gunzipping when it starts with gzip's magic.
+
+    Raises ValueError (naming the file) for a missing path, a directory, an empty file or
+    a binary one, so the command line can say so in one line.
+
+    Args:
+        path: the raw TSV / CSV file, plain or gzip.
+    Returns:
+        a binary file object positioned at the start of the text.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{p}: no such file")
+    if p.is_dir():
+        raise ValueError(f"{p}: is a directory, not a Criteo data file")
+    with open(p, "rb") as f:
+        magic = f.read(2)
+    if not magic:
+        raise ValueError(f"{p}: empty file (0 bytes)")
+    f: BinaryIO = gzip.open(p, "rb") if magic == _GZIP_MAGIC else open(p, "rb")  # type: ignore[assignment]
+    try:
+        head = f.read(_SNIFF_BYTES)
+        f.seek(0)
+    except (OSError, EOFError) as exc:
+        f.close()
+        raise ValueError(f"{p}: unreadable gzip data ({exc})") from None
+    if not head:
+        f.close()
+        raise ValueError(f"{p}: empty file (no data after decompression)")
+    if b"\x00" in head:
+        f.close()
+        raise ValueError(f"{p}: binary file (NUL bytes in the first {len(head)} bytes), not Criteo text")
+    return f
+
+
+def iter_lines(f: BinaryIO, path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text without the line ending); undecodable bytes become U+FFFD."""
+    try:
+        for lineno, raw in enumerate(f, 1):
+            yield lineno, raw.decode("utf-8", errors="replace").rstrip("\r\n")
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path}: read failed ({exc}); a truncated or corrupt gzip file?") from None
+
+
+def detect_layout(first_line: str, path: str | os.PathLike[str]) -> Layout:
+    """Tell raw TSV from the headered CSV variants by the first line.
+
+    Args:
+        first_line: the file's first line, line ending removed.
+        path: for messages.
+    Returns:
+        the Layout; ValueError for an unlabelled file or a first line of no known form.
+    """
+    if "\t" in first_line:
+        return _TSV
+    names = [n.strip().strip('"').lower() for n in first_line.split(",")]
+    if len(names) > 1 and all(f"i{k}" in names for k in range(1, NUM_DENSE + 1)):
+        missing = [f"C{k}" for k in range(1, NUM_CAT + 1) if f"c{k}" not in names]
+        if missing:
+            raise ValueError(f"{path}:1: CSV header lacks categorical columns {', '.join(missing)}")
+        if "label" not in names:
+            raise ValueError(
+                f"{path}:1: CSV header has no Label column: an unlabelled (test-set) file cannot be used "
+                "for training or evaluation"
+            )
+        name = "kaggle-csv" if names[0] == "id" else "csv"
+        col = names.index
+        layout = Layout(
+            name,
+            ",",
+            col("label"),
+            tuple(col(f"i{k}") for k in range(1, NUM_DENSE + 1)),
+            tuple(col(f"c{k}") for k in range(1, NUM_CAT + 1)),
+            len(names),
+            True,
+        )
+        return layout.validate()
+    fields = first_line.split("\t")
+    raise ValueError(
+        f"{path}:1: not Criteo data: expected tab-separated label, 13 integers and 26 hex categoricals "
+        f"(or a CSV header naming Label, I1..I13, C1..C26); the first line has {len(fields)} tab-separated "
+        f"field(s): {first_line[:120]!r}"
+    )
+
+
+def _integer(text: str) -> int:
+    """An integer field: '-2', '260', or '260.0' (float-formatted CSV); ValueError otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        x = float(text)  # raises ValueError for non-numbers
+        if not math.isfinite(x) or x != int(x):
+            raise ValueError(text) from None
+        return int(x)
+
+
+def parse_line(line: str, layout: Layout) -> ParsedLine:
+    """Parse one sample; BadLine names the field and the value at fault.
+
+    Args:
+        line: one line, line ending removed.
+        layout: from detect_layout.
+    Returns:
+        ParsedLine with raw integers (empty as 0) and 32-bit categorical values (empty as -1).
+    """
+    fields = line.split(layout.sep)
+    n = len(fields)
+    if n > layout.num_fields:
+        raise BadLine(f"{n} fields, expected {layout.num_fields}")
+    if n < layout.min_fields:
+        raise BadLine(f"{n} field(s), expected {layout.num_fields} (or at least {layout.min_fields} with trailing "
+                      "empty fields stripped)")  # fmt: skip
+    if n < layout.num_fields:
+        fields += [""] * (layout.num_fields - n)
+    label_text = fields[layout.label_col].strip()
+    try:
+        label = _integer(label_text)
+    except ValueError:
+        label = -1
+    if label not in (0, 1):
+        raise BadLine(f"label {label_text!r} is not 0 or 1")
+    dense = []
+    for k, col in enumerate(layout.dense_cols, 1):
+        text = fields[col].strip()
+        if not text:
+            dense.append(0)
+            continue
+        try:
+            dense.append(_integer(text))
+        except (ValueError, OverflowError):
+            raise BadLine(f"I{k} = {text!r} is not an integer") from None
+    cats = []
+    for k, col in enumerate(layout.cat_cols, 1):
+        text = fields[col].strip()
+        if not text:
+            cats.append(-1)
+            continue
+        if len(text) > 8 or not _HEX.issuperset(text):
+            raise BadLine(f"C{k} = {text[:20]!r} is not a hex value of at most 8 digits")
+        cats.append(int(text, 16))
+    return ParsedLine(label, tuple(dense), tuple(cats))

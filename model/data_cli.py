@@ -1,0 +1,213 @@
+"""The data flags of `dlrmbench train` and the data sources they build: random, synthetic with locality, Criteo."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from model.config import DLRMConfig
+from model.criteo import CategoryIndex, CriteoData, split_rows
+from model.criteo_cache import BadLinePolicy, CriteoCache, default_cache_dir, preprocess
+from model.criteo_format import NUM_CAT, NUM_DENSE
+from model.data import Batch, RandomData
+from model.synthetic import SyntheticData, parse_locality
+
+__all__ = ["DataSources", "add_data_arguments", "build_sources", "fit_tables"]
+
+_GENERATIONS = ("random", "synthetic", "dataset")
+
+
+@dataclass(frozen=True)
+class DataSources:
+    train: Iterable[Batch]
+    test: Iterable[Batch] | None
+    table_rows: tuple[int, ...] | None  # what the data needs (dataset only)
+    notes: list[str] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)  # for --json-out
+
+
+def add_data_arguments(p: argparse.ArgumentParser, flag_bool: Any) -> None:
+    """Add the data flag group to `p`; `flag_bool(group, name, help)` adds a reference-style boolean."""
+    data = p.add_argument_group("data")
+    data.add_argument("--data-generation", default="random", choices=_GENERATIONS,
+                      help="random (uniform rows), synthetic (rows with locality, see --locality) or dataset "
+                           "(Criteo, see --raw-data-file)")  # fmt: skip
+    data.add_argument("--data-size", type=int, default=1, help="samples in the random / synthetic data set")
+    data.add_argument("--mini-batch-size", type=int, default=1)
+    data.add_argument("--num-batches", type=int, default=0, help="batches per epoch (0: the whole data set)")
+    data.add_argument("--num-indices-per-lookup", type=int, help="pooling factor L (default 10, or the preset's)")
+    flag_bool(data, "--num-indices-per-lookup-fixed", "every bag has exactly L lookups")
+    flag_bool(data, "--round-targets", "labels in {0, 1} instead of U[0, 1)")
+    data.add_argument("--numpy-rand-seed", type=int, default=123, help="seed of the data and the weights")
+
+    syn = p.add_argument_group("synthetic data with locality (--data-generation synthetic)")
+    syn.add_argument("--locality", default="",
+                     help="per-table row distribution: uniform, zipf[:S] (default S 1.15), or sd:PATH (a "
+                          "stack-distance profile; {t} in PATH becomes the table index); one spec for all "
+                          "tables or a comma-separated spec per table")  # fmt: skip
+    syn.add_argument(
+        "--data-trace-file",
+        default="",
+        help="the reference's flag: a stack-distance profile for every table (= --locality sd:PATH)",
+    )
+
+    ds = p.add_argument_group("Criteo data (--data-generation dataset)")
+    ds.add_argument("--data-set", default="kaggle", choices=("kaggle", "terabyte"),
+                    help="which Criteo release; both use the same raw format (one file: Kaggle's train.txt or "
+                         "a Terabyte day_N)")  # fmt: skip
+    ds.add_argument("--raw-data-file", default="", help="raw TSV (or headered CSV), plain or .gz")
+    ds.add_argument("--test-raw-data-file", default="", help="held-out rows in a separate file")
+    ds.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="hold out the last F of --raw-data-file's rows as the test split",
+    )
+    ds.add_argument("--max-ind-range", type=int, default=-1,
+                    help="rows per table: categorical value mod N (default: a vocabulary of the training rows, "
+                         "plus one row for empty and one for unseen)")  # fmt: skip
+    ds.add_argument(
+        "--min-category-count",
+        type=int,
+        default=1,
+        help="vocabulary: values seen fewer times in training share the unseen row",
+    )
+    ds.add_argument("--processed-data-file", default="",
+                    help="cache folder for the preprocessed data (default: beside the raw file, or "
+                         "~/.cache/dlrmbench when that folder is read-only)")  # fmt: skip
+    ds.add_argument(
+        "--on-bad-line",
+        default="error",
+        choices=[str(x) for x in BadLinePolicy],
+        help="error: stop at the first bad line, showing it; skip: drop bad lines and count them",
+    )
+    flag_bool(ds, "--data-shuffle", "visit the training batches in a new order each epoch")
+    ds.add_argument("--test-mini-batch-size", type=int, default=-1, help="default: --mini-batch-size")
+    ds.add_argument(
+        "--test-freq",
+        type=int,
+        default=-1,
+        help="evaluate on the test split every N iterations (default: only at the end)",
+    )
+
+
+def _criteo(args: argparse.Namespace) -> DataSources:
+    if not args.raw_data_file:
+        raise ValueError("--data-generation dataset needs --raw-data-file PATH")
+    if args.test_raw_data_file and args.test_fraction:
+        raise ValueError("give --test-raw-data-file or --test-fraction, not both")
+    if args.min_category_count < 1:
+        raise ValueError(f"--min-category-count must be >= 1, got {args.min_category_count}")
+    cache_dir = Path(args.processed_data_file) if args.processed_data_file else default_cache_dir(args.raw_data_file)
+    notes: list[str] = []
+    train_cache = _open_cache(args.raw_data_file, cache_dir, args.on_bad_line, notes)
+    n = len(train_cache)
+    n_train = split_rows(n, args.test_fraction)
+    if args.max_ind_range > 0:
+        index = CategoryIndex(max_ind_range=args.max_ind_range)
+    else:
+        index = CategoryIndex(train_cache.vocabulary(n_train, args.min_category_count))
+    B = args.mini_batch_size
+    test_B = args.test_mini_batch_size if args.test_mini_batch_size > 0 else B
+    train = CriteoData(train_cache, index, B, 0, n_train, bool(args.data_shuffle), args.numpy_rand_seed)
+    test: CriteoData | None = None
+    if args.test_raw_data_file:
+        test_dir = (cache_dir.with_name(cache_dir.name + "-test") if args.processed_data_file
+                    else default_cache_dir(args.test_raw_data_file))  # fmt: skip
+        test_cache = _open_cache(args.test_raw_data_file, test_dir, args.on_bad_line, notes)
+        test = CriteoData(test_cache, index, test_B)
+    elif n_train < n:
+        test = CriteoData(train_cache, index, test_B, n_train, n)
+    split = f", test {test.samples:,} rows" if test else ", no test split"
+    notes.append(f"data: Criteo {args.data_set}, train {n_train:,} rows{split}; {index.describe()}")
+    record = {
+        "data_generation": "dataset",
+        "data_set": args.data_set,
+        "raw_data_file": args.raw_data_file,
+        "train_rows": n_train,
+        "test_rows": test.samples if test else 0,
+        "cache": str(train_cache.folder),
+    }
+    return DataSources(train, test, index.table_rows, notes, record)
+
+
+def _open_cache(path: str, folder: Path, on_bad_line: str, notes: list[str]) -> CriteoCache:
+    cache, built = preprocess(path, folder, on_bad_line)
+    m = cache.manifest
+    verb = "preprocessed" if built else "reusing the cache of"
+    notes.append(f"{verb} {path}: {m['rows']:,} samples ({m['format']}), {m['positives'] / m['rows']:.3f} "
+                 f"positive, cache {cache.folder}")  # fmt: skip
+    if m["bad_lines"]:
+        first = m["bad_line_examples"][0]
+        notes.append(f"skipped {m['bad_lines']:,} bad line(s) of {path}; first at line {first['line']}: "
+                     f"{first['reason']}")  # fmt: skip
+    return cache
+
+
+def build_sources(args: argparse.Namespace, cfg: DLRMConfig, pooling: int) -> DataSources:
+    """The training (and test) data the flags ask for.
+
+    Args:
+        args: parsed `dlrmbench train` flags.
+        cfg: the model config (random / synthetic data take its table sizes).
+        pooling: L.
+    Returns:
+        DataSources; table_rows is set when the data fixes the table sizes (Criteo).
+    """
+    gen = args.data_generation
+    if gen != "dataset" and (args.test_raw_data_file or args.test_fraction or args.raw_data_file):
+        raise ValueError("--raw-data-file, --test-raw-data-file and --test-fraction need --data-generation dataset")
+    if gen != "synthetic" and (args.locality or args.data_trace_file):
+        raise ValueError("--locality and --data-trace-file need --data-generation synthetic")
+    if gen == "dataset":
+        return _criteo(args)
+    random = RandomData(
+        cfg.table_rows,
+        cfg.num_dense,
+        args.mini_batch_size,
+        max(args.data_size, args.mini_batch_size * args.num_batches),
+        pooling,
+        bool(args.num_indices_per_lookup_fixed),
+        args.numpy_rand_seed,
+        bool(args.round_targets),
+    )
+    if gen == "random":
+        return DataSources(random, None, None, [], {"data_generation": "random"})
+    if args.locality and args.data_trace_file:
+        raise ValueError("give --locality or --data-trace-file, not both")
+    spec = args.locality or (f"sd:{args.data_trace_file}" if args.data_trace_file else "uniform")
+    data = SyntheticData(random, parse_locality(spec, cfg.num_tables))
+    return DataSources(data, None, None, [f"data: synthetic, {data.describe()}"],
+                       {"data_generation": "synthetic", "locality": spec})  # fmt: skip
+
+
+def fit_tables(cfg: DLRMConfig, need: tuple[int, ...], explicit: bool) -> tuple[DLRMConfig, str]:
+    """Table sizes for data that fixes them: the data's unless given explicitly, which must then cover it.
+
+    Args:
+        cfg: the model config so far.
+        need: rows each table needs.
+        explicit: whether the sizes were given (--arch-embedding-size or a loaded model).
+    Returns:
+        (config with the sizes, a note).
+    """
+    if cfg.num_dense != NUM_DENSE:
+        raise ValueError(
+            f"--arch-mlp-bot starts with {cfg.num_dense} but Criteo has {NUM_DENSE} dense features: "
+            f"start it with {NUM_DENSE}, e.g. --arch-mlp-bot={NUM_DENSE}-64-{cfg.embedding_dim}"
+        )
+    if not explicit:
+        return replace(cfg, table_rows=need).validate(), f"table sizes from the data: {'-'.join(map(str, need))}"
+    if cfg.num_tables != NUM_CAT:
+        raise ValueError(f"the model has {cfg.num_tables} tables but Criteo has {NUM_CAT} categorical features")
+    short = [t for t in range(NUM_CAT) if cfg.table_rows[t] < need[t]]
+    if short:
+        t = short[0]
+        raise ValueError(
+            f"table {t} has {cfg.table_rows[t]} rows but the data needs {need[t]} ({len(short)} table(s) too "
+            "small): omit --arch-embedding-size to take the sizes from the data"
+        )
+    return cfg, "table sizes as given (they cover the data)"

@@ -1,0 +1,106 @@
+"""`dlrmbench trace profile|dump|generate`: capture a trace's locality as a profile, and replay it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from model.criteo_cache import BadLinePolicy, default_cache_dir, preprocess
+from model.criteo_format import NUM_CAT
+from model.stack_distance import LRUStream
+from model.traces import StackDistanceProfile, read_trace, summarize_trace
+
+__all__ = ["add_commands", "trace_dump", "trace_generate", "trace_profile"]
+
+_CDF_ROWS_SHOWN = 12  # distances printed before the CDF table is elided
+
+
+def _write_trace(path: str, rows: np.ndarray) -> None:
+    Path(path).write_text(", ".join(map(str, rows.tolist())) + "\n")
+
+
+def trace_profile(args: argparse.Namespace) -> int:
+    """Print a trace's locality; optionally write its profile (--write-profile) and JSON (--json-out)."""
+    trace = read_trace(args.file)
+    s = summarize_trace(trace)
+    prof = s.profile
+    print(f"{args.file}: {s.accesses:,} accesses, {s.unique_rows:,} unique rows "
+          f"({s.unique_rows / s.accesses:.3f} of accesses are first accesses)")  # fmt: skip
+    print(f"hottest 1% of rows: {100 * s.hottest_1pct_share:.1f}% of accesses; "
+          f"hottest 10%: {100 * s.hottest_10pct_share:.1f}%")  # fmt: skip
+    print("reuse histogram (LRU stack distance; 0 = first access):")
+    for lo, hi, n in s.reuse_histogram:
+        span = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        print(f"  {span:>15}  {n:>10,}  {100 * n / s.accesses:6.2f}%")
+    shown = len(prof.distances) if len(prof.distances) <= _CDF_ROWS_SHOWN else _CDF_ROWS_SHOWN - 1
+    print("stack-distance CDF:")
+    for d, c in zip(prof.distances[:shown], prof.cdf[:shown], strict=True):
+        print(f"  <= {d:>12}  {c:.4f}")
+    if shown < len(prof.distances):
+        print(f"  ... {len(prof.distances) - shown - 1} more; max {prof.distances[-1]}  {prof.cdf[-1]:.4f}")
+    if args.write_profile:
+        out = prof
+        if not args.keep_ids:  # the rows' identities are the trace's contents; the locality does not need them
+            out = StackDistanceProfile(tuple(range(len(prof.unique_accesses))), prof.distances, prof.cdf)
+        out.write(args.write_profile)
+        print(f"wrote the profile to {args.write_profile}" + ("" if args.keep_ids else " (row ids anonymised)"))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"trace": args.file, **s.to_dict()}, indent=2) + "\n")
+    return 0
+
+
+def trace_dump(args: argparse.Namespace) -> int:
+    """Write one categorical feature's values of a Criteo file, in file order, as a trace (empties skipped)."""
+    if not 0 <= args.table < NUM_CAT:
+        raise ValueError(f"--table {args.table}: Criteo has tables 0..{NUM_CAT - 1}")
+    folder = Path(args.processed_data_file) if args.processed_data_file else default_cache_dir(args.raw_data_file)
+    cache, _ = preprocess(args.raw_data_file, folder, args.on_bad_line)
+    empty = (np.asarray(cache.cat_empty) >> np.uint32(args.table)) & 1
+    rows = np.asarray(cache.cats[:, args.table])[empty == 0].astype(np.int64)
+    if rows.size == 0:
+        raise ValueError(f"{args.raw_data_file}: categorical C{args.table + 1} is empty on every line")
+    _write_trace(args.out, rows)
+    print(f"wrote {rows.size:,} accesses of C{args.table + 1} ({len(cache) - rows.size:,} empty skipped) to {args.out}")
+    return 0
+
+
+def trace_generate(args: argparse.Namespace) -> int:
+    """Write `--count` rows of `--rows` drawn to follow a profile's stack distances (LRU state kept throughout)."""
+    if args.count < 1 or args.rows < 1:
+        raise ValueError("--count and --rows must be >= 1")
+    prof = StackDistanceProfile.read(args.profile)
+    rows = LRUStream(prof.distances, prof.normalized_cdf(), args.rows, args.seed).take(args.count)
+    _write_trace(args.out, rows)
+    print(f"wrote {args.count:,} accesses over {args.rows:,} rows to {args.out}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trace", help="index traces: locality profile, dump from Criteo, replay a profile")
+    tsub = p.add_subparsers(dest="trace_command", required=True, metavar="ACTION")
+
+    prof = tsub.add_parser("profile", help="unique rows, stack-distance CDF, reuse histogram, hot-row shares")
+    prof.add_argument("file", help="a trace: row ids separated by ', ' (the reference's trace.log) or a .npy")
+    prof.add_argument("--write-profile", default="", help="write the profile (the reference's --data-trace-file)")
+    prof.add_argument("--keep-ids", action="store_true", help="write the real row ids in the profile's first line")
+    prof.add_argument("--json-out", default="", help="write the summary as JSON")
+    prof.set_defaults(func=trace_profile)
+
+    dump = tsub.add_parser("dump", help="one Criteo categorical feature's values, in file order, as a trace")
+    dump.add_argument("raw_data_file", help="raw Criteo TSV or headered CSV, plain or .gz")
+    dump.add_argument("--table", type=int, required=True, help="categorical feature index, 0 (C1) to 25 (C26)")
+    dump.add_argument("--out", required=True, help="trace file to write")
+    dump.add_argument("--processed-data-file", default="", help="cache folder (as for train)")
+    dump.add_argument("--on-bad-line", default="error", choices=[str(x) for x in BadLinePolicy])
+    dump.set_defaults(func=trace_dump)
+
+    gen = tsub.add_parser("generate", help="a trace of rows whose stack distances follow a profile")
+    gen.add_argument("profile", help="a stack-distance profile (the reference's --data-trace-file format)")
+    gen.add_argument("--rows", type=int, required=True, help="rows of the table, E")
+    gen.add_argument("--count", type=int, required=True, help="accesses to generate")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True, help="trace file to write")
+    gen.set_defaults(func=trace_generate)

@@ -1,0 +1,200 @@
+"""Criteo loading: raw TSV / CSV / gzip parsing, bad lines, the memmap cache, row mapping, `train` on it."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.criteo import EMPTY_ROW, UNSEEN_ROW, CategoryIndex, CriteoData, split_rows
+from model.criteo_cache import preprocess
+from profiler.cli import main
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "criteo"
+_needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real Criteo samples absent: {SHARED}")
+
+
+def _line(label="0", dense=None, cats=None, sep="\t"):
+    dense = dense if dense is not None else [str(k) for k in range(13)]
+    cats = cats if cats is not None else [f"{k:08x}" for k in range(26)]
+    return sep.join([label, *dense, *cats])
+
+
+#   line 1: every field present           line 3: negative / empty integers, empty and max categoricals
+#   line 2: trailing empty fields stripped (C24..C26 gone)
+_LINES = [
+    _line("1"),
+    "\t".join(_line("0").split("\t")[:37]),
+    _line("0", ["-2", "", "5", *["0"] * 10], ["ffffffff", "", *[f"{k:x}" for k in range(24)]]),
+]
+
+
+def _write(path: Path, lines: list[str], end: str = "\n") -> Path:
+    path.write_text(end.join(lines) + end)
+    return path
+
+
+def test_raw_tsv_parsed_and_transformed(tmp_path):
+    cache, built = preprocess(_write(tmp_path / "t.txt", _LINES), tmp_path / "c")
+    assert built and len(cache) == 3 and cache.manifest["format"] == "tsv"
+    np.testing.assert_array_equal(cache.labels, [1, 0, 0])
+    np.testing.assert_allclose(cache.dense[0], np.log1p(np.arange(13)), rtol=1e-6)
+    np.testing.assert_allclose(cache.dense[2, :3], [0.0, 0.0, np.log1p(5)], rtol=1e-6)  # log(1 + max(x, 0))
+    assert cache.cats[2, 0] == 0xFFFFFFFF  # the full 32-bit range, no overflow
+    assert cache.cat_empty[0] == 0
+    assert cache.cat_empty[1] == (1 << 23) | (1 << 24) | (1 << 25)  # stripped trailing fields are empty
+    assert cache.cat_empty[2] == 1 << 1
+
+
+def test_gzip_and_csv_variants_read_the_same(tmp_path):
+    plain, _ = preprocess(_write(tmp_path / "t.txt", _LINES), tmp_path / "c0")
+    gz = tmp_path / "t.txt.gz"
+    gz.write_bytes(gzip.compress((tmp_path / "t.txt").read_bytes()))
+    header = ",".join(["label", *(f"I{k}" for k in range(1, 14)), *(f"C{k}" for k in range(1, 27))])
+    csv_lines = [line.replace("\t", ",") for line in _LINES[:1]] + [
+        _line("0", [f"{k}.0" for k in range(13)], sep=",")  # float-formatted integers
+    ]
+    csv, _ = preprocess(_write(tmp_path / "t.csv", [header, *csv_lines]), tmp_path / "c1")
+    kaggle_header = "Id,Label," + header.split(",", 1)[1]
+    kaggle = [kaggle_header, *(f"{10000000 + i},{line}" for i, line in enumerate(csv_lines))]
+    kg, _ = preprocess(_write(tmp_path / "k.csv", kaggle, "\r\n"), tmp_path / "c2")
+    g, _ = preprocess(gz, tmp_path / "c3")
+    for other in (g,):
+        for name in ("labels", "dense", "cats", "cat_empty"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(plain, name))
+    assert (csv.manifest["format"], kg.manifest["format"]) == ("csv", "kaggle-csv")
+    for c in (csv, kg):
+        assert len(c) == 2
+        np.testing.assert_array_equal(c.dense[0], plain.dense[0])
+        np.testing.assert_array_equal(c.dense[1], plain.dense[0])
+        np.testing.assert_array_equal(c.cats[0], plain.cats[0])
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("\t".join([*_line().split("\t"), "x"]), "41 fields, expected 40"),
+        ("\t".join(_line().split("\t")[:10]), "10 field(s), expected 40"),
+        (_line("0", ["1.5", *["0"] * 12]), "I1 = '1.5' is not an integer"),
+        (_line("0", ["abc", *["0"] * 12]), "I1 = 'abc' is not an integer"),
+        (_line("0", None, ["zz", *["0"] * 25]), "C1 = 'zz' is not a hex value"),
+        (_line("0", None, ["123456789", *["0"] * 25]), "C1 = '123456789' is not a hex value"),
+        (_line("2"), "label '2' is not 0 or 1"),
+    ],
+)
+def test_bad_lines_error_with_file_and_line_or_skip(tmp_path, bad, reason):
+    path = _write(tmp_path / "b.txt", [_LINES[0], bad, _LINES[2]])
+    with pytest.raises(ValueError) as exc:
+        preprocess(path, tmp_path / "c")
+    assert f"{path}:2: bad line: {reason}" in str(exc.value)
+    cache, _ = preprocess(path, tmp_path / "c", "skip")
+    assert len(cache) == 2 and cache.manifest["bad_lines"] == 1
+    assert cache.manifest["bad_line_examples"][0]["line"] == 2
+    np.testing.assert_array_equal(cache.labels, [1, 0])
+
+
+def test_unusable_files_give_one_clear_message(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "bin.dat").write_bytes(b"\x00\x01\x02" * 100)
+    (tmp_path / "unlabelled.csv").write_text("Id," + ",".join(f"I{k}" for k in range(1, 14)) + ","
+                                             + ",".join(f"C{k}" for k in range(1, 27)) + "\n")  # fmt: skip
+    (tmp_path / "words.txt").write_text("hello world\n")
+    cases = {
+        "empty.txt": "empty file",
+        "bin.dat": "binary file",
+        "missing.txt": "no such file",
+        ".": "is a directory",
+        "unlabelled.csv": "has no Label column",
+        "words.txt": "not Criteo data",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            preprocess(tmp_path / name, tmp_path / "c")
+
+
+def test_cli_errors_exit_2_without_traceback(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    for name in ("empty.txt", "missing.txt"):
+        argv = ["train", "--data-generation=dataset", f"--raw-data-file={tmp_path / name}",
+                f"--processed-data-file={tmp_path / 'c'}", "--arch-mlp-bot=13-4-2"]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "Traceback" not in err
+
+
+def test_cache_reused_until_source_or_options_change(tmp_path):
+    path = _write(tmp_path / "t.txt", _LINES)
+    assert preprocess(path, tmp_path / "c")[1] is True
+    assert preprocess(path, tmp_path / "c")[1] is False
+    assert preprocess(path, tmp_path / "c", "skip")[1] is True  # options are part of the key
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    _cache, built = preprocess(path, tmp_path / "c", "skip")
+    assert built and json.loads((tmp_path / "c" / "manifest.json").read_text())["rows"] == 3
+    assert not list((tmp_path / "c").glob("*.pkl"))
+
+
+def test_vocabulary_and_modulo_rows(tmp_path):
+    lines = [_line("0", None, [f"{v:x}"] + [""] * 25) for v in (7, 9, 7)] + [_line("1", None, ["5"] + [""] * 25)]
+    cache, _ = preprocess(_write(tmp_path / "t.txt", lines), tmp_path / "c")
+    n_train = split_rows(len(cache), 0.25)
+    assert n_train == 3
+    index = CategoryIndex(cache.vocabulary(n_train))
+    assert index.table_rows[0] == 2 + 2 and index.table_rows[1] == 2  # {7, 9} + empty + unseen
+    rows = index.rows(cache.cats[:], cache.cat_empty[:])  # (26, 4)
+    assert rows[0].tolist() == [2, 3, 2, UNSEEN_ROW]  # 5 is only in the test row
+    assert (rows[1:] == EMPTY_ROW).all()
+    assert CategoryIndex(cache.vocabulary(n_train, min_count=2)).rows(cache.cats[:], cache.cat_empty[:])[0].tolist() \
+        == [2, UNSEEN_ROW, 2, UNSEEN_ROW]  # fmt: skip
+    mod = CategoryIndex(max_ind_range=4)
+    assert mod.rows(cache.cats[:], cache.cat_empty[:])[0].tolist() == [3, 1, 3, 1]
+    data = CriteoData(cache, index, 2, 0, n_train)
+    batches = list(data)
+    assert [b.batch_size for b in batches] == [2, 1]
+    assert batches[0].offsets.tolist() == list(range(26 * 2 + 1))
+    assert batches[0].indices[:2].tolist() == [2, 3]
+
+
+def test_train_on_a_dataset_reports_test_metrics(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    lines = []
+    for _ in range(200):
+        y = int(rng.random() < 0.3)
+        cats = [f"{int(rng.integers(0, 5)) + 10 * y:x}", *(f"{int(rng.integers(0, 50)):x}" for _ in range(25))]
+        lines.append(_line(str(y), [str(int(rng.integers(0, 100))) for _ in range(13)], cats))
+    raw = _write(tmp_path / "train.txt", lines)
+    out = tmp_path / "r.json"
+    argv = ["train", "--data-generation=dataset", f"--raw-data-file={raw}", "--test-fraction=0.25",
+            f"--processed-data-file={tmp_path / 'c'}", "--arch-mlp-bot=13-8-4", "--arch-sparse-feature-size=4",
+            "--arch-mlp-top=8-1", "--mini-batch-size=16",
+            "--nepochs=8", "--learning-rate=0.5", "--arch-interaction-op=cat",
+            "--test-freq=5", "--print-freq=100", f"--json-out={out}"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "table sizes from the data" in text and "Testing at - it 5/10 of epoch 0: auc " in text
+    record = json.loads(out.read_text())
+    assert set(record["test"]) == {"auc", "accuracy", "logloss", "samples"}
+    assert record["test"]["samples"] == 50 and record["data"]["train_rows"] == 150
+    assert record["test"]["auc"] > 0.8  # C1 gives the label away
+    assert len(record["config"]["table_rows"]) == 26
+    assert main([*argv, "--arch-embedding-size=3x26"]) == 2
+    assert "omit --arch-embedding-size" in capsys.readouterr().err
+
+
+@_needs_shared
+def test_every_bundled_sample_loads_or_says_why(tmp_path):
+    files = sorted(p for p in SHARED.rglob("*") if p.is_file())
+    assert files
+    for k, path in enumerate(files):
+        if path.name == "test.tiny.csv":
+            with pytest.raises(ValueError, match="no Label column"):
+                preprocess(path, tmp_path / f"c{k}")
+            continue
+        cache, _ = preprocess(path, tmp_path / f"c{k}")
+        assert len(cache) >= 100 and cache.manifest["bad_lines"] == 0, path
+    wide, _ = preprocess(SHARED / "wide-resdnn" / "train.txt", tmp_path / "w")
+    assert (len(wide), wide.manifest["positives"]) == (8000, 1728)

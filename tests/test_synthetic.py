@@ -1,0 +1,150 @@
+"""Synthetic locality: stack distances, profile files, LRU replay across bags and batches, Zipf, trace CLI.
+
+Stated tolerance: a stream generated from a profile reproduces the profile's stack-distance CDF
+within 0.01 (max absolute difference over the profile's distances) once the stream is 5x as
+long as the trace the profile came from; the gap left is the stream's warm-up, when the LRU
+stack is shallower than the profile's distances.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.data import RandomData
+from model.stack_distance import LRUStream, stack_distances
+from model.synthetic import Locality, SyntheticData, TableLocality, ZipfRows, parse_locality
+from model.traces import StackDistanceProfile, read_trace, summarize_trace
+from profiler.cli import main
+
+TRACES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dlrm_traces"
+_needs_shared = pytest.mark.skipif(not TRACES.is_dir(), reason=f"reference trace inputs absent: {TRACES}")
+CDF_TOLERANCE = 0.01
+
+
+def _max_cdf_gap(profile: StackDistanceProfile, stream: np.ndarray) -> float:
+    d = np.sort(stack_distances(stream))
+    got = np.searchsorted(d, profile.distances, side="right") / d.size
+    return float(np.abs(got - profile.normalized_cdf()).max())
+
+
+def test_stack_distances_by_hand():
+    # trace 1 2 3 4 5 3 4 1 1 6 3: '3' at t=5 has 3, 4, 5 above it... (itself included): 3
+    trace = [1, 2, 3, 4, 5, 3, 4, 1, 1, 6, 3]
+    assert stack_distances(trace).tolist() == [0, 0, 0, 0, 0, 3, 3, 5, 1, 0, 4]
+
+
+@_needs_shared
+def test_reference_files_read_and_match_our_profile():
+    ref = StackDistanceProfile.read(TRACES / "dist_emb_0.log")
+    assert ref.distances == (0, 1, 3, 4, 5) and ref.cdf[-1] == 1.0
+    ours = summarize_trace(read_trace(TRACES / "trace.log")).profile
+    assert ours.unique_accesses == ref.unique_accesses and ours.distances == ref.distances
+    np.testing.assert_allclose(ours.cdf, ref.cdf, atol=0.005)  # the reference rounds to 2 decimals
+
+
+def test_profile_round_trip_and_errors(tmp_path):
+    prof = StackDistanceProfile((5, 6), (0, 2, 7), (0.5, 0.75, 1.0))
+    prof.write(tmp_path / "p.log")
+    assert StackDistanceProfile.read(tmp_path / "p.log") == prof
+    for text, message in [
+        ("1, 2\n0, 1\n0.5\n", "2 stack distances but 1 CDF values"),
+        ("1\n0, 1\n0.6, 0.5\n", "non-decreasing"),
+        ("1\n0, 1\n0.5, 0.9\n", "must end at 1.0"),
+        ("1\n0, x\n0.5, 1.0\n", ":2: stack distances: value 2 = 'x' is not int"),
+        ("1\n0\n", "has 3 lines"),
+    ]:
+        (tmp_path / "bad.log").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            StackDistanceProfile.read(tmp_path / "bad.log")
+
+
+def test_generated_stream_reproduces_the_profile():
+    rng = np.random.default_rng(0)
+    trace = rng.zipf(1.2, 100_000) % 20_000  # a skewed trace with reuse at many depths
+    prof = summarize_trace(trace).profile
+    stream = LRUStream(prof.distances, prof.normalized_cdf(), 10**7, seed=1)
+    gen = np.concatenate([stream.take(50_000) for _ in range(10)])  # in pieces: state carries over
+    assert _max_cdf_gap(prof, gen) <= CDF_TOLERANCE
+    assert gen.min() >= 0 and gen.max() < 10**7
+
+
+def test_exhausted_table_recycles_the_lru_row():
+    stream = LRUStream(np.array([0]), np.array([1.0]), 4, seed=0)  # every access "new"
+    rows = stream.take(12)
+    assert sorted(rows[:4].tolist()) == [0, 1, 2, 3]
+    assert rows[4:].tolist() == rows[:8].tolist()  # then the least recently used row, round robin
+
+
+def test_lru_state_spans_bags_and_batches(tmp_path):
+    # distances up to 64, bags of 4: a generator that reset its stack per bag could not reuse past depth 4
+    prof = StackDistanceProfile((0,), (0, 1, 16, 64), (0.2, 0.4, 0.7, 1.0))
+    prof.write(tmp_path / "p.log")
+    random = RandomData((10**6, 10**6), 4, batch_size=64, data_size=64 * 200, pooling_factor=4, fixed=True)
+    data = SyntheticData(random, parse_locality(f"sd:{tmp_path / 'p.log'}", 2))
+    batches = list(data)
+    table0 = np.concatenate([b.indices[: b.offsets[b.batch_size]].numpy() for b in batches])
+    assert table0.size == 4 * 64 * 200
+    assert _max_cdf_gap(prof, table0) <= CDF_TOLERANCE
+    again = list(data)  # every epoch sees the same data
+    assert all(np.array_equal(a.indices, b.indices) for a, b in zip(batches, again, strict=True))
+
+
+def test_zipf_frequencies():
+    rng = np.random.default_rng(0)
+    z = ZipfRows(1000, 1.15, rng)
+    ranks = z.ranks(400_000)
+    expected = np.arange(1, 1001) ** -1.15
+    expected /= expected.sum()
+    freq = np.bincount(ranks, minlength=1000) / ranks.size
+    np.testing.assert_allclose(freq[:5], expected[:5], rtol=0.03)
+    rows = z.take(1000)
+    assert rows.min() >= 0 and rows.max() < 1000
+    big = ZipfRows(10**8, 1.05, np.random.default_rng(1))  # tail past the exact CDF
+    r = big.ranks(100_000)
+    assert r.min() >= 0 and r.max() < 10**8 and (r >= 1 << 22).any()
+
+
+def test_parse_locality():
+    locs = parse_locality("uniform,zipf:1.09,zipf", 3)
+    assert [x.kind for x in locs] == [Locality.UNIFORM, Locality.ZIPF, Locality.ZIPF]
+    assert locs[1].zipf_exponent == 1.09 and locs[2].zipf_exponent == 1.15
+    assert parse_locality("zipf:2", 4) == (TableLocality(Locality.ZIPF, 2.0),) * 4
+    for text, message in [("zipf,uniform", "2 specs for 3 tables"), ("zipf:a", "is not a number"),
+                          ("lru", "expected uniform")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            parse_locality(text, 3)
+
+
+def test_trace_cli_profile_write_and_replay(tmp_path, capsys):
+    (tmp_path / "t.log").write_text("1, 2, 3, 4, 5, 3, 4, 1, 1, 6, 3\n")
+    argv = ["trace", "profile", str(tmp_path / "t.log"), f"--write-profile={tmp_path / 'p.log'}",
+            f"--json-out={tmp_path / 's.json'}"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "11 accesses, 6 unique rows" in out and "hottest 1% of rows" in out
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["unique_rows"] == 6 and s["reuse_histogram"][0]["accesses"] == 6
+    prof = StackDistanceProfile.read(tmp_path / "p.log")
+    assert prof.unique_accesses == (0, 1, 2, 3, 4, 5)  # anonymised unless --keep-ids
+    assert main(["trace", "generate", str(tmp_path / "p.log"), "--rows=100000", "--count=20000",
+                 f"--out={tmp_path / 'g.log'}"]) == 0  # fmt: skip
+    assert _max_cdf_gap(prof, read_trace(tmp_path / "g.log")) <= CDF_TOLERANCE
+    assert main(["trace", "profile", str(tmp_path / "missing.log")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_train_with_synthetic_locality(tmp_path, capsys):
+    (tmp_path / "p.log").write_text("0\n0, 1, 8\n0.3, 0.6, 1.0\n")
+    base = ["train", "--preset=tiny", "--data-generation=synthetic", "--data-size=32", "--mini-batch-size=8"]
+    out = tmp_path / "r.json"
+    assert main([*base, f"--data-trace-file={tmp_path / 'p.log'}", f"--json-out={out}"]) == 0
+    assert "data: synthetic, stack distances from" in capsys.readouterr().out
+    assert json.loads(out.read_text())["data"]["locality"].startswith("sd:")
+    assert main([*base, "--locality=zipf:1.09,uniform,zipf"]) == 0
+    assert main([*base, "--locality=zipf", f"--data-trace-file={tmp_path / 'p.log'}"]) == 2
+    assert main(["train", "--preset=tiny", "--locality=zipf"]) == 2
+    assert "need --data-generation synthetic" in capsys.readouterr().err
