@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -76,6 +77,18 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     run_.add_argument("--print-freq", type=int, default=1)
     _flag_bool(run_, "--print-time", "print ms/it on each progress line")
     run_.add_argument("--json-out", default="", help="write throughput, losses and config as JSON")
+    run_.add_argument(
+        "--dist-backend",
+        default="",
+        choices=["", "gloo", "nccl"],
+        help="hybrid parallel across torchrun processes: tables model-parallel, MLPs data-parallel",
+    )
+    run_.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a collective waits for a peer before the rank gives up",
+    )
     _flag_bool(run_, "--profile", "after training, split a step into operators (table + Chrome trace)")
     run_.add_argument("--profile-trace", default="dlrm_trace.json", help="where --profile writes its trace")
 
@@ -160,9 +173,10 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         cfg, note = fit_tables(cfg, sources.table_rows, bool(args.arch_embedding_size or args.load_model))
         notes.append(note)
     _check_memory(cfg)
+    say = print if not args.dist_backend or os.environ.get("RANK", "0") == "0" else (lambda *_a: None)
     for note in notes:
-        print(note)
-    print(
+        say(note)
+    say(
         f"model: {cfg.num_tables} tables, D={cfg.embedding_dim}, rows {sum(cfg.table_rows):,} "
         f"({_gib(cfg.table_bytes())}), bottom {'-'.join(map(str, cfg.bottom_mlp))}, "
         f"top {'-'.join(map(str, cfg.top_mlp_full))}, interaction {cfg.interaction}"
@@ -193,7 +207,35 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
             "data": sources.record,
         },
     )
-    return run(cfg, train, sources.train, state_dict=state, test_data=sources.test)
+    if not args.dist_backend:
+        return run(cfg, train, sources.train, state_dict=state, test_data=sources.test)
+    return _run_distributed(args, cfg, train, sources, state, pooling)
+
+
+def _run_distributed(args: argparse.Namespace, cfg: DLRMConfig, train: TrainConfig, sources: Any, state: Any,
+                     pooling: int) -> dict[str, Any]:  # fmt: skip
+    """One rank of a torchrun job: RANK / WORLD_SIZE / MASTER_ADDR come from torchrun's environment."""
+    import torch.distributed as dist
+
+    from model.distributed import DistributedFailure, init_distributed
+
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        raise ValueError(
+            "--dist-backend needs a launcher that sets RANK and WORLD_SIZE, e.g. "
+            "torchrun --nproc_per_node 2 --no-python dlrmbench train ... --dist-backend gloo"
+        )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    ctx = init_distributed(args.dist_backend, rank, world, args.dist_timeout)
+    ctx.pooling_factor = pooling
+    log = print if rank == 0 else (lambda _line: None)
+    try:
+        return run(cfg, train, sources.train, state_dict=state, test_data=sources.test, log=log, dist_ctx=ctx)
+    except (RuntimeError, dist.DistBackendError) as exc:
+        if isinstance(exc, DistributedFailure):
+            raise
+        raise DistributedFailure(f"rank {rank}: a peer rank failed or a collective timed out: {exc}") from None
+    finally:
+        dist.destroy_process_group()
 
 
 def parse_sizes_float(text: str) -> tuple[float, float]:

@@ -9,6 +9,8 @@ global batch, a run on W ranks matches a single process step for step (tested wi
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +21,16 @@ from model.config import DLRMConfig
 from model.data import Batch
 from model.dlrm import Embeddings, interact, make_mlp
 
-__all__ = ["DistributedDLRM", "Placement", "batch_slices", "local_batch", "place_tables"]
+__all__ = [
+    "CommStats",
+    "DistContext",
+    "DistributedDLRM",
+    "DistributedFailure",
+    "Placement",
+    "batch_slices",
+    "local_batch",
+    "place_tables",
+]
 
 
 @dataclass(frozen=True)
@@ -62,14 +73,27 @@ def batch_slices(batch_size: int, world_size: int) -> list[int]:
     return [base + (r < extra) for r in range(world_size)]
 
 
+@dataclass
+class CommStats:
+    """Seconds spent in communication: the all-to-all (forward and backward) and DDP's all-reduce
+    (timed from launch to completion; it overlaps the backward pass)."""
+
+    all_to_all_s: float = 0.0
+    all_reduce_s: float = 0.0
+
+    def reset(self) -> None:
+        self.all_to_all_s = self.all_reduce_s = 0.0
+
+
 class _AllToAll(torch.autograd.Function):
     """(T_local, B, D) pooled for the global batch -> (T, B_rank, D) for this rank's samples."""
 
     @staticmethod
-    def forward(ctx, local, placement, sizes, rank, group):  # type: ignore[override]
+    def forward(ctx, local, placement, sizes, rank, group, comm):  # type: ignore[override]
+        t0 = time.perf_counter()
         world = len(sizes)
         D = local.shape[2]
-        ctx.meta = (placement, sizes, rank, group, local.shape)
+        ctx.meta = (placement, sizes, rank, group, local.shape, comm)
         send = torch.cat([c.reshape(-1) for c in local.split(sizes, dim=1)])  # per destination, (T_loc, b_w, D)
         recv_counts = [len(placement.tables[s]) * sizes[rank] * D for s in range(world)]
         recv = local.new_empty(sum(recv_counts))
@@ -79,11 +103,13 @@ class _AllToAll(torch.autograd.Function):
         for s, chunk in enumerate(recv.split(recv_counts)):
             ids = torch.tensor(placement.tables[s], dtype=torch.long)
             out.index_copy_(0, ids, chunk.view(len(placement.tables[s]), sizes[rank], D))
+        comm.all_to_all_s += time.perf_counter() - t0
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        placement, sizes, rank, group, local_shape = ctx.meta
+        t0 = time.perf_counter()
+        placement, sizes, rank, group, local_shape, comm = ctx.meta
         world, D = len(sizes), grad.shape[2]
         ids = [torch.tensor(ts, dtype=torch.long) for ts in placement.tables]
         send = torch.cat([grad.index_select(0, i).reshape(-1) for i in ids])  # per owner, (T_s, b_rank, D)
@@ -94,7 +120,9 @@ class _AllToAll(torch.autograd.Function):
         parts = [c.view(local_shape[0], sizes[w], D) for w, c in enumerate(recv.split(recv_counts))]
         # Each rank's loss is a mean over its own samples and DDP averages the MLP gradients
         # over ranks; the tables' gradients get the same 1/W so both match one process.
-        return torch.cat(parts, dim=1) / world, None, None, None, None
+        out = torch.cat(parts, dim=1) / world
+        comm.all_to_all_s += time.perf_counter() - t0
+        return out, None, None, None, None, None
 
 
 class DistributedDLRM(nn.Module):
@@ -110,6 +138,7 @@ class DistributedDLRM(nn.Module):
     ):
         super().__init__()
         self.config, self.placement, self.rank, self.group = config.validate(), placement, rank, group
+        self.comm = CommStats()
         g = torch.Generator().manual_seed(generator_seed)  # the MLPs exactly as DLRM draws them
         self.bottom = make_mlp(config.bottom_mlp, g, sigmoid_last=False)
         self.top = make_mlp(config.top_mlp_full, g, sigmoid_last=True)
@@ -126,16 +155,16 @@ class DistributedDLRM(nn.Module):
         rows, cols = torch.tril_indices(n, n, offset=0 if config.interaction_itself else -1)
         self.register_buffer("pairs", rows * n + cols, persistent=False)
 
-    def forward(
-        self, dense: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, global_batch: int
-    ) -> torch.Tensor:
+    def forward(self, dense: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """dense: this rank's samples; indices/offsets: this rank's tables for the whole global batch."""
         world = len(self.placement.tables)
+        global_batch = (offsets.numel() - 1) // max(len(self.placement.tables[self.rank]), 1)
         sizes = batch_slices(global_batch, world)
         if dense.shape[0] != sizes[self.rank]:
             raise ValueError(f"rank {self.rank}: dense has {dense.shape[0]} samples, its slice is {sizes[self.rank]}")
         x = self.bottom(dense)  # (B_rank, D)
         local = self.embeddings(indices, offsets, global_batch)  # (T_loc, B, D)
-        ly = _AllToAll.apply(local, self.placement, sizes, self.rank, self.group)  # (T, B_rank, D)
+        ly = _AllToAll.apply(local, self.placement, sizes, self.rank, self.group, self.comm)  # (T, B_rank, D)
         z = interact(x, ly, self.config.interaction, self.pairs)
         return self.top(z).squeeze(1)
 
@@ -145,6 +174,21 @@ class DistributedDLRM(nn.Module):
 
         self.bottom = DDP(self.bottom, process_group=self.group)
         self.top = DDP(self.top, process_group=self.group)
+        for ddp in (self.bottom, self.top):
+            ddp.register_comm_hook(self, _timed_allreduce)
+
+
+def _timed_allreduce(model, bucket):
+    """DDP's default all-reduce (mean over ranks), timed into model.comm."""
+    t0 = time.perf_counter()
+    world = dist.get_world_size(model.group)
+    fut = dist.all_reduce(bucket.buffer(), group=model.group, async_op=True).get_future()
+
+    def done(f):
+        model.comm.all_reduce_s += time.perf_counter() - t0
+        return f.value()[0] / world
+
+    return fut.then(done)
 
 
 def train_steps(
@@ -165,7 +209,7 @@ def train_steps(
     for batch in batches:
         B = batch.batch_size
         mine = local_batch(batch, model.placement, model.rank)
-        local_loss = loss_fn(model(mine.dense, mine.indices, mine.offsets, B), mine.labels)
+        local_loss = loss_fn(model(mine.dense, mine.indices, mine.offsets), mine.labels)
         # Weighted so that DDP's average over ranks is the global batch's mean, whatever the split.
         (local_loss * (mine.batch_size * world / B)).backward()
         opt.step()
@@ -188,3 +232,57 @@ def local_batch(batch: Batch, placement: Placement, rank: int) -> Batch:
     torch.cumsum(lengths, 0, out=offsets[1:])
     end = start + sizes[rank]
     return Batch(batch.dense[start:end], indices, offsets, batch.labels[start:end])
+
+
+class DistributedFailure(RuntimeError):
+    """A peer rank died or a collective timed out; the CLI exits with this code and message."""
+
+    exit_code = 3
+
+
+@dataclass
+class DistContext:
+    """This process's place in the job, and what the training loop needs from it."""
+
+    rank: int
+    world_size: int
+    backend: str
+    group: dist.ProcessGroup | None = None
+    pooling_factor: int = 1  # L, for placing tables
+    placement: Placement | None = None
+    model: DistributedDLRM | None = None
+
+    def build_model(self, config: DLRMConfig, seed: int, log: Callable[[str], None]) -> DistributedDLRM:
+        self.placement = place_tables(config.table_rows, self.pooling_factor, self.world_size)
+        log("table placement (greedy by rows x pooling factor):\n" + self.placement.describe(config))
+        self.model = DistributedDLRM(config, self.placement, self.rank, seed, self.group)
+        self.model.wrap_ddp()
+        return self.model
+
+    def local(self, batch: Batch) -> Batch:
+        assert self.placement is not None
+        return local_batch(batch, self.placement, self.rank)
+
+    def loss_scale(self, local_samples: int, global_samples: int) -> float:
+        """Makes DDP's mean over ranks equal the global batch's mean loss, however the batch splits."""
+        return local_samples * self.world_size / global_samples
+
+    def all_sum(self, *values: float) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        try:
+            dist.all_reduce(t, group=self.group)
+        except (RuntimeError, dist.DistBackendError) as exc:
+            raise DistributedFailure(f"rank {self.rank}: a peer rank failed or timed out: {exc}") from None
+        return t.tolist()
+
+
+def init_distributed(backend: str, rank: int, world_size: int, timeout_s: float) -> DistContext:
+    """Join the process group (torchrun's env:// rendezvous); collectives give up after timeout_s."""
+    import datetime
+
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"--dist-backend {backend!r}: allowed: gloo, nccl")
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise ValueError("--dist-backend nccl needs CUDA devices; use gloo on CPU")
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
+    return DistContext(rank, world_size, backend, dist.group.WORLD)

@@ -17,6 +17,7 @@ import torch
 import kernels
 from model.config import DLRMConfig
 from model.data import Batch
+from model.distributed import DistContext
 from model.dlrm import DLRM
 from model.optim import SGD
 from model.quality import Quality, quality
@@ -149,18 +150,34 @@ def run(
     state_dict: dict[str, torch.Tensor] | None = None,
     test_data: Iterable[Batch] | None = None,
     log: Callable[[str], None] = print,
+    dist_ctx: DistContext | None = None,
 ) -> dict[str, Any]:
     """Train (or with inference_only, evaluate) DLRM on `data`; returns the --json-out record.
 
     With `test_data`, the model is evaluated on it every `train.test_freq` iterations and at
     the end; the record then holds "test" (auc, accuracy, logloss, samples) and "test_history".
     Evaluation time is left out of every throughput figure.
+
+    With `dist_ctx` (torch.distributed is up), the model is the hybrid-parallel one: each
+    batch is the global batch, sliced per rank; printed losses are the global batch's.
     """
     device = resolve_device(train.device)
     kernels.get(config.kernel, device.type)
     if train.threads:
         torch.set_num_threads(train.threads)
-    model = DLRM(config, torch.Generator().manual_seed(train.seed))
+    if dist_ctx is not None:
+        asked = {
+            "--load-model": state_dict is not None,
+            "--save-model": train.save_model,
+            "a test split": test_data is not None,
+            "--profile": train.profile_trace,
+        }
+        unsupported = [name for name, given in asked.items() if given]
+        if unsupported:
+            raise NotImplementedError(f"{', '.join(unsupported)} with --dist-backend: run those on one process")
+        model: torch.nn.Module = dist_ctx.build_model(config, train.seed, log)
+    else:
+        model = DLRM(config, torch.Generator().manual_seed(train.seed))
     if state_dict is not None:
         model.load_state_dict(state_dict)
     model.to(device)
@@ -196,6 +213,9 @@ def run(
             if j >= nbatches:
                 break
             batch = batch.to(device)
+            B = batch.batch_size  # the global batch
+            if dist_ctx is not None:
+                batch = dist_ctx.local(batch)
             _sync(device)
             t0 = time.perf_counter()
             data_s += t0 - t_data
@@ -205,20 +225,24 @@ def run(
             else:
                 loss = loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scale = dist_ctx.loss_scale(batch.batch_size, B) if dist_ctx is not None else 1.0
+                (loss * scale if scale != 1.0 else loss).backward()
                 optimizer.step()
             _sync(device)
             dt = time.perf_counter() - t0
             step_s += dt
-            B = batch.batch_size
             samples += B
             iters += 1
-            window_loss += loss.detach() * B
-            window_samples += B
+            window_loss += loss.detach() * batch.batch_size
+            window_samples += batch.batch_size
             window_iters += 1
             window_step_s += dt
             if (j + 1) % train.print_freq == 0 or j + 1 == nbatches:
-                mean_loss = float(window_loss) / window_samples
+                if dist_ctx is not None:
+                    total, count = dist_ctx.all_sum(float(window_loss), window_samples)
+                    mean_loss = total / count
+                else:
+                    mean_loss = float(window_loss) / window_samples
                 losses.append(mean_loss)
                 ms = 1000.0 * window_step_s / window_iters if train.print_time else -1.0
                 log(f"Finished {mode} it {j + 1}/{nbatches} of epoch {epoch}, {ms:.2f} ms/it, loss {mean_loss:.6f}")
@@ -254,6 +278,17 @@ def run(
         **train.extra,
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }
+    if dist_ctx is not None:
+        assert dist_ctx.model is not None and dist_ctx.placement is not None
+        comm = dist_ctx.model.comm
+        result["distributed"] = {
+            "world_size": dist_ctx.world_size,
+            "rank": dist_ctx.rank,
+            "backend": dist_ctx.backend,
+            "placement": [list(t) for t in dist_ctx.placement.tables],
+            "all_to_all_ms_per_iter": 1000.0 * comm.all_to_all_s / iters,
+            "all_reduce_ms_per_iter": 1000.0 * comm.all_reduce_s / iters,
+        }
     log(
         f"{mode}: {iters} it, {result['ms_per_iter']:.2f} ms/it (step), "
         f"{result['step_samples_per_s']:,.0f} samples/s by step time, "
@@ -271,7 +306,7 @@ def run(
     if train.save_model:
         save_checkpoint(model, train.save_model, iterations=iters)
         log(f"saved model to {train.save_model}")
-    if train.json_out:
+    if train.json_out and (dist_ctx is None or dist_ctx.rank == 0):
         _write_json(Path(train.json_out), result)
     return result
 

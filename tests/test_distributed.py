@@ -104,3 +104,62 @@ def test_local_batch_slices_samples_and_keeps_its_tables():
             offs = mine.offsets[j * 5 : (j + 1) * 5 + 1]
             idx, o = batch.table(t)
             assert torch.equal(mine.indices[offs[0] : offs[-1]], idx) and torch.equal(offs - offs[0], o)
+
+
+def _cli_rank(rank: int, port: int, argv: list[str], die_after_s: float, out) -> None:
+    import io
+    import threading
+    from contextlib import redirect_stderr
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    if die_after_s:
+        threading.Timer(die_after_s, lambda: os._exit(1)).start()
+    from profiler.cli import main
+
+    err = io.StringIO()
+    t0 = __import__("time").monotonic()
+    with redirect_stderr(err):
+        code = main(argv)
+    out.put((rank, code, err.getvalue(), __import__("time").monotonic() - t0))
+
+
+def test_torchrun_cli_matches_single_process(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    argv = ["train", "--preset=tiny", "--mini-batch-size=9", "--num-batches=5", "--learning-rate=0.3"]
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    from profiler.cli import main
+
+    assert main([*argv, f"--json-out={one}"]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "profiler.cli", *argv, "--dist-backend=gloo", f"--json-out={two}"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+    assert b["distributed"]["world_size"] == 2 and sorted(t for ts in b["distributed"]["placement"] for t in ts) == [
+        0,
+        1,
+        2,
+    ]
+    assert "table placement" in proc.stdout and proc.stdout.count("Finished training it") == 5
+
+
+def test_a_dead_rank_makes_the_other_exit_with_a_message():
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = _free_port()
+    argv = ["train", "--preset=tiny", "--mini-batch-size=8", "--num-batches=1000000", "--data-size=8",
+            "--print-freq=100000", "--dist-backend=gloo", "--dist-timeout=20"]  # fmt: skip
+    procs = [ctx.Process(target=_cli_rank, args=(r, port, argv, 4.0 if r == 1 else 0.0, out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    rank, code, err, elapsed = out.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+    assert rank == 0 and code == 3
+    assert "rank 0: a peer rank failed or a collective timed out" in err
+    assert elapsed < 60
