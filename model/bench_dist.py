@@ -1,0 +1,102 @@
+"""`dlrmbench bench dist`: hybrid-parallel DLRM training on 1, 2, 4 processes, compute vs communication.
+
+Each world size is a real torchrun job of `dlrmbench train --dist-backend gloo` (1 process:
+a plain run); rank 0's --json-out gives step time and the time spent in the all-to-all and
+in DDP's all-reduce. Strong scaling: the global batch stays fixed, so the ideal is W times
+the one-process samples/s, and efficiency = samples/s / (W x one-process samples/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_bench_targets", "bench_dist"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_dist(
+    world_sizes: list[int], train_args: list[str], *, threads: int, timeout_s: float
+) -> list[dict[str, Any]]:
+    """Run `dlrmbench train` with each world size; returns rank 0's records with the split."""
+    records = []
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        for world in world_sizes:
+            out = Path(tmp) / f"w{world}.json"
+            per_proc = threads or max(1, cpus // world)
+            args = [*train_args, f"--json-out={out}", f"--threads={per_proc}"]
+            if world == 1:
+                cmd = [sys.executable, "-m", "profiler.cli", *args]
+            else:
+                cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}",
+                       f"--master_port={_free_port()}", "-m", "profiler.cli", *args, "--dist-backend=gloo"]  # fmt: skip
+            env = {**os.environ, "OMP_NUM_THREADS": str(per_proc)}
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+            if proc.returncode != 0:
+                raise ValueError(f"{world} processes: dlrmbench train failed (exit {proc.returncode}):\n"
+                                 f"{proc.stderr[-1500:]}")  # fmt: skip
+            rec = json.loads(out.read_text())
+            dist_rec = rec.get("distributed", {})
+            a2a, ar = dist_rec.get("all_to_all_ms_per_iter", 0.0), dist_rec.get("all_reduce_ms_per_iter", 0.0)
+            records.append({
+                "world_size": world, "threads_per_process": per_proc, "ms_per_iter": rec["ms_per_iter"],
+                "all_to_all_ms": a2a, "all_reduce_ms": ar, "compute_ms": rec["ms_per_iter"] - a2a,
+                "step_samples_per_s": rec["step_samples_per_s"], "samples_per_s": rec["samples_per_s"],
+                "placement": dist_rec.get("placement"),
+            })  # fmt: skip
+    base = records[0]["step_samples_per_s"] / records[0]["world_size"]
+    for r in records:
+        r["scaling_efficiency"] = r["step_samples_per_s"] / (r["world_size"] * base)
+    return records
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    worlds = [int(w) for w in args.nprocs.split(",")]
+    train_args = [
+        "train", f"--arch-sparse-feature-size={args.dim}", f"--arch-embedding-size={args.rows}x{args.tables}",
+        f"--arch-mlp-bot=13-512-256-64-{args.dim}", "--arch-mlp-top=512-256-1",
+        f"--mini-batch-size={args.batch_size}", f"--num-batches={args.num_batches}", "--print-freq=1000000",
+    ]  # fmt: skip
+    records = bench_dist(worlds, train_args, threads=args.threads, timeout_s=args.timeout)
+    print(f"hybrid-parallel DLRM training, {args.tables} tables x {args.rows:,} rows, D={args.dim}, "
+          f"global batch {args.batch_size}, gloo on this machine ({os.cpu_count()} CPUs)")  # fmt: skip
+    head = (f"{'procs':>5} {'threads':>7} {'step ms':>8} {'compute':>8} {'all-to-all':>10} {'all-reduce*':>11} "
+            f"{'samples/s':>10} {'efficiency':>10}")  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    for r in records:
+        print(f"{r['world_size']:>5} {r['threads_per_process']:>7} {r['ms_per_iter']:>8.2f} {r['compute_ms']:>8.2f} "
+              f"{r['all_to_all_ms']:>10.2f} {r['all_reduce_ms']:>11.2f} {r['step_samples_per_s']:>10,.0f} "
+              f"{r['scaling_efficiency']:>9.0%}")  # fmt: skip
+    print("* DDP's all-reduce overlaps the backward pass: its time is launch to completion, not all added to the step")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(records, indent=1) + "\n")
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser("dist", help="hybrid-parallel training on 1, 2, 4 processes: compute vs communication")
+    p.add_argument("--nprocs", default="1,2,4", help="comma-separated world sizes (the first is the baseline)")
+    p.add_argument("--tables", type=int, default=26)
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=2048, help="global batch")
+    p.add_argument("--num-batches", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0, help="per process (default: CPUs / processes)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per world size")
+    p.add_argument("--json-out", default="")
+    p.set_defaults(func=_cmd)
