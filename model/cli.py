@@ -59,6 +59,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     tr = p.add_argument_group("training")
     tr.add_argument("--nepochs", type=int, default=1)
     tr.add_argument("--learning-rate", type=float, default=0.01)
+    tr.add_argument("--optimizer", choices=["sgd", "adagrad"], default="sgd", help="as the reference (default sgd)")
     tr.add_argument(
         "--loss-function",
         choices=[str(x) for x in LossFunction],
@@ -185,6 +186,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     )
     train = TrainConfig(
         learning_rate=args.learning_rate,
+        optimizer=args.optimizer,
         nepochs=args.nepochs,
         num_batches=args.num_batches,
         loss_function=LossFunction(args.loss_function),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 import kernels
-from model.config import DLRMConfig
+from model.config import DLRMConfig, EmbeddingGrad
 from model.data import Batch
 from model.distributed import DistContext
 from model.dlrm import DLRM
@@ -46,6 +46,7 @@ class LossFunction(StrEnum):
 @dataclass(frozen=True)
 class TrainConfig:
     learning_rate: float = 0.01  # the reference's default
+    optimizer: str = "sgd"  # sgd | adagrad (the reference's --optimizer names)
     nepochs: int = 1
     num_batches: int = 0  # 0: one pass over the data
     loss_function: LossFunction = LossFunction.BCE  # the reference defaults to mse
@@ -87,6 +88,19 @@ def make_loss(kind: LossFunction, weights: tuple[float, float]) -> Callable[[tor
         return (w.to(p.device)[y.round().long()] * bce(p, y)).mean()
 
     return wbce
+
+
+def make_optimizer(
+    name: str, params: Iterable[torch.nn.Parameter], lr: float, config: DLRMConfig
+) -> torch.optim.Optimizer:
+    """SGD (ours: parallel sparse updates) or torch's Adagrad, which takes the sparse embedding gradient too."""
+    if name == "sgd":
+        return SGD(params, lr=lr)
+    if name == "adagrad":
+        if config.embedding_grad == EmbeddingGrad.FUSED:
+            raise NotImplementedError("--optimizer adagrad with --embedding-grad fused: fused updates are SGD only")
+        return torch.optim.Adagrad(params, lr=lr)
+    raise ValueError(f"--optimizer {name!r}: allowed: sgd, adagrad")
 
 
 def save_checkpoint(model: DLRM, path: str | os.PathLike[str], *, iterations: int = 0) -> None:
@@ -183,7 +197,7 @@ def run(
     model.to(device)
     loss_fn = make_loss(train.loss_function, train.loss_weights)
     model.embeddings.fused_lr = train.learning_rate
-    optimizer = SGD(model.parameters(), lr=train.learning_rate)
+    optimizer = make_optimizer(train.optimizer, model.parameters(), train.learning_rate, config)
     model.train(not train.inference_only)
     mode = "inference" if train.inference_only else "training"
 

@@ -145,3 +145,12 @@ def test_profile_prints_a_breakdown_and_writes_a_trace(tmp_path, capsys):
     assert json.loads(trace.read_text())["traceEvents"]
     parts = json.loads(out.read_text())["breakdown"]["parts_s"]
     assert set(parts) >= {"embedding_fwd", "interaction_bwd", "optimizer", "other"}
+
+
+def test_adagrad_optimizer_trains_and_refuses_fused_updates(tmp_path, capsys):
+    out = tmp_path / "a.json"
+    base = ["train", "--preset=tiny", "--data-size=32", "--mini-batch-size=8", "--optimizer=adagrad"]
+    assert main([*base, f"--json-out={out}"]) == 0
+    assert len(json.loads(out.read_text())["train_loss"]) == 4
+    assert main([*base, "--embedding-grad=fused"]) == 2
+    assert "fused updates are SGD only" in capsys.readouterr().err
