@@ -22,7 +22,7 @@ class Backend(StrEnum):
 
 # Each backend lives in its own module, imported on first lookup; a module that
 # fails to import registers its kernels as unavailable instead of breaking listing.
-_BACKEND_MODULES: tuple[str, ...] = ("kernels.reference",)
+_BACKEND_MODULES: tuple[str, ...] = ("kernels.reference", "kernels.numba_bag", "kernels.cuda_bag", "kernels.fbgemm_bag")
 _EXTRA_MODULES: list[str] = []  # later backends append here (numba, cuda, fbgemm)
 
 

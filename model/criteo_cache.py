@@ -49,7 +49,8 @@ def default_cache_dir(raw_path: str | os.PathLike[str]) -> Path:
         the folder the cache goes in.
     """
     p = Path(raw_path).resolve()
-    if os.access(p.parent, os.W_OK):
+    # os.access says yes to root everywhere; a folder without write bits is read-only by intent
+    if os.access(p.parent, os.W_OK) and p.parent.stat().st_mode & 0o222:
         return p.parent / f"{p.name}.dlrmbench-cache"
     key = hashlib.sha1(str(p).encode()).hexdigest()[:12]
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

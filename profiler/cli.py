@@ -16,6 +16,7 @@ __all__ = ["build_parser", "main"]
 _COMMAND_MODULES: tuple[str, ...] = (
     "model.cli",
     "model.bench",
+    "model.bench_dist",
     "kernels.cli",
     "profiler.machine_cli",
     "profiler.sweep_cli",
@@ -24,6 +25,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "profiler.report",
     "profiler.quickstart",
     "profiler.bench_bag_cli",
+    "model.trace_cli",
 )
 
 
@@ -53,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, NotImplementedError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"dlrmbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        code = getattr(exc, "exit_code", None)  # errors that know their exit status (e.g. a dead peer rank)
+        if not isinstance(code, int):
+            raise
+        print(f"dlrmbench {args.command}: error: {exc}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"dlrmbench {args.command}: interrupted", file=sys.stderr)
         return 130

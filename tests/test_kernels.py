@@ -69,6 +69,10 @@ def test_gradcheck_float64(name):
     indices = torch.tensor([0, 6, 6, 2, 3, 0])
     offsets = torch.tensor([0, 2, 2, 5, 6])
     fn = kernels.get(name).fn
+    try:
+        fn(weight.detach(), indices, offsets, None, "sum", False)
+    except NotImplementedError as exc:  # a kernel may be float32-only; it must say so, not compute wrongly
+        pytest.skip(f"{name}: {exc}")
     assert torch.autograd.gradcheck(lambda w, p: fn(w, indices, offsets, p, "sum", False), (weight, psw))
 
 

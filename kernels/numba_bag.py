@@ -1,0 +1,259 @@
+"""numba_w1, numba_w4, numba_w8, numba_w16: embedding-bag kernels built by one factory from the SIMD width.
+
+`make_numba_bag(W)` wraps the compiled loops of `kernels.numba_simd` (W float32 lanes per
+vector op, up to 8 vectors in flight per pass, parallel over bags) behind the registry
+contract, and adds what the benchmark needs beyond it: a fused sparse-SGD backward that
+never builds a gradient tensor, ahead-of-time warm-up, and the generated assembly.
+Inputs are trusted (validated by `kernels.embedding_bag` or the caller). Without numba the
+four names are registered as unavailable, with the import error as the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kernels.autograd import differentiable
+from kernels.registry import Backend, register, register_unavailable
+
+try:
+    import numba
+
+    from kernels import numba_simd
+except ImportError as exc:  # numba is a dependency, but listing must survive without it
+    numba = numba_simd = None
+    _MISSING = f"numba is not importable ({exc}); pip install 'numba>=0.60'"
+
+__all__ = [
+    "AUTO_PREFETCH_MIN_BYTES",
+    "DEFAULT_PREFETCH_ROWS",
+    "WIDTHS",
+    "NumbaBag",
+    "get_numba_bag",
+    "make_numba_bag",
+]
+
+WIDTHS = (1, 4, 8, 16)  # float32 lanes: scalar, 128-bit (SSE/NEON), 256-bit (AVX2), 512-bit (AVX-512)
+DEFAULT_PREFETCH_ROWS = 16  # lookups ahead; 16 rows of 256 B stay well inside L1 and cover DRAM latency
+# Smaller tables sit in L2/L3, where the prefetch instructions cost more than they save (measured on a
+# 32 MiB-L3 Zen 4: a 5 MiB table ran ~12% slower with them, 256 MiB+ tables 10-30% faster).
+AUTO_PREFETCH_MIN_BYTES = 16 << 20
+_SERIAL_MAX_FLOATS = 1 << 15  # below this many gathered floats a parallel region costs more than it saves
+_REQUIRES = "numba>=0.60"
+
+
+@functools.cache
+def _kernels(width: int, index_bits: int, float_bits: int = 32) -> numba_simd.NumbaKernels:
+    return numba_simd.build(width, index_bits, float_bits)
+
+
+_numba_threads = [0]  # the count last given to numba.set_num_threads (asking numba costs ~0.7 µs)
+
+
+def _threads() -> int:
+    """torch's thread count is the one knob (the timer pins it); numba follows it."""
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if _numba_threads[0] != n:
+        numba.set_num_threads(n)
+        _numba_threads[0] = n
+    return n
+
+
+_FLOAT_BITS = {torch.float32: 32, torch.float64: 64}
+_INDEX_BITS = {torch.int32: 32, torch.int64: 64}
+
+
+def _float_bits(name: str, t: torch.Tensor) -> int:
+    """32 or 64: the kernels are compiled for float32 (what DLRM trains in) and float64 (gradcheck)."""
+    bits = _FLOAT_BITS.get(t.dtype)
+    if bits is None:
+        raise NotImplementedError(f"numba kernels take float32/float64 {name}, got {t.dtype}; use kernel 'torch'")
+    if not t.is_cpu:
+        raise NotImplementedError(f"numba kernels run on CPU tensors, got {t.device}; use kernel 'torch' or 'cuda'")
+    return bits
+
+
+@dataclass(frozen=True)
+class NumbaBag:
+    """The embedding-bag kernels of one SIMD width.
+
+    `prefetch_rows`: software prefetch distance in lookups (0 = off); None chooses
+    DEFAULT_PREFETCH_ROWS for tables of at least AUTO_PREFETCH_MIN_BYTES and 0 below.
+    """
+
+    width: int
+    prefetch_rows: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"numba_w{self.width}"
+
+    def prefetch_distance(self, table_bytes: int) -> int:
+        """Lookups ahead whose rows are prefetched, for a table of this size (0 = no prefetch)."""
+        if self.prefetch_rows is not None:
+            return self.prefetch_rows
+        return DEFAULT_PREFETCH_ROWS if table_bytes >= AUTO_PREFETCH_MIN_BYTES else 0
+
+    def _run(
+        self,
+        op: int,
+        weight: torch.Tensor,
+        indices: torch.Tensor,
+        offsets: torch.Tensor,
+        psw: torch.Tensor | None,
+        bd: torch.Tensor,
+        nd: torch.Tensor | None = None,
+        lr: float = 0.0,
+        parallel: bool = True,
+    ) -> None:
+        rows, dim = weight.shape
+        if offsets.dtype != indices.dtype:
+            offsets = offsets.to(indices.dtype)
+        if not indices.is_contiguous():
+            indices = indices.contiguous()
+        if not offsets.is_contiguous():
+            offsets = offsets.contiguous()
+        if psw is not None and (psw.dtype != weight.dtype or not psw.is_contiguous()):
+            psw = psw.detach().to(weight.dtype).contiguous()
+        n = indices.numel()
+        k = _kernels(self.width, _INDEX_BITS[indices.dtype], _FLOAT_BITS[weight.dtype])
+        chunks = _threads() if parallel and n * dim >= _SERIAL_MAX_FLOATS else 1
+        (k.parallel if chunks > 1 else k.serial)(
+            op,
+            weight.data_ptr(),
+            rows,
+            dim,
+            indices.data_ptr(),
+            n,
+            offsets.data_ptr(),
+            offsets.numel() - 1,
+            0 if psw is None else psw.data_ptr(),
+            psw is not None,
+            bd.data_ptr(),
+            0 if nd is None else nd.data_ptr(),
+            lr,
+            self.prefetch_distance(rows * dim * 4),
+            chunks,
+        )
+
+    def forward(
+        self, weight: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, psw: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Sum-pooled bags: (B, D) of weight's dtype, B = len(offsets) - 1."""
+        _float_bits("weights", weight)
+        if not weight.is_contiguous():
+            weight = weight.contiguous()
+        out = torch.empty(offsets.numel() - 1, weight.shape[1], dtype=weight.dtype)
+        if out.numel():
+            self._run(numba_simd.Op.FORWARD, weight, indices, offsets, psw, out)
+        return out
+
+    def lookup_grads(
+        self, grad_out: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, psw: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Each lookup's weight gradient, psw[k] * grad_out[bag(k)]: (N, D) of grad_out's dtype."""
+        _float_bits("gradients", grad_out)
+        grad_out = grad_out.contiguous()
+        vals = torch.empty(indices.numel(), grad_out.shape[1], dtype=grad_out.dtype)
+        if vals.numel():
+            self._run(numba_simd.Op.LOOKUP_GRADS, grad_out, indices, offsets, psw, grad_out, vals)
+        return vals
+
+    def sgd_(
+        self,
+        weight: torch.Tensor,
+        indices: torch.Tensor,
+        offsets: torch.Tensor,
+        grad_out: torch.Tensor,
+        lr: float,
+        psw: torch.Tensor | None = None,
+    ) -> None:
+        """Fused backward + SGD, in place: weight[idx[k]] -= lr * psw[k] * grad_out[bag(k)].
+
+        No gradient tensor is built. Each thread owns the rows that hash to it and applies
+        their updates in lookup order, so the result does not depend on the thread count.
+        """
+        if _float_bits("weights", weight) != _float_bits("gradients", grad_out):
+            raise ValueError(f"weight is {weight.dtype} but grad_out is {grad_out.dtype}: they must match")
+        if not weight.is_contiguous():
+            raise ValueError("sgd_ updates in place: weight must be contiguous")
+        if indices.numel() and weight.numel():
+            self._run(numba_simd.Op.SGD, weight.detach(), indices, offsets, psw, grad_out.contiguous(), lr=lr)
+
+    def warm(self, index_dtypes: tuple[torch.dtype, ...] = (torch.int64,), parallel: bool = True) -> None:
+        """Compile (or load from numba's disk cache) every entry point for these index dtypes."""
+        for dtype in index_dtypes:
+            k = _kernels(self.width, 64 if dtype == torch.int64 else 32)
+            w, g = torch.zeros(2, 3), torch.zeros(1, 3)
+            idx, off = torch.zeros(1, dtype=dtype), torch.tensor([0, 1], dtype=dtype)
+            for run in (k.serial, k.parallel) if parallel else (k.serial,):
+                run(0, w.data_ptr(), 2, 3, idx.data_ptr(), 1, off.data_ptr(), 1, 0, False, g.data_ptr(), 0, 0.0, 0, 1)
+
+    def asm(self, index_dtype: torch.dtype = torch.int64) -> str:
+        """The x86/ARM assembly of the compiled loops (forward, lookup gradients, SGD) for this width."""
+        return numba_simd.inspect_asm(self.width, 64 if index_dtype == torch.int64 else 32)
+
+    @functools.cached_property
+    def fn(self) -> Callable[..., torch.Tensor]:
+        """The registry contract: differentiable in weight (sparse or dense) and per_sample_weights.
+
+        When no gradient is wanted the autograd node (several microseconds) is skipped.
+        """
+        with_grad = differentiable(self.forward, self.lookup_grads)
+
+        def embedding_bag(
+            weight: torch.Tensor,
+            indices: torch.Tensor,
+            offsets: torch.Tensor,
+            per_sample_weights: torch.Tensor | None = None,
+            mode: str = "sum",
+            sparse: bool = True,
+        ) -> torch.Tensor:
+            if mode == "sum" and not (
+                torch.is_grad_enabled()
+                and (weight.requires_grad or (per_sample_weights is not None and per_sample_weights.requires_grad))
+            ):
+                return self.forward(weight, indices, offsets, per_sample_weights)
+            return with_grad(weight, indices, offsets, per_sample_weights, mode, sparse)
+
+        embedding_bag.__doc__ = f"{self.name}: sum-pooled embedding-bag, {self.width} float32 lanes per vector op."
+        return embedding_bag
+
+
+def make_numba_bag(width: int, prefetch_rows: int | None = None) -> NumbaBag:
+    """The factory: kernels whose inner loop works in blocks of `width` float32 lanes."""
+    if width not in WIDTHS:
+        raise ValueError(f"width {width} is not one of {', '.join(map(str, WIDTHS))}")
+    if prefetch_rows is not None and prefetch_rows < 0:
+        raise ValueError(f"prefetch_rows must be >= 0 (0 = off), got {prefetch_rows}")
+    if numba is None:
+        raise NotImplementedError(_MISSING)
+    return NumbaBag(width, prefetch_rows)
+
+
+def get_numba_bag(name: str) -> NumbaBag:
+    """The NumbaBag behind a registry name such as 'numba_w16' (for fused SGD, warm-up, asm)."""
+    widths = {f"numba_w{w}": w for w in WIDTHS}
+    if name not in widths:
+        raise ValueError(f"{name!r} is not a numba kernel; numba kernels: {', '.join(widths)}")
+    return _BAGS.get(name) or make_numba_bag(widths[name])
+
+
+_BAGS: dict[str, NumbaBag] = {}
+for _w in WIDTHS:
+    _name = f"numba_w{_w}"
+    if numba is None:
+        register_unavailable(_name, backend=Backend.NUMBA, reason=_MISSING, requires=_REQUIRES)
+        continue
+    _BAGS[_name] = make_numba_bag(_w)
+    _lanes = "scalar" if _w == 1 else f"{_w * 32}-bit"
+    register(
+        _name,
+        backend=Backend.NUMBA,
+        devices=("cpu",),
+        requires=_REQUIRES,
+        description=f"numba, {_w} float32 lanes per vector op ({_lanes}), parallel over bags",
+    )(_BAGS[_name].fn)

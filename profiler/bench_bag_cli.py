@@ -1,0 +1,305 @@
+"""`dlrmbench bench embedding-bag` (who wins, per point) and `dlrmbench asm NAME` (which vector registers).
+
+Both take `--isa`: numba reads its target CPU once per process, so a narrower ISA re-runs the
+command in a child process with NUMBA_CPU_NAME / NUMBA_CPU_FEATURES set (kernels.asm.isa_env).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from typing import Any
+
+__all__ = ["add_bench_targets", "add_commands", "parse_int_list", "parse_list"]
+
+_ISA_MARK = "DLRMBENCH_ISA"  # set in the child so it runs instead of re-launching itself
+_DEFAULT_KERNELS = ("torch", "numba_w1", "numba_w4", "numba_w8", "numba_w16", "fbgemm")
+
+
+def parse_list(text: str) -> list[str]:
+    """'a,b, c' -> ['a', 'b', 'c']; empty items are errors."""
+    items = [s.strip() for s in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r}: empty item in a comma-separated list")
+    return items
+
+
+def parse_int_list(text: str) -> list[int]:
+    """'128,2048' or '1e4,1e6' or '10_000' -> ints; a value that is not a whole number >= 1 is an error."""
+    out = []
+    for item in parse_list(text):
+        try:
+            value = float(item.replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a number") from None
+        if not math.isfinite(value) or value != int(value) or value < 1:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a whole number >= 1")
+        out.append(int(value))
+    return out
+
+
+def _parse_on_off(text: str) -> list[bool]:
+    values = {"on": True, "off": False}
+    items = parse_list(text)
+    for item in items:
+        if item not in values:
+            raise argparse.ArgumentTypeError(f"{item!r}: allowed: on, off")
+    return [values[i] for i in items]
+
+
+def _parse_distributions(text: str) -> list[str]:
+    from profiler.bench_bag import parse_distribution
+
+    items = parse_list(text)
+    for item in items:
+        try:
+            parse_distribution(item)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return items
+
+
+def _isa_child(args: argparse.Namespace, argv: list[str]) -> int | None:
+    """Re-run `dlrmbench ARGV` with the ISA's environment; None when this process already has it."""
+    from kernels.asm import isa_env
+
+    if args.isa == "native" or os.environ.get(_ISA_MARK) == args.isa:
+        return None
+    env = {**os.environ, **isa_env(args.isa), _ISA_MARK: args.isa}
+    return subprocess.call([sys.executable, "-m", "profiler.cli", *argv], env=env)
+
+
+def _add_isa(p: argparse.ArgumentParser) -> None:
+    from kernels.asm import ISA_PRESETS
+
+    p.add_argument(
+        "--isa",
+        default="native",
+        choices=list(ISA_PRESETS),
+        help="compile numba kernels for a narrower ISA (in a child process): "
+        + "; ".join(f"{k}: {v[1]}" for k, v in ISA_PRESETS.items()),
+    )
+
+
+def _cmd_asm(args: argparse.Namespace) -> int:
+    from kernels.asm import isa_in_force, kernel_vector_usage
+
+    child = _isa_child(
+        args,
+        ["asm", args.name, "--isa", args.isa, "--index-bits", str(args.index_bits)] + (["--show"] if args.show else []),
+    )
+    if child is not None:
+        return child
+    usage, asm = kernel_vector_usage(args.name, args.index_bits)
+    isa = isa_in_force()
+    print(
+        f"{args.name}, int{args.index_bits} indices, numba target {isa['numba_cpu_name']} ({isa['numba_cpu_features']})"
+    )
+    print(f"{'class':<6} {'registers':>9} {'instructions':>12} {'fp arith':>9} {'packed':>7}")
+    for cls in "xyz":
+        print(
+            f"{cls + 'mm':<6} {usage.registers[cls]:>9} {usage.instructions[cls]:>12} "
+            f"{usage.arithmetic[cls]:>9} {usage.packed[cls]:>7}"
+        )
+    print(f"widest float arithmetic: {usage.widest_arithmetic()}")
+    if args.show:
+        print(asm)
+    return 0
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s * 1e6:.1f} us" if s < 1e-2 else f"{s * 1e3:.2f} ms"
+
+
+def _run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import torch
+
+    from kernels.asm import isa_in_force
+    from kernels.registry import list_kernels
+    from profiler.bench_bag import (
+        GATHER_CEILING,
+        Inputs,
+        alloc_table,
+        expand,
+        huge_page_bytes,
+        make_bags,
+        record,
+        step_fn,
+    )
+    from profiler.timer import measure
+
+    known = {e.name: e for e in list_kernels()}
+    kernels, skipped = [], []
+    for k in args.kernels:
+        if k != GATHER_CEILING and k not in known:
+            raise ValueError(f"unknown kernel {k!r}; registered: {', '.join(known)}, and {GATHER_CEILING}")
+        if k in known and not known[k].available:
+            skipped.append(f"{k} ({known[k].reason})")
+        else:
+            kernels.append(k)
+    if args.gather_ceiling and GATHER_CEILING not in kernels:
+        kernels.append(GATHER_CEILING)
+    kernels.sort(key=lambda k: (k != "torch", k != GATHER_CEILING))  # references first: later rows compare to them
+    for s in skipped:
+        print(f"skipping unavailable kernel {s}", file=sys.stderr)
+    points = expand(
+        kernels,
+        batch_size=args.batch_size,
+        num_rows=args.num_rows,
+        embedding_dim=args.embedding_dim,
+        pooling_factor=args.pooling_factor,
+        distribution=args.distribution,
+        threads=args.threads,
+        huge_pages=args.huge_pages,
+        backward=[args.backward],
+        index_dtype=args.index_dtype,
+    )
+    points = [p for p in points if not (p.kernel == GATHER_CEILING and (p.backward or p.index_dtype != "int64"))]
+    isa = {"isa": args.isa, **isa_in_force()}
+    table_key, table, inputs_key, inputs, hp_bytes = None, None, None, None, None
+    records: list[dict[str, Any]] = []
+    for p in points:
+        if p.table_key != table_key:
+            table = inputs = None  # free the previous table first
+            table, table_key = alloc_table(p.num_rows, p.embedding_dim, p.huge_pages, args.seed), p.table_key
+            hp_bytes = huge_page_bytes(table)
+        if p.input_key != inputs_key:
+            idx, off = make_bags(
+                p.batch_size, p.num_rows, p.pooling_factor, p.distribution, args.seed, getattr(torch, p.index_dtype)
+            )
+            inputs = Inputs(table, idx, off, torch.randn(p.batch_size, p.embedding_dim), args.lr)
+            inputs_key = p.input_key
+        before = torch.get_num_threads()
+        torch.set_num_threads(p.threads)  # compile/first call on the point's thread count
+        try:
+            fn, extra = step_fn(p, inputs)
+        finally:
+            torch.set_num_threads(before)
+        m = measure(fn, warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, threads=p.threads)
+        rec = record(p, m, {**extra, **isa, "huge_page_bytes": hp_bytes})
+        records.append(rec)
+        _print_row(rec, records)
+    return records
+
+
+def _point_label(r: dict[str, Any]) -> str:
+    hp = "hp" if r["huge_pages"] else "4k"
+    return (
+        f"B={r['batch_size']} E={r['num_rows']:.0e} D={r['embedding_dim']} L={r['pooling_factor']} "
+        f"{r['distribution']} t={r['threads']} {hp}{' bwd' if r['backward'] else ''}"
+    )
+
+
+def _same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(
+        a[k] == b[k]
+        for k in a
+        if k
+        in (
+            "batch_size",
+            "num_rows",
+            "embedding_dim",
+            "pooling_factor",
+            "distribution",
+            "threads",
+            "huge_pages",
+            "backward",
+            "index_dtype",
+        )
+    )
+
+
+def _print_row(r: dict[str, Any], done: list[dict[str, Any]]) -> None:
+    """Print one row, adding speedup_vs_torch and frac_of_gather from the point's reference rows."""
+    if len(done) == 1:
+        print(f"{'kernel':<15} {'point':<44} {'median':>10} {'lookups/s':>10} {'GB/s':>7} {'vs torch':>8}  notes")
+    ref = next((d for d in done if d["kernel"] == "torch" and _same_point(d, r)), None)
+    r["speedup_vs_torch"] = ref["median_s"] / r["median_s"] if ref else None
+    ceiling = next((d for d in done if d["kernel"] == "gather_ceiling" and _same_point(d, r)), None)
+    r["frac_of_gather"] = r["gbps"] / ceiling["gbps"] if ceiling else None
+    vs = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
+    notes = [f"{r['frac_of_gather']:.0%} of gather"] if r["frac_of_gather"] else []
+    if r.get("prefetch_rows") is not None:
+        notes.append(f"prefetch {r['prefetch_rows']}")
+    notes = "; ".join(notes + r["warnings"])[:90]
+    print(
+        f"{r['kernel']:<15} {_point_label(r):<44} {_fmt_s(r['median_s']):>10} {r['lookups_per_s']:>10.3g} "
+        f"{r['gbps']:>7.1f} {vs:>8}  {notes}",
+        flush=True,
+    )
+
+
+def _geomeans(records: list[dict[str, Any]]) -> None:
+    by_kernel: dict[str, list[float]] = {}
+    for r in records:
+        if r.get("speedup_vs_torch") and r["kernel"] != "torch":
+            by_kernel.setdefault(r["kernel"], []).append(r["speedup_vs_torch"])
+    for k, xs in by_kernel.items():
+        print(f"geomean speedup vs torch, {k}: {math.exp(sum(map(math.log, xs)) / len(xs)):.3f}x over {len(xs)} points")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    child = _isa_child(args, _bench_argv(args))
+    if child is not None:
+        return child
+    records = _run_bench(args)
+    _geomeans(records)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(records, f, indent=1)
+        print(f"wrote {len(records)} points to {args.json_out}")
+    return 0
+
+
+def _bench_argv(args: argparse.Namespace) -> list[str]:
+    """The command line of this run, rebuilt from the parsed arguments, for the ISA child."""
+    join = lambda xs: ",".join(str(x) for x in xs)  # noqa: E731
+    argv = ["bench", "embedding-bag", "--kernels", join(args.kernels), "--batch-size", join(args.batch_size)]
+    argv += ["--num-rows", join(args.num_rows), "--embedding-dim", join(args.embedding_dim)]
+    argv += ["--pooling-factor", join(args.pooling_factor), "--distribution", join(args.distribution)]
+    argv += ["--threads", join(args.threads), "--huge-pages", join("on" if h else "off" for h in args.huge_pages)]
+    argv += ["--index-dtype", join(args.index_dtype), "--warmup-ms", str(args.warmup_ms), "--rep-ms", str(args.rep_ms)]
+    argv += ["--lr", str(args.lr), "--seed", str(args.seed), "--isa", args.isa]
+    argv += ["--backward"] * args.backward + ["--gather-ceiling"] * args.gather_ceiling
+    return argv + (["--json-out", args.json_out] if args.json_out else [])
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("asm", help="vector registers (xmm/ymm/zmm) a numba kernel's compiled loops use")
+    p.add_argument("name", help="a numba kernel, e.g. numba_w16")
+    p.add_argument("--index-bits", type=int, choices=(32, 64), default=64)
+    p.add_argument("--show", action="store_true", help="also print the assembly")
+    _add_isa(p)
+    p.set_defaults(func=_cmd_asm)
+
+
+def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
+    p = bench_sub.add_parser(
+        "embedding-bag",
+        help="time embedding-bag kernels over a grid: median time, lookups/s, GB/s, speedup vs torch",
+        description="Each list flag takes comma-separated values; numbers may be written 1e6 or 10_000.",
+    )
+    p.add_argument(
+        "--kernels", type=parse_list, default=list(_DEFAULT_KERNELS), help="registry names, and gather_ceiling"
+    )
+    p.add_argument("--batch-size", type=parse_int_list, default=[2048], help="B, bags per call")
+    p.add_argument("--num-rows", type=parse_int_list, default=[1_000_000], help="E, rows per table")
+    p.add_argument("--embedding-dim", type=parse_int_list, default=[64], help="D")
+    p.add_argument("--pooling-factor", type=parse_int_list, default=[20], help="L, lookups per bag")
+    p.add_argument("--distribution", type=_parse_distributions, default=["uniform"], help="uniform, zipf:1.15")
+    p.add_argument("--threads", type=parse_int_list, default=[1], help="threads (torch and numba)")
+    p.add_argument("--huge-pages", type=_parse_on_off, default=[False], help="table on transparent huge pages: on,off")
+    p.add_argument("--index-dtype", type=parse_list, default=["int64"], help="int64,int32")
+    p.add_argument("--backward", action="store_true", help="time forward + backward + SGD update")
+    p.add_argument("--gather-ceiling", action="store_true", help="also time the profiler's plain gather loop")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate in --backward mode")
+    p.add_argument("--warmup-ms", type=float, default=30.0)
+    p.add_argument("--rep-ms", type=float, default=150.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json-out", help="write a JSON list, one object per point")
+    _add_isa(p)
+    p.set_defaults(func=_cmd_bench)

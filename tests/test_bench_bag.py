@@ -1,0 +1,126 @@
+"""`dlrmbench bench embedding-bag`: flag parsing, grid expansion, byte counts, inputs, tables, and a tiny run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from profiler.bench_bag import (
+    GATHER_CEILING,
+    BagPoint,
+    alloc_table,
+    expand,
+    huge_page_bytes,
+    make_bags,
+    parse_distribution,
+    point_cost,
+)
+from profiler.bench_bag_cli import parse_int_list, parse_list
+from profiler.cli import build_parser, main
+
+
+def test_int_lists_accept_scientific_and_underscores():
+    assert parse_int_list("128,2048") == [128, 2048]
+    assert parse_int_list("1e4, 1e6,10_000") == [10_000, 1_000_000, 10_000]
+    for bad in ("1.5", "0", "-3", "x", "1e4,", "inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_int_list(bad)
+    assert parse_list("torch, numba_w16") == ["torch", "numba_w16"]
+
+
+def test_distributions():
+    assert parse_distribution("uniform") == ("uniform", 0.0)
+    assert parse_distribution("zipf:1.15") == ("zipf", 1.15)
+    for bad in ("zipf", "zipf:-1", "zipf:x", "normal"):
+        with pytest.raises(ValueError, match="allowed"):
+            parse_distribution(bad)
+
+
+def test_bench_flags_parse_to_lists():
+    args = build_parser().parse_args(
+        [
+            "bench", "embedding-bag", "--kernels", "torch,numba_w8", "--batch-size", "128,2048",
+            "--num-rows", "1e4,1e6", "--embedding-dim", "16,64", "--pooling-factor", "1,20",
+            "--distribution", "uniform,zipf:1.15", "--threads", "1,2", "--huge-pages", "on,off", "--backward",
+        ]
+    )  # fmt: skip
+    assert args.kernels == ["torch", "numba_w8"] and args.num_rows == [10_000, 1_000_000]
+    assert args.distribution == ["uniform", "zipf:1.15"] and args.huge_pages == [True, False]
+    assert args.threads == [1, 2] and args.backward
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "embedding-bag", "--huge-pages", "maybe"])
+
+
+def test_expand_is_table_major_with_kernels_innermost():
+    pts = expand(["torch", "numba_w16"], num_rows=[100, 200], embedding_dim=[4], batch_size=[2, 3], threads=[1])
+    assert len(pts) == 2 * 2 * 2
+    assert [p.kernel for p in pts[:2]] == ["torch", "numba_w16"]
+    assert [p.num_rows for p in pts] == [100] * 4 + [200] * 4  # one table alive at a time
+    with pytest.raises(ValueError, match="unknown axis"):
+        expand(["torch"], rows=[1])
+    with pytest.raises(ValueError, match="int32"):
+        BagPoint("torch", 1, 2**31, 1, 1, index_dtype="int32").validate()
+
+
+def test_point_cost_by_hand():
+    p = BagPoint("torch", batch_size=2, num_rows=10, embedding_dim=4, pooling_factor=3)
+    # read 6 rows x 16 B + 6 int64 indices + 3 int64 offsets; write 2 bags x 16 B
+    assert point_cost(p).bytes_moved == 6 * 16 + 6 * 8 + 3 * 8 + 2 * 16
+    b = BagPoint("torch", 2, 10, 4, 3, backward=True)
+    # plus the update: read grad_out 2x16 B, rows 6x16 B, indices and offsets again; write rows 6x16 B
+    assert point_cost(b).bytes_moved == point_cost(p).bytes_moved + 2 * 16 + 6 * 16 + 6 * 8 + 3 * 8 + 6 * 16
+
+
+def test_make_bags_shapes_and_zipf_skew():
+    idx, off = make_bags(50, 1000, 4, "uniform", dtype=torch.int32)
+    assert idx.dtype == off.dtype == torch.int32 and idx.numel() == 200 and off.tolist()[:3] == [0, 4, 8]
+    assert int(idx.min()) >= 0 and int(idx.max()) < 1000
+    z, _ = make_bags(500, 1000, 4, "zipf:1.15")
+    top = torch.bincount(z, minlength=1000).max()
+    assert int(top) > 100  # the hottest row takes a large share (about 1/6 at s=1.15), uniform ~2
+
+
+def test_table_pages_follow_the_advice():
+    t = alloc_table(1000, 8, huge_pages=False, seed=1)
+    assert t.shape == (1000, 8) and t.dtype == torch.float32 and float(t.abs().max()) <= 1.0
+    assert huge_page_bytes(t) in (0, None)  # madvised off: never THP-backed
+
+
+def test_tiny_run_writes_json(tmp_path, capsys):
+    out = tmp_path / "points.json"
+    rc = main(
+        [
+            "bench", "embedding-bag", "--kernels", f"torch,numba_w16,{GATHER_CEILING}", "--batch-size", "8",
+            "--num-rows", "1e3", "--embedding-dim", "16", "--pooling-factor", "2", "--threads", "1",
+            "--warmup-ms", "1", "--rep-ms", "3", "--json-out", str(out),
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    records = json.loads(out.read_text())
+    assert [r["kernel"] for r in records] == ["torch", GATHER_CEILING, "numba_w16"]
+    keys = {"kernel", "batch_size", "num_rows", "embedding_dim", "pooling_factor", "distribution", "threads"}
+    for r in records:
+        assert keys | {"median_s", "gbps", "huge_pages", "numba_cpu_name", "isa"} <= r.keys()
+        assert r["median_s"] > 0 and r["gbps"] > 0
+    assert records[0]["speedup_vs_torch"] == 1.0
+    assert "geomean speedup vs torch" in capsys.readouterr().out
+
+
+def test_unknown_kernel_is_an_error(capsys):
+    assert main(["bench", "embedding-bag", "--kernels", "nope", "--num-rows", "10"]) == 2
+    assert "unknown kernel 'nope'" in capsys.readouterr().err
+
+
+def test_isa_child_gets_the_same_command_line():
+    from profiler.bench_bag_cli import _bench_argv
+
+    argv = [
+        "bench", "embedding-bag", "--kernels", "torch,numba_w4", "--num-rows", "1e4", "--threads", "1,2",
+        "--huge-pages", "on,off", "--distribution", "zipf:1.15", "--isa", "x86-64-v3", "--backward",
+    ]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    again = build_parser().parse_args(_bench_argv(args))
+    assert {k: v for k, v in vars(again).items() if k != "func"} == {k: v for k, v in vars(args).items() if k != "func"}

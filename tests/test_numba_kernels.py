@@ -1,0 +1,197 @@
+"""numba_w1/w4/w8/w16 against torch.nn.functional.embedding_bag: forward, gradients, fused SGD, and the ISA."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels.registry import list_kernels
+
+numba_bag = pytest.importorskip("kernels.numba_bag")
+if numba_bag.numba is None:
+    pytest.skip("numba is not importable", allow_module_level=True)
+
+NAMES = [f"numba_w{w}" for w in numba_bag.WIDTHS]
+ATOL = 1e-5
+
+# A jagged batch of 6 bags over a 40-row table; bags 1 and 4 are empty:
+#   bag:      0         1    2                3     4    5
+#   indices: [3 7 3] | [] | [0 39 5 5 12] | [8] | [] | [1 2 3 38]
+_LENGTHS = [3, 0, 5, 1, 0, 4]
+_INDICES = [3, 7, 3, 0, 39, 5, 5, 12, 8, 1, 2, 3, 38]
+_ROWS = 40
+
+
+def _batch(dim: int, dtype: torch.dtype = torch.int64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(_ROWS, dim, generator=g)
+    indices = torch.tensor(_INDICES, dtype=dtype)
+    offsets = torch.tensor([0, *torch.tensor(_LENGTHS).cumsum(0).tolist()], dtype=dtype)
+    psw = torch.rand(len(_INDICES), generator=g)
+    return weight, indices, offsets, psw
+
+
+def _reference(weight, indices, offsets, psw, sparse=False):
+    return F.embedding_bag(
+        indices,
+        weight,
+        offsets.to(indices.dtype),
+        mode="sum",
+        per_sample_weights=psw,
+        include_last_offset=True,
+        sparse=sparse,
+    )
+
+
+def _grads(name, weight, indices, offsets, psw, sparse):
+    """(out, weight grad as dense, psw grad) from kernel `name` (or torch when name is None)."""
+    w = weight.clone().requires_grad_()
+    p = None if psw is None else psw.clone().requires_grad_()
+    if name is None:
+        out = _reference(w, indices, offsets, p, sparse)
+    else:
+        out = kernels.embedding_bag(name, w, indices, offsets, p, sparse=sparse)
+    out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+    gw = w.grad.to_dense() if w.grad.is_sparse else w.grad
+    return out.detach(), gw, None if p is None else p.grad
+
+
+def test_registered_with_description():
+    entries = {e.name: e for e in list_kernels()}
+    for name in NAMES:
+        assert entries[name].available, entries[name].reason
+        assert entries[name].backend == "numba"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dim", [1, 3, 17, 129])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_forward_matches_torch(name, dim, weighted):
+    weight, indices, offsets, psw = _batch(dim)
+    psw = psw if weighted else None
+    out = kernels.embedding_bag(name, weight, indices, offsets, psw)
+    torch.testing.assert_close(out, _reference(weight, indices, offsets, psw), atol=ATOL, rtol=1e-5)
+    assert out[1].abs().sum() == 0 and out[4].abs().sum() == 0  # empty bags pool to zeros
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("dim", [17, 129])
+def test_gradients_match_torch(name, sparse, dim):
+    weight, indices, offsets, psw = _batch(dim, seed=1)
+    got = _grads(name, weight, indices, offsets, psw, sparse)
+    want = _grads(None, weight, indices, offsets, psw, sparse)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_int32_indices_and_mixed_offsets(name):
+    weight, indices, offsets, psw = _batch(3, torch.int32, seed=2)
+    for off in (offsets, offsets.long()):  # int32 offsets, then int64 offsets with int32 indices
+        got = _grads(name, weight, indices, off, psw, sparse=True)
+        want = _grads(None, weight, indices, off, psw, sparse=True)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parallel_path_matches_torch(name):
+    """Large enough to take the parallel region on 2 threads; variable bag lengths test the chunking."""
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(0, 12, (700,), generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    indices = torch.randint(0, 500, (int(offsets[-1]),), generator=g)
+    weight = torch.randn(500, 24, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = kernels.embedding_bag(name, weight, indices, offsets)
+        vals = numba_bag.get_numba_bag(name).lookup_grads(torch.ones(700, 24), indices, offsets)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(out, _reference(weight, indices, offsets, None), atol=1e-4, rtol=1e-5)
+    assert vals.shape == (indices.numel(), 24) and bool((vals == 1).all())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fused_sgd_matches_torch_and_is_thread_count_independent(name):
+    weight, indices, offsets, psw = _batch(17, seed=4)
+    grad_out = torch.randn(len(_LENGTHS), 17)
+    lr = 0.05
+    _, dense_grad, _ = _grads(None, weight, indices, offsets, psw, sparse=False)  # grad of sum(out * ramp)
+    ramp = torch.linspace(-1, 1, grad_out.numel()).reshape(grad_out.shape)
+    bag = numba_bag.get_numba_bag(name)
+    results = []
+    before = torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        w = weight.clone()
+        bag.sgd_(w, indices, offsets, ramp, lr, psw)
+        results.append(w)
+    torch.set_num_threads(before)
+    torch.testing.assert_close(results[0], weight - lr * dense_grad, atol=ATOL, rtol=1e-5)
+    assert torch.equal(results[0], results[1])  # each row is updated by one thread, in lookup order
+
+
+@pytest.mark.parametrize("name", ["numba_w1", "numba_w16"])
+def test_degenerate_batches(name):
+    weight = torch.randn(5, 4)
+    no_bags = kernels.embedding_bag(name, weight, torch.zeros(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+    assert no_bags.shape == (0, 4)
+    no_lookups = kernels.embedding_bag(
+        name, weight, torch.zeros(0, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)
+    )
+    assert torch.equal(no_lookups, torch.zeros(2, 4))
+    one_row = kernels.embedding_bag(name, weight[:1], torch.zeros(3, dtype=torch.int64), torch.tensor([0, 3]))
+    torch.testing.assert_close(one_row, 3 * weight[:1])
+
+
+def test_unsupported_inputs_say_what_to_use():
+    with pytest.raises(NotImplementedError, match="torch"):
+        kernels.embedding_bag("numba_w8", torch.randn(4, 3).half(), torch.tensor([1]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="out of range"):  # validated before the unchecked kernel runs
+        kernels.embedding_bag("numba_w8", torch.randn(4, 3), torch.tensor([4]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="width"):
+        numba_bag.make_numba_bag(2)
+
+
+def _host_has_avx512() -> str:
+    """Empty when the w16/w4 register check can run here, else the reason to skip."""
+    from llvmlite import binding
+
+    if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES") is not None:
+        return "NUMBA_CPU_NAME/NUMBA_CPU_FEATURES narrow the ISA in this process"
+    features = binding.get_host_cpu_features()
+    if not features.get("avx512f"):
+        return f"the host CPU ({binding.get_host_cpu_name()}) lacks AVX-512F"
+    return ""
+
+
+@pytest.mark.skipif(bool(_host_has_avx512()), reason=_host_has_avx512() or "n/a")
+def test_width_is_real_in_the_assembly():
+    from kernels.asm import kernel_vector_usage
+
+    w16, _ = kernel_vector_usage("numba_w16")
+    assert w16.packed["z"] > 0, w16  # 16-lane adds/FMAs on zmm
+    w4, _ = kernel_vector_usage("numba_w4")
+    assert w4.registers["y"] == 0 and w4.registers["z"] == 0, w4  # xmm only
+    assert w4.packed["x"] > 0, w4
+
+
+def test_without_numba_the_widths_list_as_unavailable():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "from kernels.registry import list_kernels\n"
+        "e = {k.name: k for k in list_kernels()}['numba_w16']\n"
+        "print(e.available, e.reason)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False numba is not importable"), out
