@@ -152,3 +152,26 @@ def test_dot_interaction_gradient(itself):
     rows, cols = torch.tril_indices(3, 3, offset=0 if itself else -1)
     pairs = rows * 3 + cols
     assert torch.autograd.gradcheck(lambda a, b: interact(a, b, Interaction.DOT, pairs), (x, ly))
+
+
+@pytest.mark.parametrize(
+    ("op", "itself"), [(Interaction.DOT, False), (Interaction.DOT, True), (Interaction.CAT, False)]
+)
+def test_reference_style_baseline_computes_the_same_model(op, itself):
+    from model.optim import SGD
+    from model.reference_style import ReferenceStyleDLRM
+
+    cfg = DLRMConfig(3, (9, 1, 6), (4, 5, 3), (6, 1), op, itself)
+    ours = DLRM(cfg, torch.Generator().manual_seed(2))
+    ref = ReferenceStyleDLRM(ours)
+    data = RandomData(cfg.table_rows, 4, 5, 15, pooling_factor=3, seed=4)
+    opt_a, opt_b = SGD(ours.parameters(), lr=0.3), torch.optim.SGD(ref.parameters(), lr=0.3)
+    for batch in data:
+        for model, opt in ((ours, opt_a), (ref, opt_b)):
+            loss = torch.nn.BCELoss()(model(batch.dense, batch.indices, batch.offsets), batch.labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        torch.testing.assert_close(
+            ref(batch.dense, batch.indices, batch.offsets), ours(batch.dense, batch.indices, batch.offsets)
+        )
