@@ -172,6 +172,18 @@ def make_bags(
     return idx.to(dtype), offsets
 
 
+def bag_batches(
+    batch_size: int, rows: int, pooling: int, distribution: str, seed: int = 0, dtype: torch.dtype = torch.int64
+) -> list[torch.Tensor]:
+    """Index batches for the timed calls to rotate through, enough to sweep the table twice (at most 64).
+
+    One batch reused call after call touches only its own B x L rows, which then sit in cache
+    whatever the table's size; rotating makes the table, not one batch, the working set.
+    """
+    count = max(1, min(64, -(-2 * rows // (batch_size * pooling)), (256 << 20) // (8 * batch_size * pooling)))
+    return [make_bags(batch_size, rows, pooling, distribution, seed + i, dtype)[0] for i in range(count)]
+
+
 def _sgd_cost(batch_size: int, num_lookups: int, dim: int, index_bytes: int) -> Cost:
     """A fused sparse-SGD backward: read grad_out once and indices/offsets; read and write each looked-up row."""
     B, N, D = batch_size, num_lookups, dim
@@ -191,10 +203,14 @@ class Inputs:
     """What a point's step runs on; `table` is shared by every kernel of the point."""
 
     table: torch.Tensor
-    indices: torch.Tensor
+    batches: list[torch.Tensor]  # index batches; each timed call takes the next
     offsets: torch.Tensor
     grad_out: torch.Tensor
     lr: float = 0.01
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return self.batches[0]
 
 
 def step_fn(p: BagPoint, x: Inputs) -> tuple[Callable[[], object], dict[str, Any]]:
@@ -208,12 +224,14 @@ def step_fn(p: BagPoint, x: Inputs) -> tuple[Callable[[], object], dict[str, Any
 
     extra: dict[str, Any] = {}
     t, idx, off, g, lr = x.table, x.indices, x.offsets, x.grad_out, x.lr
+    rot = itertools.cycle(x.batches)  # each call takes the next index batch
     if p.kernel == GATHER_CEILING:
         from profiler.stream import kernels as stream_kernels
 
-        gather, tn, ix = stream_kernels()["gather"], t.numpy(), idx.numpy()
+        gather, tn = stream_kernels()["gather"], t.numpy()
+        rot = itertools.cycle([b.numpy() for b in x.batches])
         out = np.empty((p.batch_size, p.embedding_dim), dtype=np.float32)
-        fn = lambda: gather(tn, ix, out, p.pooling_factor, p.threads)  # noqa: E731
+        fn = lambda: gather(tn, next(rot), out, p.pooling_factor, p.threads)  # noqa: E731
     elif p.kernel.startswith("numba_w"):
         from kernels.numba_bag import get_numba_bag
 
@@ -221,28 +239,28 @@ def step_fn(p: BagPoint, x: Inputs) -> tuple[Callable[[], object], dict[str, Any
         bag.warm((idx.dtype,))
         extra["prefetch_rows"] = bag.prefetch_distance(t.numel() * 4)
         if p.backward:
-            fn = lambda: (bag.forward(t, idx, off), bag.sgd_(t, idx, off, g, lr))  # noqa: E731
+            fn = lambda: (bag.forward(t, i := next(rot), off), bag.sgd_(t, i, off, g, lr))  # noqa: E731
         else:
-            fn = lambda: bag.forward(t, idx, off)  # noqa: E731
+            fn = lambda: bag.forward(t, next(rot), off)  # noqa: E731
     elif p.kernel == "fbgemm" and p.backward:
         from kernels.fbgemm_bag import FbgemmSGD
 
         tbe = FbgemmSGD(t, lr, share_weight=True)
-        fn = lambda: tbe.step(idx, off, g)  # noqa: E731
+        fn = lambda: tbe.step(next(rot), off, g)  # noqa: E731
     elif p.kernel == "torch" and not p.backward:
-        fn = lambda: F.embedding_bag(idx, t, off, mode="sum", include_last_offset=True)  # noqa: E731
+        fn = lambda: F.embedding_bag(next(rot), t, off, mode="sum", include_last_offset=True)  # noqa: E731
     else:
         kernel = get(p.kernel, "cpu").fn
         if p.backward:
             w = t.detach().requires_grad_()
 
             def fn() -> None:
-                kernel(w, idx, off, None, "sum", True).backward(g)
+                kernel(w, next(rot), off, None, "sum", True).backward(g)
                 with torch.no_grad():
                     w.add_(w.grad, alpha=-lr)  # torch.optim.SGD's step for a sparse gradient
                 w.grad = None
         else:
-            fn = lambda: kernel(t, idx, off)  # noqa: E731
+            fn = lambda: kernel(t, next(rot), off)  # noqa: E731
     fn()  # compile / first touch outside the timed region
     return fn, extra
 

@@ -124,9 +124,9 @@ def _run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         GATHER_CEILING,
         Inputs,
         alloc_table,
+        bag_batches,
         expand,
         huge_page_bytes,
-        make_bags,
         record,
         step_fn,
     )
@@ -168,10 +168,10 @@ def _run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
             table, table_key = alloc_table(p.num_rows, p.embedding_dim, p.huge_pages, args.seed), p.table_key
             hp_bytes = huge_page_bytes(table)
         if p.input_key != inputs_key:
-            idx, off = make_bags(
-                p.batch_size, p.num_rows, p.pooling_factor, p.distribution, args.seed, getattr(torch, p.index_dtype)
-            )
-            inputs = Inputs(table, idx, off, torch.randn(p.batch_size, p.embedding_dim), args.lr)
+            dtype = getattr(torch, p.index_dtype)
+            batches = bag_batches(p.batch_size, p.num_rows, p.pooling_factor, p.distribution, args.seed, dtype)
+            off = torch.arange(0, p.batch_size * p.pooling_factor + 1, p.pooling_factor, dtype=dtype)
+            inputs = Inputs(table, batches, off, torch.randn(p.batch_size, p.embedding_dim), args.lr)
             inputs_key = p.input_key
         before = torch.get_num_threads()
         torch.set_num_threads(p.threads)  # compile/first call on the point's thread count

@@ -3,6 +3,11 @@
 The hot set places a kernel in a chosen level of the memory hierarchy: indices are drawn
 from `hot_rows` rows per table, scattered over the table (not its first rows), so the
 bytes touched repeatedly are about working_set bytes while the table keeps its size.
+
+Timed calls rotate through several index batches drawn from the same hot set: one batch
+reused call after call would touch only its own B x L rows, which sit in cache after the
+first call whatever the hot set. With enough batches to sweep the hot set twice (up to a
+cap), the bytes a call finds in cache are the hot set's, as in training.
 """
 
 from __future__ import annotations
@@ -15,17 +20,33 @@ import torch
 
 from profiler.sweep_spec import Point
 
-__all__ = ["BagInputs", "estimate_bytes", "hot_rows", "make_bag_inputs", "sample_rows"]
+__all__ = ["BagInputs", "estimate_bytes", "hot_rows", "make_bag_inputs", "num_batches", "sample_rows"]
 
 _MEMORY_FRACTION = 0.8  # of available memory a point may plan to use
+
+
+_MAX_BATCHES = 64  # index batches to rotate through (bounds memory and set-up time)
+_MAX_INDEX_BYTES = 256 << 20  # ... and the bytes of indices they hold
 
 
 @dataclass(frozen=True)
 class BagInputs:
     weight: torch.Tensor  # (T*E, D), the T tables fused
-    indices: torch.Tensor  # (N,) int64 rows of the fused weight
-    offsets: torch.Tensor  # (T*B + 1,) int64 CSR
+    batches: list[torch.Tensor]  # each (N,) int64 rows of the fused weight; timed calls rotate through them
+    offsets: torch.Tensor  # (T*B + 1,) int64 CSR, shared by every batch
     hot_rows: int  # per table
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return self.batches[0]
+
+
+def num_batches(point: Point, hot: int) -> int:
+    """Index batches needed for the calls to sweep the hot set twice, within the caps."""
+    per_call = point.batch_size * point.pooling_factor  # lookups per table per call
+    want = -(-2 * hot // per_call)
+    cap = max(1, _MAX_INDEX_BYTES // (8 * per_call * point.num_tables))
+    return max(1, min(want, _MAX_BATCHES, cap))
 
 
 def hot_rows(point: Point, working_set_bytes: int | None) -> int:
@@ -40,7 +61,7 @@ def estimate_bytes(point: Point, hot: int) -> int:
     """Memory the point will allocate (tables, indices, outputs, gradients, sampling tables)."""
     T, E, D, B, L = point.num_tables, point.num_rows, point.embedding_dim, point.batch_size, point.pooling_factor
     n = T * B * L
-    total = T * E * D * 4 + n * 8 * 2 + T * B * D * 4 * 3 + E * 8 + hot * 8
+    total = T * E * D * 4 + n * 8 * (1 + num_batches(point, hot)) + T * B * D * 4 * 3 + E * 8 + hot * 8
     if point.mode in ("backward", "train"):
         total += n * D * 4  # a per-lookup gradient, for kernels that build one
     if point.target == "dlrm":
@@ -77,12 +98,13 @@ def make_bag_inputs(point: Point, working_set_bytes: int | None, seed: int = 0) 
     hot = hot_rows(point, working_set_bytes)
     check_memory(point, hot)
     weight = torch.empty(T * E, D).uniform_(-1.0 / math.sqrt(E), 1.0 / math.sqrt(E), generator=g)
-    parts = []
+    k = num_batches(point, hot)
+    per_table = []
     for t in range(T):
         # Hot rows sit at random places in the table; the hottest rank maps to a random row.
         placement = torch.randperm(E, generator=g)[:hot] if hot < E else torch.randperm(E, generator=g)
-        ranks = sample_rows(point.distribution, hot, B * L, g)
-        parts.append(placement.index_select(0, ranks) + t * E)
-    indices = torch.cat(parts)
+        ranks = sample_rows(point.distribution, hot, k * B * L, g)
+        per_table.append((placement.index_select(0, ranks) + t * E).view(k, B * L))
+    batches = [torch.cat([rows[i] for rows in per_table]) for i in range(k)]
     offsets = torch.arange(0, T * B * L + 1, L, dtype=torch.int64)
-    return BagInputs(weight, indices, offsets, hot)
+    return BagInputs(weight, batches, offsets, hot)

@@ -140,3 +140,23 @@ def test_concurrent_writers_do_not_interleave(tmp_path):
     assert not got.torn_lines
     assert sorted(r["key"] for r in got.records) == sorted(f"{t}{i}" for t in "xy" for i in range(40))
     assert sum(1 for line in open(path) if '"header"' in line) == 1
+
+
+def test_index_batches_sweep_the_hot_set():
+    import torch
+
+    from profiler.workload import make_bag_inputs, num_batches
+
+    # hot set of 500 rows, 8 lookups per call: ceil(2 * 500 / 8) = 125 batches wanted, capped at 64
+    p = Point(batch_size=2, pooling_factor=4, num_rows=10_000, embedding_dim=4, num_tables=2)
+    assert num_batches(p, 500) == 64
+    assert num_batches(Point(batch_size=100, pooling_factor=10, num_rows=50), 50) == 1
+    bags = make_bag_inputs(p, working_set_bytes=500 * 4 * 4 * 2)
+    assert bags.hot_rows == 500 and len(bags.batches) == 64
+    rows = torch.cat(bags.batches)
+    per_table = [rows[(rows >= t * 10_000) & (rows < (t + 1) * 10_000)] for t in range(2)]
+    for t, r in enumerate(per_table):
+        assert r.unique().numel() <= 500  # drawn from the hot set only...
+        assert r.unique().numel() > 250  # ...and the batches together cover most of it
+        assert r.min() >= t * 10_000 and r.max() < (t + 1) * 10_000
+    assert all(b.numel() == 2 * 2 * 4 for b in bags.batches)
