@@ -111,24 +111,7 @@ class FbgemmSGD:
         return out
 
 
-_with_grad = differentiable(fbgemm_forward, naive_backward)
-
-
-def _fbgemm_embedding_bag(
-    weight: torch.Tensor,
-    indices: torch.Tensor,
-    offsets: torch.Tensor,
-    per_sample_weights: torch.Tensor | None = None,
-    mode: str = "sum",
-    sparse: bool = True,
-) -> torch.Tensor:
-    """TBE's forward; the autograd node only when a gradient is wanted."""
-    if mode == "sum" and not (
-        torch.is_grad_enabled()
-        and (weight.requires_grad or (per_sample_weights is not None and per_sample_weights.requires_grad))
-    ):
-        return fbgemm_forward(weight, indices, offsets, per_sample_weights)
-    return _with_grad(weight, indices, offsets, per_sample_weights, mode, sparse)
+_fbgemm_embedding_bag = differentiable(fbgemm_forward, naive_backward)
 
 
 if _MISSING:

@@ -198,27 +198,8 @@ class NumbaBag:
 
     @functools.cached_property
     def fn(self) -> Callable[..., torch.Tensor]:
-        """The registry contract: differentiable in weight (sparse or dense) and per_sample_weights.
-
-        When no gradient is wanted the autograd node (several microseconds) is skipped.
-        """
-        with_grad = differentiable(self.forward, self.lookup_grads)
-
-        def embedding_bag(
-            weight: torch.Tensor,
-            indices: torch.Tensor,
-            offsets: torch.Tensor,
-            per_sample_weights: torch.Tensor | None = None,
-            mode: str = "sum",
-            sparse: bool = True,
-        ) -> torch.Tensor:
-            if mode == "sum" and not (
-                torch.is_grad_enabled()
-                and (weight.requires_grad or (per_sample_weights is not None and per_sample_weights.requires_grad))
-            ):
-                return self.forward(weight, indices, offsets, per_sample_weights)
-            return with_grad(weight, indices, offsets, per_sample_weights, mode, sparse)
-
+        """The registry contract: differentiable in weight (sparse or dense) and per_sample_weights."""
+        embedding_bag = differentiable(self.forward, self.lookup_grads)
         embedding_bag.__doc__ = f"{self.name}: sum-pooled embedding-bag, {self.width} float32 lanes per vector op."
         return embedding_bag
 

@@ -23,7 +23,6 @@ class Backend(StrEnum):
 # Each backend lives in its own module, imported on first lookup; a module that
 # fails to import registers its kernels as unavailable instead of breaking listing.
 _BACKEND_MODULES: tuple[str, ...] = ("kernels.reference", "kernels.numba_bag", "kernels.cuda_bag", "kernels.fbgemm_bag")
-_EXTRA_MODULES: list[str] = []  # later backends append here (numba, cuda, fbgemm)
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    for module in (*_BACKEND_MODULES, *_EXTRA_MODULES):
+    for module in _BACKEND_MODULES:
         importlib.import_module(module)
 
 

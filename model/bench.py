@@ -7,11 +7,8 @@ neighbour slows them all alike and the ratios stay meaningful on a shared machin
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +19,7 @@ from model.data import RandomData
 from model.dlrm import DLRM
 from model.optim import SGD
 from model.train import LossFunction, make_loss
+from profiler.store import write_json_atomic
 from profiler.timer import Measurement
 
 __all__ = ["add_bench_targets", "bench_dlrm"]
@@ -149,13 +147,9 @@ def _cmd(args: argparse.Namespace) -> int:
     )  # fmt: skip
     _print_table(records)
     if args.json_out:
-        path = Path(args.json_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"torch": torch.__version__, "numpy": np.__version__}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"versions": meta, "records": records}, indent=1) + "\n")
-        os.replace(tmp, path)
-        print(f"wrote {path}")
+        write_json_atomic(args.json_out, {"versions": meta, "records": records})
+        print(f"wrote {args.json_out}")
     return 0
 
 

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from profiler.store import write_json_atomic
+
 __all__ = ["add_bench_targets", "bench_dist"]
 
 
@@ -83,7 +85,7 @@ def _cmd(args: argparse.Namespace) -> int:
               f"{r['scaling_efficiency']:>9.0%}")  # fmt: skip
     print("* DDP's all-reduce overlaps the backward pass: its time is launch to completion, not all added to the step")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(records, indent=1) + "\n")
+        write_json_atomic(args.json_out, records)
         print(f"wrote {args.json_out}")
     return 0
 

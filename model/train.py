@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +20,7 @@ from model.distributed import DistContext
 from model.dlrm import DLRM
 from model.optim import SGD
 from model.quality import Quality, quality
+from profiler.store import write_json_atomic
 
 __all__ = [
     "LossFunction",
@@ -321,7 +321,7 @@ def run(
         save_checkpoint(model, train.save_model, iterations=iters)
         log(f"saved model to {train.save_model}")
     if train.json_out and (dist_ctx is None or dist_ctx.rank == 0):
-        _write_json(Path(train.json_out), result)
+        write_json_atomic(train.json_out, result)
     return result
 
 
@@ -331,11 +331,3 @@ def _test_record(history: list[dict[str, Any]], test_s: float) -> dict[str, Any]
         return {}
     final = {k: v for k, v in history[-1].items() if k not in ("epoch", "iteration")}
     return {"test": final, "test_history": history, "test_wall_s": test_s}
-
-
-def _write_json(path: Path, record: dict[str, Any]) -> None:
-    """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

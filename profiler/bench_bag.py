@@ -159,15 +159,14 @@ def make_bags(
     Zipf: rank k is drawn with probability proportional to k^-s, and ranks map to rows through a
     fixed random permutation, so hot rows are scattered over the table as in real traces.
     """
-    kind, s = parse_distribution(distribution)
+    from profiler.workload import sample_rows
+
+    kind, _ = parse_distribution(distribution)
     g = torch.Generator().manual_seed(seed)
     n = batch_size * pooling
-    if kind == "uniform":
-        idx = torch.randint(0, rows, (n,), generator=g)
-    else:
-        cdf = torch.arange(1, rows + 1, dtype=torch.float64).pow_(-s).cumsum_(0)
-        ranks = torch.searchsorted(cdf, torch.rand(n, generator=g, dtype=torch.float64) * cdf[-1]).clamp_(max=rows - 1)
-        idx = torch.randperm(rows, generator=g)[ranks]
+    idx = sample_rows(distribution, rows, n, g)  # uniform rows, or Zipf ranks
+    if kind != "uniform":
+        idx = torch.randperm(rows, generator=g)[idx]
     offsets = torch.arange(0, n + 1, pooling, dtype=dtype)
     return idx.to(dtype), offsets
 

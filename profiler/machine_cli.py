@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "add_commands", "write_json_atomic"]
+from profiler.store import write_json_atomic
+
+__all__ = ["SCHEMA_VERSION", "add_commands"]
 
 SCHEMA_VERSION = 1  # 1: {schema_version, sku_id, created, mode, elapsed_s, fingerprint, ceilings, checks}
 
@@ -31,17 +31,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results-dir", default="results", metavar="DIR", help="machine.json goes to DIR/<sku-id>/")
     p.add_argument("--no-py-cpuinfo", action="store_true", help="skip py-cpuinfo (a slow fallback source)")
     p.set_defaults(func=_run)
-
-
-def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
-    """Write via a temporary file and os.replace: a crash leaves the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fmt_bytes(n: int) -> str:

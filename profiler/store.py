@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "ResultFile", "read_records"]
+__all__ = ["SCHEMA_VERSION", "ResultFile", "read_records", "write_json_atomic"]
 
 # 1: header {"kind": "header", schema_version, sweep, sku_id, fingerprint};
 #    records {"kind": "point", schema_version, key, point, status, reason, measurement, derived, ...}
@@ -95,6 +95,18 @@ class ResultFile:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(read_records(self.path).records if self.path.exists() else [])
+
+
+def write_json_atomic(path: str | Path, record: Any) -> None:
+    """Write via a temporary file and os.replace: a crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _jsonable(obj: Any) -> Any:

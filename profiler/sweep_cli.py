@@ -31,7 +31,8 @@ def load_machine(results_dir: Path, *, quick_ceilings: bool = False) -> tuple[di
     """The fingerprint of this machine and its stored ceilings (measured quickly if asked and missing)."""
     from profiler import fingerprint
     from profiler.ceilings import Ceiling
-    from profiler.machine_cli import SCHEMA_VERSION, write_json_atomic
+    from profiler.machine_cli import SCHEMA_VERSION
+    from profiler.store import write_json_atomic
 
     fp = fingerprint.collect()
     path = results_dir / fp["sku_id"] / "machine.json"
