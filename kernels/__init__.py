@@ -6,12 +6,13 @@ import torch
 
 from kernels.autograd import fused_sgd_bag
 from kernels.registry import Backend, KernelEntry, get, list_kernels, register, register_unavailable
-from kernels.validate import validate_bags, validate_tables
+from kernels.validate import fused_rows, validate_bags, validate_tables
 
 __all__ = [
     "Backend",
     "KernelEntry",
     "embedding_bag",
+    "fused_rows",
     "fused_sgd_bag",
     "get",
     "list_kernels",

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["validate_bags", "validate_tables"]
+__all__ = ["fused_rows", "validate_bags", "validate_tables"]
+
+try:
+    import numba
+    from numba import njit, prange
+except ImportError:  # numba is a dependency, but keep torch's path if it is missing
+    numba = None
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -109,3 +116,62 @@ def validate_tables(
                 f"is out of range [0, {int(table_rows[t])})"
             )
     return table_ids
+
+
+if numba is not None:
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _fused_rows(indices, offsets, batch_size, table_rows, row_starts, out):  # pragma: no cover - compiled
+        num_tables = table_rows.shape[0]
+        ok = np.ones(num_tables, dtype=np.bool_)
+        for t in prange(num_tables):
+            lim = table_rows[t]
+            start = row_starts[t]
+            good = True
+            for i in range(offsets[t * batch_size], offsets[(t + 1) * batch_size]):
+                v = indices[i]
+                good &= (v >= 0) & (v < lim)  # no branch: the loop vectorises
+                out[i] = v + start
+            ok[t] = good
+        return ok.all()
+
+
+def fused_rows(
+    table_rows: torch.Tensor, row_starts: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """validate_tables, then each index's row in the tables' concatenation: indices + row_starts[table].
+
+    One compiled pass on CPU (the torch ops took 1.7 ms of a 48 ms step at batch 2048 with
+    26 tables x 10 lookups); on bad input the torch path runs to name the table and position.
+
+    Args:
+        table_rows: (T,) int64 rows per table; row_starts: (T + 1,) int64 cumulative.
+        indices, offsets, batch_size: as validate_tables.
+    Returns:
+        (N,) int64 rows of the fused table.
+    """
+    fast = (
+        numba is not None
+        and indices.device.type == "cpu"
+        and table_rows.device.type == "cpu"
+        and table_rows.dtype == torch.int64
+        and row_starts.dtype == torch.int64
+        and row_starts.numel() == table_rows.numel() + 1
+    )
+    if fast:
+        num_tables = table_rows.numel()
+        if offsets.dim() != 1 or offsets.numel() != num_tables * batch_size + 1:
+            validate_tables(table_rows, indices, offsets, batch_size)  # raises, naming the mismatch
+        validate_bags(None, indices, offsets)  # offsets monotone within [0, N]: the loop's bounds
+        out = torch.empty(indices.numel(), dtype=torch.int64)
+        if _fused_rows(
+            indices.numpy(),
+            offsets.numpy(),
+            np.int64(batch_size),
+            table_rows.contiguous().numpy(),
+            row_starts.contiguous().numpy(),
+            out.numpy(),
+        ):
+            return out
+    table_ids = validate_tables(table_rows, indices, offsets, batch_size)  # raises on bad input
+    return indices + row_starts.index_select(0, table_ids)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import kernels
+from kernels.interaction import dot_interaction, numba_available
 from model.config import DLRMConfig, EmbeddingGrad, Interaction
 
 __all__ = ["DLRM", "Embeddings", "interact", "make_mlp"]
@@ -64,8 +65,7 @@ class Embeddings(nn.Module):
 
     def forward(self, indices: torch.Tensor, offsets: torch.Tensor, batch_size: int) -> torch.Tensor:
         """(N,) table-local indices, (T*B + 1,) offsets -> pooled (T, B, D)."""
-        table_ids = kernels.validate_tables(self.table_rows, indices, offsets, batch_size)
-        rows = indices + self.row_starts.index_select(0, table_ids)  # (N,) rows of the fused weight
+        rows = kernels.fused_rows(self.table_rows, self.row_starts, indices, offsets, batch_size)  # (N,)
         if self.grad == EmbeddingGrad.FUSED and self.training and torch.is_grad_enabled():
             if self.fused_lr is None:
                 raise ValueError("embedding_grad=fused needs the learning rate: set Embeddings.fused_lr")
@@ -76,7 +76,9 @@ class Embeddings(nn.Module):
         return out.view(self.table_rows.numel(), batch_size, -1)
 
 
-def interact(x: torch.Tensor, ly: torch.Tensor, op: Interaction, pairs: torch.Tensor | None) -> torch.Tensor:
+def interact(
+    x: torch.Tensor, ly: torch.Tensor, op: Interaction, pairs: torch.Tensor | None, impl: str = "auto"
+) -> torch.Tensor:
     """Second-order interaction, concatenated with the bottom MLP output x.
 
     Args:
@@ -86,14 +88,36 @@ def interact(x: torch.Tensor, ly: torch.Tensor, op: Interaction, pairs: torch.Te
         pairs: for dot, flat indices into the (T+1, T+1) Gram matrix of the pairs kept
             (strict lower triangle, or with the diagonal for self-interaction), row-major
             as in the reference.
+        impl: "torch" (bmm of the stacked vectors, then the kept pairs, as the reference),
+            "numba" (kernels.interaction: only the kept pairs, 2-3x faster on CPU), or "auto"
+            (numba for CPU float tensors where numba is present, else torch).
     Returns:
         (B, D + num_pairs) for dot, (B, (T + 1) * D) for cat.
     """
     if op == Interaction.CAT:
         return torch.cat([x, ly.transpose(0, 1).flatten(1)], dim=1)
+    assert pairs is not None
+    n = ly.shape[0] + 1
+    if impl == "auto":
+        impl = "numba" if _numba_interaction_fits(x, ly) else "torch"
+    if impl == "numba":
+        if pairs.numel() not in (n * (n - 1) // 2, n * (n + 1) // 2):
+            raise ValueError(f"the numba interaction keeps a whole lower triangle, not {pairs.numel()} pairs")
+        return dot_interaction(x, ly, itself=pairs.numel() == n * (n + 1) // 2)
+    if impl != "torch":
+        raise ValueError(f"interaction impl {impl!r}: allowed: auto, torch, numba")
     vectors = torch.cat([x.unsqueeze(0), ly], dim=0).transpose(0, 1)  # (B, T+1, D)
     gram = torch.bmm(vectors, vectors.transpose(1, 2))  # (B, T+1, T+1)
     return torch.cat([x, gram.flatten(1).index_select(1, pairs)], dim=1)
+
+
+def _numba_interaction_fits(x: torch.Tensor, ly: torch.Tensor) -> bool:
+    return (
+        numba_available()
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and ly.dtype == x.dtype
+    )
 
 
 class DLRM(nn.Module):

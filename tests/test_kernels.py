@@ -103,6 +103,38 @@ def test_table_batched_validation_names_the_table():
         kernels.validate_tables(rows, ok, offsets, 3)
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_fused_rows_matches_a_loop_and_names_bad_indices(dtype):
+    g = torch.Generator().manual_seed(3)
+    table_rows = torch.tensor([3, 7, 1, 5])
+    row_starts = torch.tensor([0, 3, 10, 11, 16])
+    B = 6
+    lengths = torch.randint(0, 4, (4 * B,), generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(dtype)
+    indices, expected = [], []
+    for bag, n in enumerate(lengths.tolist()):
+        t = bag // B
+        for _ in range(n):
+            i = int(torch.randint(0, int(table_rows[t]), (), generator=g))
+            indices.append(i)
+            expected.append(i + int(row_starts[t]))
+    indices = torch.tensor(indices, dtype=dtype)
+    assert kernels.fused_rows(table_rows, row_starts, indices, offsets, B).tolist() == expected
+    for bad in (-1, 7):  # one index of table 1 out of its range [0, 7)
+        pos = int(offsets[B]) + 1 if lengths[B] > 1 else int(offsets[B])
+        broken = indices.clone()
+        broken[pos] = bad
+        first_of_table1 = int(offsets[B])
+        with pytest.raises(ValueError, match=rf"table 1: index {bad} at position {pos - first_of_table1} "):
+            kernels.fused_rows(table_rows, row_starts, broken, offsets, B)
+    with pytest.raises(ValueError, match=r"4 tables x 5 bags need 21"):
+        kernels.fused_rows(table_rows, row_starts, indices, offsets, 5)
+    decreasing = offsets.clone()
+    decreasing[3] = decreasing[4] + 1
+    with pytest.raises(ValueError, match="offsets decrease"):
+        kernels.fused_rows(table_rows, row_starts, indices, decreasing, B)
+
+
 def test_registry_lookup_errors():
     with pytest.raises(ValueError, match=r"unknown kernel 'nope'; registered kernels: .*torch"):
         kernels.get("nope")
