@@ -54,6 +54,8 @@ if numba is not None:
                             s += v[i, d] * v[j, d]
                         out[b, p] = s
                         p += 1
+                for q in range(p, out.shape[1]):  # alignment padding the caller asked for
+                    out[b, q] = 0
 
     @njit(parallel=True, fastmath=True, cache=True, nogil=True)
     def _dot_bwd(x, ly, itself, grad, dx, dly, chunks):  # pragma: no cover - compiled
@@ -102,9 +104,9 @@ def _chunks(B: int) -> np.int64:
 
 class _DotInteraction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, ly: torch.Tensor, itself: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, ly: torch.Tensor, itself: bool, pad: int) -> torch.Tensor:  # type: ignore[override]
         B, D = x.shape
-        out = x.new_empty(B, _width(ly.shape[0], D, itself))
+        out = x.new_empty(B, _width(ly.shape[0], D, itself) + pad)
         _dot_fwd(x.detach().numpy(), ly.detach().numpy(), itself, out.numpy(), _chunks(B))
         ctx.save_for_backward(x, ly)
         ctx.itself = itself
@@ -125,18 +127,20 @@ class _DotInteraction(torch.autograd.Function):
             dly.numpy(),
             _chunks(x.shape[0]),
         )
-        return dx, dly, None
+        return dx, dly, None, None
 
 
-def dot_interaction(x: torch.Tensor, ly: torch.Tensor, itself: bool) -> torch.Tensor:
+def dot_interaction(x: torch.Tensor, ly: torch.Tensor, itself: bool, pad: int = 0) -> torch.Tensor:
     """cat([x, dots]) where dots are the pairwise dot products of the T+1 vectors [x, ly[0], ...],
     lower triangle row-major as in the reference (with the diagonal when `itself`).
 
     Args:
         x: (B, D) bottom MLP output.
         ly: (T, B, D) pooled embeddings.
+        pad: zero columns appended (a GEMM row stride that is a multiple of 16 floats ran
+            the top MLP's first layer 9% faster than 367 columns did on this MKL).
     Returns:
-        (B, D + pairs), differentiable in x and ly.
+        (B, D + pairs + pad), differentiable in x and ly.
     """
     if numba is None:
         raise RuntimeError("dot_interaction needs numba; use model.dlrm.interact's torch path")
@@ -146,4 +150,6 @@ def dot_interaction(x: torch.Tensor, ly: torch.Tensor, itself: bool) -> torch.Te
         raise ValueError(f"dot_interaction runs on CPU tensors, got {x.device} and {ly.device}")
     if x.dtype not in (torch.float32, torch.float64) or ly.dtype != x.dtype:
         raise ValueError(f"dot_interaction: x and ly must both be float32 or float64, got {x.dtype} and {ly.dtype}")
-    return _DotInteraction.apply(x.contiguous(), ly.contiguous(), bool(itself))
+    if pad < 0:
+        raise ValueError(f"dot_interaction: pad must be >= 0, got {pad}")
+    return _DotInteraction.apply(x.contiguous(), ly.contiguous(), bool(itself), int(pad))

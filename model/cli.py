@@ -91,7 +91,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds a collective waits for a peer before the rank gives up",
     )
     _flag_bool(run_, "--profile", "after training, split a step into operators (table + Chrome trace)")
-    run_.add_argument("--profile-trace", default="dlrm_trace.json", help="where --profile writes its trace")
+    run_.add_argument("--profile-trace", default="results/dlrm_trace.json", help="where --profile writes its trace")
 
 
 def _model_config(args: argparse.Namespace) -> tuple[DLRMConfig, int, list[str]]:

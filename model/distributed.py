@@ -19,7 +19,7 @@ from torch import nn
 
 from model.config import DLRMConfig
 from model.data import Batch
-from model.dlrm import Embeddings, interact, make_mlp
+from model.dlrm import Embeddings, aligned_pad, interact, make_mlp
 
 __all__ = [
     "CommStats",
@@ -141,7 +141,8 @@ class DistributedDLRM(nn.Module):
         self.comm = CommStats()
         g = torch.Generator().manual_seed(generator_seed)  # the MLPs exactly as DLRM draws them
         self.bottom = make_mlp(config.bottom_mlp, g, sigmoid_last=False)
-        self.top = make_mlp(config.top_mlp_full, g, sigmoid_last=True)
+        self.top = make_mlp(config.top_mlp_full, g, sigmoid_last=True, padded_input=True)
+        self.top_pad = aligned_pad(config.interaction_width)
         mine = placement.tables[rank]
         self.embeddings = Embeddings(
             tuple(config.table_rows[t] for t in mine),
@@ -165,7 +166,7 @@ class DistributedDLRM(nn.Module):
         x = self.bottom(dense)  # (B_rank, D)
         local = self.embeddings(indices, offsets, global_batch)  # (T_loc, B, D)
         ly = _AllToAll.apply(local, self.placement, sizes, self.rank, self.group, self.comm)  # (T, B_rank, D)
-        z = interact(x, ly, self.config.interaction, self.pairs)
+        z = interact(x, ly, self.config.interaction, self.pairs, pad=self.top_pad)
         return self.top(z).squeeze(1)
 
     def wrap_ddp(self) -> None:

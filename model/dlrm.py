@@ -7,19 +7,45 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import kernels
 from kernels.interaction import dot_interaction, numba_available
 from model.config import DLRMConfig, EmbeddingGrad, Interaction
 
-__all__ = ["DLRM", "Embeddings", "interact", "make_mlp"]
+__all__ = ["DLRM", "Embeddings", "PaddedInputLinear", "aligned_pad", "interact", "make_mlp"]
 
 
-def make_mlp(sizes: tuple[int, ...], generator: torch.Generator | None, sigmoid_last: bool) -> nn.Sequential:
-    """Linear + ReLU layers, the last one Sigmoid when `sigmoid_last`; the reference's init."""
+class PaddedInputLinear(nn.Linear):
+    """nn.Linear that also takes an input with zero columns appended (an aligned row stride).
+
+    The weight keeps its (out, in) shape, so parameters, checkpoints and the optimizer see
+    the true model; the product uses the weight padded with zero columns to match.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = x.shape[-1] - self.in_features
+        if pad == 0:
+            return super().forward(x)
+        if pad < 0:
+            raise ValueError(f"input has {x.shape[-1]} features, the layer needs {self.in_features}")
+        return F.linear(x, F.pad(self.weight, (0, pad)), self.bias)
+
+
+def aligned_pad(width: int, multiple: int = 16) -> int:
+    """Zero columns that bring `width` to a multiple of `multiple` (16 float32 = one cache line)."""
+    return -width % multiple
+
+
+def make_mlp(
+    sizes: tuple[int, ...], generator: torch.Generator | None, sigmoid_last: bool, padded_input: bool = False
+) -> nn.Sequential:
+    """Linear + ReLU layers, the last one Sigmoid when `sigmoid_last`; the reference's init.
+
+    With `padded_input` the first layer is a PaddedInputLinear (same parameters)."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        linear = nn.Linear(n_in, n_out)
+        linear = (PaddedInputLinear if padded_input and i == 0 else nn.Linear)(n_in, n_out)
         with torch.no_grad():
             linear.weight.normal_(0.0, math.sqrt(2.0 / (n_in + n_out)), generator=generator)
             linear.bias.normal_(0.0, math.sqrt(1.0 / n_out), generator=generator)
@@ -77,7 +103,12 @@ class Embeddings(nn.Module):
 
 
 def interact(
-    x: torch.Tensor, ly: torch.Tensor, op: Interaction, pairs: torch.Tensor | None, impl: str = "auto"
+    x: torch.Tensor,
+    ly: torch.Tensor,
+    op: Interaction,
+    pairs: torch.Tensor | None,
+    impl: str = "auto",
+    pad: int = 0,
 ) -> torch.Tensor:
     """Second-order interaction, concatenated with the bottom MLP output x.
 
@@ -91,11 +122,12 @@ def interact(
         impl: "torch" (bmm of the stacked vectors, then the kept pairs, as the reference),
             "numba" (kernels.interaction: only the kept pairs, 2-3x faster on CPU), or "auto"
             (numba for CPU float tensors where numba is present, else torch).
+        pad: zero columns appended, for an aligned row stride (see PaddedInputLinear).
     Returns:
-        (B, D + num_pairs) for dot, (B, (T + 1) * D) for cat.
+        (B, D + num_pairs + pad) for dot, (B, (T + 1) * D + pad) for cat.
     """
     if op == Interaction.CAT:
-        return torch.cat([x, ly.transpose(0, 1).flatten(1)], dim=1)
+        return torch.cat([x, ly.transpose(0, 1).flatten(1), x.new_zeros(x.shape[0], pad)], dim=1)
     assert pairs is not None
     n = ly.shape[0] + 1
     if impl == "auto":
@@ -103,12 +135,13 @@ def interact(
     if impl == "numba":
         if pairs.numel() not in (n * (n - 1) // 2, n * (n + 1) // 2):
             raise ValueError(f"the numba interaction keeps a whole lower triangle, not {pairs.numel()} pairs")
-        return dot_interaction(x, ly, itself=pairs.numel() == n * (n + 1) // 2)
+        return dot_interaction(x, ly, itself=pairs.numel() == n * (n + 1) // 2, pad=pad)
     if impl != "torch":
         raise ValueError(f"interaction impl {impl!r}: allowed: auto, torch, numba")
     vectors = torch.cat([x.unsqueeze(0), ly], dim=0).transpose(0, 1)  # (B, T+1, D)
     gram = torch.bmm(vectors, vectors.transpose(1, 2))  # (B, T+1, T+1)
-    return torch.cat([x, gram.flatten(1).index_select(1, pairs)], dim=1)
+    parts = [x, gram.flatten(1).index_select(1, pairs)]
+    return torch.cat([*parts, x.new_zeros(x.shape[0], pad)] if pad else parts, dim=1)
 
 
 def _numba_interaction_fits(x: torch.Tensor, ly: torch.Tensor) -> bool:
@@ -130,7 +163,8 @@ class DLRM(nn.Module):
         self.embeddings = Embeddings(
             config.table_rows, config.embedding_dim, config.kernel, config.embedding_grad, generator
         )
-        self.top = make_mlp(config.top_mlp_full, generator, sigmoid_last=True)
+        self.top = make_mlp(config.top_mlp_full, generator, sigmoid_last=True, padded_input=True)
+        self.top_pad = aligned_pad(config.interaction_width)
         n = config.num_tables + 1
         rows, cols = torch.tril_indices(n, n, offset=0 if config.interaction_itself else -1)
         self.register_buffer("pairs", rows * n + cols, persistent=False)
@@ -143,5 +177,5 @@ class DLRM(nn.Module):
             )
         x = self.bottom(dense)  # (B, D)
         ly = self.embeddings(indices, offsets, dense.shape[0])  # (T, B, D)
-        z = interact(x, ly, self.config.interaction, self.pairs)  # (B, top input)
+        z = interact(x, ly, self.config.interaction, self.pairs, pad=self.top_pad)  # (B, top input + pad)
         return self.top(z).squeeze(1)  # (B,)

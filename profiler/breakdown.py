@@ -15,6 +15,7 @@ time (launches), not by kernel time; read the trace for kernel times.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -276,6 +277,7 @@ def profile_training_step(
     finally:
         regions.close()
     if trace_path:
+        os.makedirs(os.path.dirname(os.path.abspath(trace_path)), exist_ok=True)
         prof.export_chrome_trace(trace_path)
     parts, step_s = _attribute(list(prof.events()), steps)
     notes = ["split by CPU-side time; see the trace for kernel times"] if device.type == "cuda" else []

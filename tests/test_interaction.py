@@ -7,7 +7,7 @@ import torch
 
 from kernels.interaction import dot_interaction, numba_available
 from model.config import Interaction
-from model.dlrm import interact
+from model.dlrm import PaddedInputLinear, aligned_pad, interact
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
 
@@ -74,3 +74,37 @@ def test_bad_inputs_are_refused_before_the_kernel() -> None:
         interact(x, ly, Interaction.DOT, torch.tensor([4]), impl="fast")
     with pytest.raises(ValueError, match="whole lower triangle"):
         interact(x, ly, Interaction.DOT, torch.tensor([4]), impl="numba")
+
+
+@pytest.mark.parametrize("impl", ["numba", "torch"])
+def test_padding_appends_zero_columns_and_ignores_their_gradient(impl: str) -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    ly = torch.randn(3, 5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    rows, cols = torch.tril_indices(4, 4, offset=-1)
+    pairs = rows * 4 + cols
+    padded = interact(x, ly, Interaction.DOT, pairs, impl=impl, pad=6)
+    expected = naive(x, ly, False)
+    assert padded.shape == (5, expected.shape[1] + 6)
+    torch.testing.assert_close(padded[:, : expected.shape[1]], expected)
+    assert torch.equal(padded[:, expected.shape[1] :], torch.zeros(5, 6, dtype=torch.float64))
+    grad = torch.randn(padded.shape, dtype=torch.float64, generator=g)  # nonzero on the padding too
+    want = torch.autograd.grad(expected, (x, ly), grad[:, : expected.shape[1]])
+    have = torch.autograd.grad(padded, (x, ly), grad)
+    for w, h in zip(want, have, strict=True):
+        torch.testing.assert_close(h, w)
+
+
+def test_padded_input_linear_is_the_unpadded_layer() -> None:
+    g = torch.Generator().manual_seed(4)
+    layer = PaddedInputLinear(7, 3).double()
+    x = torch.randn(6, 7, dtype=torch.float64, generator=g)
+    x_pad = torch.cat([x, torch.zeros(6, aligned_pad(7), dtype=torch.float64)], dim=1)
+    assert x_pad.shape[1] == 16
+    out = layer(x_pad)
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.weight, layer.bias))
+    out.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.shape == (3, 7)
+    torch.testing.assert_close(layer.weight.grad, torch.ones(3, 6, dtype=torch.float64) @ x)
+    with pytest.raises(ValueError, match="input has 5 features, the layer needs 7"):
+        layer(x[:, :5])
