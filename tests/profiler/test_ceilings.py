@@ -54,5 +54,15 @@ def test_record_round_trip_and_validation() -> None:
 
 
 def test_tiny_measured_triad_is_positive() -> None:
-    c = ceilings._stream_ceiling("triad", "L1d", 12 << 10, 1, {"warmup_ms": 1.0, "rep_ms": 5.0})
+    c = ceilings.stream_ceiling("triad", "L1d", 12 << 10, 1, {"warmup_ms": 1.0, "rep_ms": 5.0})
     assert c.source == "measured" and c.gbps > 0 and c.n_samples >= 5
+
+
+def test_skewed_arrays_sit_at_distinct_page_offsets() -> None:
+    arrays = ceilings.skewed_arrays(3, 3000)
+    assert [a.shape for a in arrays] == [(3000,)] * 3
+    assert [float(a[0]) for a in arrays] == [1.0, 2.0, 3.0] and all(float(a[-1]) == a[0] for a in arrays)
+    offsets = [a.ctypes.data % 4096 for a in arrays]
+    assert offsets == [0, 1024, 2048]
+    ends = [(a.ctypes.data, a.ctypes.data + a.nbytes) for a in arrays]
+    assert all(ends[i][1] <= ends[i + 1][0] for i in range(len(ends) - 1))  # no overlap

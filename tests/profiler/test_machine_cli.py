@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from profiler.cli import main
 from profiler.machine_cli import write_json_atomic
 
@@ -28,3 +30,31 @@ def test_write_json_atomic_leaves_no_temp(tmp_path) -> None:
     write_json_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in path.parent.iterdir()] == ["machine.json"]
+
+
+def _record(created: str, triad: float, gemm: float, mode: str = "full", sku: str = "sku-a") -> dict:
+    return {
+        "sku_id": sku,
+        "mode": mode,
+        "created": created,
+        "ceilings": [
+            {"key": "triad/DRAM/1t/float32", "source": "measured", "kind": "bandwidth", "gbps": triad},
+            {"key": "gemm/2048/1t/float32", "source": "measured", "kind": "compute", "gflops": gemm},
+            {"key": "fma_peak/peak/2t/float32", "source": "derived", "kind": "compute", "gflops": 1.0},
+        ],
+    }
+
+
+def test_repeatability_against_the_previous_run(tmp_path) -> None:
+    from profiler.machine_cli import repeatability
+
+    path = tmp_path / "machine.json"
+    assert repeatability(path, _record("t1", 30.0, 100.0)) is None  # no previous run
+    write_json_atomic(path, _record("t0", 30.0, 100.0))
+    r = repeatability(path, _record("t1", 33.0, 80.0))
+    assert r is not None
+    assert (r["compared"], r["within"]) == (2, 1)  # 33/30 = 1.10 within 15%; 80/100 = 0.80 not
+    assert r["outside"] == {"gemm/2048/1t/float32": pytest.approx(0.8)}
+    assert r["max_deviation"] == pytest.approx(0.2)
+    assert repeatability(path, _record("t1", 30.0, 100.0, mode="quick")) is None  # other mode
+    assert repeatability(path, _record("t1", 30.0, 100.0, sku="sku-b")) is None  # other SKU
