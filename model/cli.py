@@ -61,6 +61,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--learning-rate", type=float, default=0.01)
     tr.add_argument("--optimizer", choices=["sgd", "adagrad"], default="sgd", help="as the reference (default sgd)")
     tr.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        help="L2 strength (sgd): MLP weights every step, embedding rows when a step touches them (default 0)",
+    )
+    tr.add_argument(
         "--loss-function",
         choices=[str(x) for x in LossFunction],
         default="bce",
@@ -187,6 +193,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     train = TrainConfig(
         learning_rate=args.learning_rate,
         optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
         nepochs=args.nepochs,
         num_batches=args.num_batches,
         loss_function=LossFunction(args.loss_function),

@@ -47,6 +47,7 @@ class LossFunction(StrEnum):
 class TrainConfig:
     learning_rate: float = 0.01  # the reference's default
     optimizer: str = "sgd"  # sgd | adagrad (the reference's --optimizer names)
+    weight_decay: float = 0.0  # L2; sgd only (lazy on embedding rows)
     nepochs: int = 1
     num_batches: int = 0  # 0: one pass over the data
     loss_function: LossFunction = LossFunction.BCE  # the reference defaults to mse
@@ -91,11 +92,15 @@ def make_loss(kind: LossFunction, weights: tuple[float, float]) -> Callable[[tor
 
 
 def make_optimizer(
-    name: str, params: Iterable[torch.nn.Parameter], lr: float, config: DLRMConfig
+    name: str, params: Iterable[torch.nn.Parameter], lr: float, config: DLRMConfig, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
     """SGD (ours: parallel sparse updates) or torch's Adagrad, which takes the sparse embedding gradient too."""
+    if weight_decay and config.embedding_grad == EmbeddingGrad.FUSED:
+        raise NotImplementedError("--weight-decay with --embedding-grad fused: the fused update has no decay term")
     if name == "sgd":
-        return SGD(params, lr=lr)
+        return SGD(params, lr=lr, weight_decay=weight_decay)
+    if weight_decay:
+        raise NotImplementedError("--weight-decay is implemented for --optimizer sgd only")
     if name == "adagrad":
         if config.embedding_grad == EmbeddingGrad.FUSED:
             raise NotImplementedError("--optimizer adagrad with --embedding-grad fused: fused updates are SGD only")
@@ -122,7 +127,7 @@ def warm_up(config: DLRMConfig, train: TrainConfig, device: torch.device) -> flo
         with torch.no_grad():
             model.eval()(batch.dense, batch.indices, batch.offsets)
     else:
-        optimizer = make_optimizer(train.optimizer, model.parameters(), train.learning_rate, tiny)
+        optimizer = make_optimizer(train.optimizer, model.parameters(), train.learning_rate, tiny, train.weight_decay)
         loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels).backward()
         optimizer.step()
     _sync(device)
@@ -223,7 +228,7 @@ def run(
     model.to(device)
     loss_fn = make_loss(train.loss_function, train.loss_weights)
     model.embeddings.fused_lr = train.learning_rate
-    optimizer = make_optimizer(train.optimizer, model.parameters(), train.learning_rate, config)
+    optimizer = make_optimizer(train.optimizer, model.parameters(), train.learning_rate, config, train.weight_decay)
     model.train(not train.inference_only)
     mode = "inference" if train.inference_only else "training"
 

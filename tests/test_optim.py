@@ -74,3 +74,40 @@ def test_fused_embedding_update_equals_sparse_gradient_then_torch_sgd(kernel):
     before = Embeddings(rows, 5, kernel, EmbeddingGrad.SPARSE, torch.Generator().manual_seed(0)).weight.detach()
     assert not torch.equal(weights[EmbeddingGrad.SPARSE], before)
     torch.testing.assert_close(weights[EmbeddingGrad.FUSED], weights[EmbeddingGrad.SPARSE])
+
+
+def test_weight_decay_dense_like_torch_and_sparse_only_on_touched_rows():
+    g = torch.Generator().manual_seed(5)
+    dense = torch.nn.Parameter(torch.randn(4, 3, generator=g))
+    twin = torch.nn.Parameter(dense.detach().clone())
+    grad = torch.randn(4, 3, generator=g)
+    dense.grad, twin.grad = grad.clone(), grad.clone()
+    SGD([dense], lr=0.1, weight_decay=0.5).step()
+    torch.optim.SGD([twin], lr=0.1, weight_decay=0.5).step()  # p -= lr * (g + wd * p)
+    torch.testing.assert_close(dense, twin)
+
+    table = torch.nn.Parameter(torch.randn(6, 2, generator=g))
+    before = table.detach().clone()
+    rows = torch.tensor([4, 1, 4])  # row 4 twice: decays once, both gradients add
+    values = torch.randn(3, 2, generator=g)
+    table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, (6, 2))
+    SGD([table], lr=0.1, weight_decay=0.5).step()
+    want = before.clone()
+    for r in (1, 4):
+        want[r] *= 1 - 0.1 * 0.5
+    for i, r in enumerate(rows.tolist()):
+        want[r] -= 0.1 * values[i]
+    torch.testing.assert_close(table.detach(), want)  # rows 0, 2, 3, 5 untouched
+
+
+def test_weight_decay_refused_where_it_has_no_meaning():
+    from model.config import DLRMConfig, EmbeddingGrad
+    from model.train import make_optimizer
+
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(NotImplementedError, match="sgd only"):
+        make_optimizer("adagrad", p, 0.1, DLRMConfig(), weight_decay=0.1)
+    with pytest.raises(NotImplementedError, match="fused update has no decay"):
+        make_optimizer("sgd", p, 0.1, DLRMConfig(embedding_grad=EmbeddingGrad.FUSED), weight_decay=0.1)
+    with pytest.raises(ValueError, match="weight decay must be >= 0"):
+        SGD(p, lr=0.1, weight_decay=-1.0)
