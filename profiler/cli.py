@@ -25,6 +25,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "profiler.report",
     "profiler.quickstart",
     "profiler.bench_bag_cli",
+    "profiler.bench_timer",
     "model.trace_cli",
 )
 

@@ -178,3 +178,19 @@ def test_cuda_events_time_a_matmul() -> None:
     a = torch.randn(1024, 1024, device="cuda")
     m = measure(lambda: a @ a, device="cuda", warmup_ms=10, rep_ms=20)
     assert m.device == "cuda" and m.median_s > 0 and m.clock_overhead_s == 0.0
+
+
+def test_bench_timer_writes_both_timings(tmp_path) -> None:
+    """Structure of `dlrmbench bench timer` (its figures are the benchmark's business, not a test's)."""
+    import json
+
+    from profiler.cli import main
+
+    out = tmp_path / "t.json"
+    assert main(["bench", "timer", "--target-us", "50", "--rounds", "2", "--json-out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert len(row["bare_s"]) == len(row["timer_s"]) == len(row["overhead_per_round"]) == 2
+    assert row["overhead"] == pytest.approx(
+        sorted(row["overhead_per_round"])[0] / 2 + sorted(row["overhead_per_round"])[1] / 2
+    )
+    assert all(t > 0 for t in row["bare_s"] + row["timer_s"])
