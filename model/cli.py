@@ -244,7 +244,7 @@ def _run_distributed(args: argparse.Namespace, cfg: DLRMConfig, train: TrainConf
         # exception"); without it, none in 20.
         dist.barrier()
     except (RuntimeError, dist.DistBackendError) as exc:
-        if isinstance(exc, DistributedFailure):
+        if isinstance(exc, (DistributedFailure, NotImplementedError)):  # a refusal is not a peer's failure
             raise
         raise DistributedFailure(f"rank {rank}: a peer rank failed or a collective timed out: {exc}") from None
     return result

@@ -41,6 +41,7 @@ AXIS_NAMES: dict[str, str] = {
     "pooling_factor": "pooling factor L (lookups per bag)",
     "num_tables": "tables T",
     "threads": "threads",
+    "world_size": "ranks W (processes)",
     "working_set_bytes": "hot working set (bytes)",
     "working_set": "hot working set (bytes)",
     "table_bytes": "table size (bytes)",

@@ -117,7 +117,8 @@ def throughput_figure(
             k = line_values.index(value)
             s = skus.index(sku)
             col = color(s) if multi else color(k)
-            name = f"{tags[sku]}: {value}" if multi else str(value)
+            shown = str(value) if line == "kernel" else f"{line}={value}"  # kernels name themselves; W=2 needs its key
+            name = f"{tags[sku]}: {shown}" if multi else shown
             xs = [value_of(r, x) for r in group]
             ax.plot(xs, [r[y] for r in group], marker=marker(k), ms=5, color=col, lw=1.5, label=name,
                     ls=["-", "--", ":", "-."][k % 4] if multi else "-")  # fmt: skip

@@ -23,7 +23,8 @@ from profiler.sweep_spec import SweepSpec, load_spec
 __all__ = ["KINDS", "PlotOutput", "add_commands", "add_shared_options", "find_spec", "make_plot", "plot_settings"]
 
 KINDS = ("roofline", "throughput", "speedup")
-_X_PREFERENCE = ("working_set", "batch_size", "num_rows", "embedding_dim", "pooling_factor", "num_tables", "threads")
+_X_PREFERENCE = ("working_set", "batch_size", "num_rows", "embedding_dim", "pooling_factor", "num_tables", "threads",
+                 "world_size")  # fmt: skip
 
 
 @dataclass
@@ -49,20 +50,26 @@ def find_spec(sweep: str, spec_file: str = "", spec_dir: str | Path = "sweeps") 
 def plot_settings(rows: list[dict[str, Any]], spec: SweepSpec | None) -> dict[str, Any]:
     """x, y, line, logx, logy, kinds, title: the spec's [plot] over defaults for these rows.
 
-    Defaults: x the first varying axis of working_set, batch_size, num_rows, ...; y gbps for
-    embedding_bag and samples_per_s for dlrm; one line per kernel; log x; kinds roofline and
-    throughput (embedding_bag) or throughput (dlrm), plus speedup when several kernels ran.
+    Defaults: x the first varying axis of working_set, batch_size, num_rows, ..., world_size; y gbps
+    for embedding_bag and all_to_all, samples_per_s for dlrm; one line per kernel (all_to_all: per
+    world size, or per mode when x is the world size); log x; kinds roofline and throughput
+    (embedding_bag) or throughput (dlrm, all_to_all: no FLOPs to place on a roofline), plus speedup
+    when several kernels ran.
     """
     varying = varying_fields(rows, exclude=["kernel"])
     x = next((f for f in _X_PREFERENCE if f in varying), "batch_size")
-    dlrm = bool(rows) and all(r.get("target") == "dlrm" for r in rows)
-    kinds = ["throughput"] if dlrm else ["roofline", "throughput"]
+    targets = {r.get("target") for r in rows}
+    dlrm, collective = targets == {"dlrm"}, targets == {"all_to_all"}
+    kinds = ["throughput"] if dlrm or collective else ["roofline", "throughput"]
     if len({r.get("kernel") for r in rows}) > 1:
         kinds.append("speedup")
+    line = "kernel"
+    if collective:
+        line = "mode" if x == "world_size" or "world_size" not in varying else "world_size"
     out = {
         "x": "working_set_bytes" if x == "working_set" else x,
         "y": "samples_per_s" if dlrm else "gbps",
-        "line": "kernel",
+        "line": line,
         "logx": True,
         "logy": False,
         "kinds": kinds,

@@ -41,6 +41,11 @@ def _num(value: float | None, fmt: str = ".3g") -> str:
     return format(value, fmt) if value is not None else "-"
 
 
+def _kernel(row: dict[str, Any]) -> str:
+    """The kernel, or for an all-to-all point the collective backend (it runs no embedding kernel)."""
+    return str(row.get("backend") or "-") if row.get("target") == "all_to_all" else str(row["kernel"])
+
+
 def _working_set(row: dict[str, Any]) -> str:
     ws, level = row.get("working_set_bytes"), row.get("memory_level")
     if row.get("target") != "embedding_bag" or not ws:
@@ -96,9 +101,10 @@ def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
             status += f": {r['reason']}"
         frac = r.get("frac_of_ceiling")
         out.append([
-            point_label(r, shown, short=True) or "-", r["kernel"], _working_set(r), _ms(r.get("median_s")),
+            point_label(r, shown, short=True) or "-", _kernel(r), _working_set(r), _ms(r.get("median_s")),
             _ms(r.get("iqr_s")),
-            _num(r.get("gbps")), _num(r.get("gflops")), f"{frac:.0%}" if frac is not None else "-",
+            _num(r.get("gbps")), _num(r.get("gflops")) if r.get("flops") else "-",
+            f"{frac:.0%}" if frac is not None else "-",
             r.get("ceiling") or "-", status,
         ])  # fmt: skip
     return _POINT_HEADERS, out

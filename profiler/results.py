@@ -34,7 +34,7 @@ __all__ = [
 
 POINT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Point))
 _SHORT = {"batch_size": "B", "num_rows": "E", "embedding_dim": "D", "pooling_factor": "L", "num_tables": "T",
-          "working_set": "ws", "distribution": "dist", "embedding_grad": "grad"}  # fmt: skip
+          "working_set": "ws", "distribution": "dist", "embedding_grad": "grad", "world_size": "W"}  # fmt: skip
 _BYTES_PER_ELEMENT = 4  # float32 tables: a working set of "all" is the whole table
 
 
@@ -167,8 +167,8 @@ def _flatten(rec: dict[str, Any], header: dict[str, Any], machine: Machine, sour
         source=str(source),
         spec_file=str(header.get("spec_file", "")),
     )
-    if row.get("working_set_bytes") is None and point["working_set"] == "all":
-        row["working_set_bytes"] = row["table_bytes"]  # the hot set is every row
+    if row.get("working_set_bytes") is None and point["working_set"] == "all" and point["target"] != "all_to_all":
+        row["working_set_bytes"] = row["table_bytes"]  # the hot set is every row (an all-to-all reads no table)
     return row
 
 
@@ -239,7 +239,8 @@ def varying_fields(rows: list[dict[str, Any]], exclude: Iterable[str] = ()) -> l
 def point_label(row: dict[str, Any], keys: list[str], *, short: bool = False) -> str:
     """'batch_size=128 embedding_dim=64' for the given fields (the axes that vary).
 
-    With short, the domain letters: 'B=128 D=64' (B batch, E rows, D dim, L pooling, T tables, ws working set).
+    With short, the domain letters: 'B=128 D=64' (B batch, E rows, D dim, L pooling, T tables, ws working set,
+    W world size).
     With no keys (a single point per kernel), the shape: 'B=128 E=100000 D=16 L=10 T=26'.
     """
     keys = keys or ["batch_size", "num_rows", "embedding_dim", "pooling_factor", "num_tables"]

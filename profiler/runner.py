@@ -1,9 +1,10 @@
-"""Run one sweep point (an embedding-bag call or a DLRM step) and turn its timing into a record.
+"""Run one sweep point (an embedding-bag call, a DLRM step or the model's all-to-all) and turn its timing into a record.
 
 Every point allocates its own inputs, is timed by profiler.timer.measure, and yields a
 record with the raw measurement and derived rates. A point that cannot run (kernel
 unavailable, out of memory, timeout, invalid combination) yields a failed record with
-the reason instead of stopping the sweep.
+the reason instead of stopping the sweep. An all-to-all point has no ceiling (none is measured
+for gloo over loopback), so its frac_of_ceiling is None.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 
 import kernels
 from profiler.ceilings import Ceiling
+from profiler.collective import CollectiveFailure
 from profiler.metrics import Cost, embedding_bag_cost, mlp_cost, rates
 from profiler.sweep_spec import Point, resolve_bytes
 from profiler.timer import measure
@@ -102,17 +104,34 @@ def run_point(
     caches = cache_sizes(fingerprint)
     try:
         ws = resolve_bytes(point.working_set, caches)
+        if point.target not in _RUNS:
+            raise ValueError(f"target={point.target!r}; allowed: {', '.join(_RUNS)}")
+        if point.world_size != 1 and point.target != "all_to_all":
+            raise NotImplementedError(
+                f"world_size={point.world_size} with target {point.target}: only all_to_all points run on several "
+                "processes (DLRM across processes: torchrun ... dlrmbench train --dist-backend gloo)"
+            )
         with _deadline(timeout_s):
-            run = _run_bag if point.target == "embedding_bag" else _run_dlrm
-            m, cost, extra = run(point, ws, timing or {})
-    except (ValueError, NotImplementedError, MemoryError, PointTimeout, torch.OutOfMemoryError) as exc:
+            m, cost, extra = _RUNS[point.target](point, ws, timing or {})
+    except (
+        ValueError,
+        NotImplementedError,
+        MemoryError,
+        PointTimeout,
+        CollectiveFailure,
+        torch.OutOfMemoryError,
+    ) as exc:
         kind = "out of memory" if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) else type(exc).__name__
         return {"status": "failed", "reason": f"{kind}: {exc}", "elapsed_s": time.perf_counter() - t0}
     threads = m.threads
     compute_bound = point.target == "dlrm"
-    # "all": the whole tables are the working set (they may still fit in a cache)
-    level = _level_of(ws if ws is not None else point.num_tables * point.num_rows * point.embedding_dim * 4, caches)
-    ceiling = pick_ceiling(ceilings, level=level, dim=point.embedding_dim, threads=threads, compute=compute_bound)
+    level: str | None = None
+    ceiling: Ceiling | None = None
+    if point.target != "all_to_all":
+        # "all": the whole tables are the working set (they may still fit in a cache)
+        table_bytes = point.num_tables * point.num_rows * point.embedding_dim * 4
+        level = _level_of(ws if ws is not None else table_bytes, caches)
+        ceiling = pick_ceiling(ceilings, level=level, dim=point.embedding_dim, threads=threads, compute=compute_bound)
     r = rates(
         cost,
         m.median_s,
@@ -232,3 +251,37 @@ def _run_dlrm(point: Point, ws: int | None, timing: dict[str, float]) -> tuple[A
             if point.mode == "train":
                 cost = cost + c + c  # backward: two GEMMs per layer, as much traffic again
     return m, cost, {"samples_per_s": B / m.median_s}
+
+
+def _run_all_to_all(point: Point, ws: int | None, timing: dict[str, float]) -> tuple[Any, Cost, dict[str, Any]]:
+    """The model's all-to-all on point.world_size gloo processes; [timing]'s ms budgets do not apply (counts do)."""
+    from profiler.collective import all_to_all_bytes, time_all_to_all
+
+    if point.mode not in ("forward", "train"):
+        raise ValueError(f"mode={point.mode!r} is not valid for all_to_all; allowed: forward, train")
+    if ws is not None:
+        raise NotImplementedError("working_set applies to embedding_bag points; all_to_all moves pooled vectors")
+    if point.device != "cpu":
+        raise NotImplementedError(f"device={point.device!r}: all_to_all points run gloo on CPU; use device = cpu")
+    if point.threads not in (0, 1):
+        raise ValueError(f"threads={point.threads}: all_to_all ranks run one thread each; leave threads at 0 or 1")
+    if int(timing.get("flush_bytes", 0)):
+        raise NotImplementedError("flush_bytes: the all-to-all is timed in its ranks, without a cache flush")
+    args = (point.world_size, point.batch_size, point.num_tables, point.embedding_dim)
+    m = time_all_to_all(*args, mode=point.mode)
+    per_rank = all_to_all_bytes(*args, mode=point.mode)  # (sent, received) per rank
+    sent, received = max(per_rank, key=sum)  # the busiest rank: the slowest one sets each sample
+    extra = {
+        "backend": "gloo",
+        "bytes_sent_per_rank": [s for s, _ in per_rank],
+        "bytes_received_per_rank": [r for _, r in per_rank],
+        "samples_per_s": point.batch_size / m.median_s,
+    }
+    return m, Cost(sent, received, 0), extra
+
+
+_RUNS: dict[str, Callable[[Point, int | None, dict[str, float]], tuple[Any, Cost, dict[str, Any]]]] = {
+    "embedding_bag": _run_bag,
+    "dlrm": _run_dlrm,
+    "all_to_all": _run_all_to_all,
+}

@@ -5,7 +5,7 @@ product, except axes listed together under `zip`, which advance in lockstep (as
 triton.testing's Benchmark allows several x names). Example:
 
     name = "cache_footprint"
-    target = "embedding_bag"            # or "dlrm"
+    target = "embedding_bag"            # or "dlrm", "all_to_all"
     [fixed]
     batch_size = 2048
     embedding_dim = 64
@@ -36,11 +36,12 @@ __all__ = ["Point", "SweepSpec", "Target", "expand", "load_spec", "parse_spec", 
 class Target(StrEnum):
     EMBEDDING_BAG = "embedding_bag"
     DLRM = "dlrm"
+    ALL_TO_ALL = "all_to_all"  # the model's embedding all-to-all on world_size local gloo processes
 
 
 @dataclass(frozen=True)
 class Point:
-    """One measurement. B batch, T tables, E rows per table, D dim, L pooling factor.
+    """One measurement. B batch, T tables, E rows per table, D dim, L pooling factor, W world size.
 
     working_set: the hot set the indices are drawn from, as bytes ("1048576"), a cache multiple
     ("0.5*L2", "16*L3", resolved against the fingerprint) or "all" (every row).
@@ -56,8 +57,9 @@ class Point:
     distribution: str = "uniform"  # uniform | zipf:S | profile:PATH (stack-distance profile)
     working_set: str = "all"
     threads: int = 0  # 0: torch's default
+    world_size: int = 1  # all_to_all: ranks (processes, one thread each)
     device: str = "cpu"
-    mode: str = "forward"  # embedding_bag: forward | backward (fwd+bwd+fused SGD); dlrm: forward | train
+    mode: str = "forward"  # embedding_bag: forward | backward (fwd+bwd+fused SGD); dlrm, all_to_all: forward | train
     embedding_grad: str = "sparse"  # dlrm: sparse | dense | fused
     bottom_mlp: str = "13-512-256-64"  # dlrm: dense features first; D is appended
     top_mlp: str = "512-256-1"  # dlrm: after the interaction
@@ -67,6 +69,8 @@ class Point:
         """A stable id of what is measured: the same point in any run of any sweep file."""
         d = asdict(self)
         d.pop("sweep")
+        if d["world_size"] == 1:  # added later: points of one process keep the keys they had before
+            d.pop("world_size")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,7 +90,7 @@ class Point:
 
 _POINT_FIELDS = {f.name: f.type for f in fields(Point)}
 _AXES = tuple(k for k in _POINT_FIELDS if k not in ("target", "sweep"))
-_INT_FIELDS = {"batch_size", "num_rows", "embedding_dim", "pooling_factor", "num_tables", "threads"}
+_INT_FIELDS = {"batch_size", "num_rows", "embedding_dim", "pooling_factor", "num_tables", "threads", "world_size"}
 _CHOICES = {
     "mode": {"forward", "backward", "train"},
     "embedding_grad": {"sparse", "dense", "fused"},
@@ -135,6 +139,9 @@ class SweepSpec:
         zipped = [k for g in self.zip for k in g]
         if len(zipped) != len(set(zipped)):
             raise ValueError(f"{where}: an axis appears in two zip groups: {zipped}")
+        sizes = [self.fixed.get("world_size", 1), *self.axes.get("world_size", [])]
+        if self.target != Target.ALL_TO_ALL and any(w != 1 for w in sizes):
+            raise ValueError(f"{where}: world_size applies to target all_to_all only (got {self.target})")
         _check_keys(self.plot, _PLOT_KEYS, "plot", where)
         _check_keys(self.timing, _TIMING_KEYS, "timing", where)
         return self

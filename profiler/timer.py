@@ -46,7 +46,7 @@ from typing import Any
 
 from profiler.contention import Contention, assess, snapshot, wait_for_quiet
 
-__all__ = ["SPREAD_LIMIT", "Measurement", "llc_flush_bytes", "measure"]
+__all__ = ["SPREAD_LIMIT", "Measurement", "from_samples", "llc_flush_bytes", "measure"]
 
 SPREAD_LIMIT = 0.10  # IQR/median or stdev/mean above this: the measurement is noisy (TB and pyperf use 10%)
 _BLOCK_S = 1e-3  # target duration of one timed block on CPU: clock overhead <0.01% of it
@@ -316,11 +316,36 @@ def measure(
             contention = assess(before, snapshot(), threads=used_threads, waited_s=waited_s)
     finally:
         undo()
-    m = Measurement(samples, cps, used_threads, flush_bytes, device, warm_calls, overhead_s, [], contention)
-    warnings = _spread_warnings(m)
+    return from_samples(
+        samples,
+        calls_per_sample=cps,
+        threads=used_threads,
+        flush_bytes=flush_bytes,
+        device=device,
+        warmup_calls=warm_calls,
+        clock_overhead_s=overhead_s,
+        contention=contention,
+    )
+
+
+def from_samples(
+    samples_s: list[float],
+    *,
+    calls_per_sample: int = 1,
+    threads: int = 1,
+    flush_bytes: int = 0,
+    device: str = "cpu",
+    warmup_calls: int = 0,
+    clock_overhead_s: float = 0.0,
+    contention: Contention | None = None,
+) -> Measurement:
+    """A Measurement of samples taken elsewhere (e.g. by worker processes), with the warnings `measure` attaches:
+    spread past SPREAD_LIMIT, clock overhead, and contention."""
+    args = (samples_s, calls_per_sample, threads, flush_bytes, device, warmup_calls, clock_overhead_s)
+    warnings = _spread_warnings(Measurement(*args, [], contention).validate())
     if contention is not None and contention.contended:
         warnings.append("contended: " + "; ".join(contention.reasons))
-    return Measurement(samples, cps, used_threads, flush_bytes, device, warm_calls, overhead_s, warnings, contention)
+    return Measurement(*args, warnings, contention)
 
 
 def _measure_cpu(
