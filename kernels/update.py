@@ -50,6 +50,13 @@ if numba is not None:
                             weight[r, d] += scale * grad_out[b, d]
 
 
+def _cuda_update_available() -> bool:
+    """The hand-written CUDA bag-SGD (kernels/cuda) is built or buildable here; else torch's index_add_."""
+    from kernels import cuda_bag
+
+    return not cuda_bag.unavailable_reason()
+
+
 def _parts() -> int:
     parts = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(parts)
@@ -87,6 +94,12 @@ def sgd_from_bags(
             f"sgd_from_bags: grad_out {tuple(grad_out.shape)} does not match {B} bags of dim {weight.shape[1]}"
         )
     if rows.numel() == 0:
+        return
+    if weight.device.type == "cuda" and weight.is_contiguous() and _cuda_update_available():
+        from kernels import cuda_bag
+
+        _check_rows(rows, weight.shape[0], "sgd_from_bags")  # the CUDA kernel trusts its rows too
+        cuda_bag.sgd_from_bags(weight, rows, offsets, grad_out, per_sample_weights, lr)
         return
     fast = (
         numba is not None and weight.device.type == "cpu" and weight.is_contiguous() and weight.dtype == grad_out.dtype

@@ -218,6 +218,23 @@ def test_fused_sgd_equals_torch_sgd_on_the_sparse_gradient(weighted, index_dtype
 
 @pytest.mark.gpu
 @gpu
+def test_update_routes_cuda_tables_to_the_cuda_kernel_and_matches_the_cpu_path():
+    from kernels.update import sgd_from_bags
+
+    indices, offsets = _random_bags(200, 40, 30, seed=6, device="cpu")
+    g = torch.Generator().manual_seed(8)
+    weight = torch.randn(40, 16, generator=g)
+    grad_out = torch.randn(200, 16, generator=g)
+    on_cpu, on_gpu = weight.clone(), weight.cuda()
+    sgd_from_bags(on_cpu, indices, offsets, grad_out, None, 0.1)
+    sgd_from_bags(on_gpu, indices.cuda(), offsets.cuda(), grad_out.cuda(), None, 0.1)
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"row ids span \[40, 40\], table has 40 rows"):
+        sgd_from_bags(on_gpu, torch.full_like(indices, 40).cuda(), offsets.cuda(), grad_out.cuda(), None, 0.1)
+
+
+@pytest.mark.gpu
+@gpu
 def test_gradcheck_float64_on_gpu():
     g = torch.Generator().manual_seed(1)
     weight = torch.randn(7, 6, dtype=torch.float64, generator=g).cuda().requires_grad_()
