@@ -55,10 +55,13 @@ _numba_threads = [0]  # the count last given to numba.set_num_threads (asking nu
 
 def _threads() -> int:
     """torch's thread count is the one knob (the timer pins it); numba follows it."""
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    want = torch.get_num_threads()
+    n = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
     if _numba_threads[0] != n:
         numba.set_num_threads(n)
         _numba_threads[0] = n
+        if torch.get_num_threads() != want:  # starting numba's OpenMP pool resets torch's (kernels.update._parts)
+            torch.set_num_threads(want)
     return n
 
 

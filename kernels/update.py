@@ -58,8 +58,17 @@ def _cuda_update_available() -> bool:
 
 
 def _parts() -> int:
-    parts = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    """Give numba torch's thread count, and return it; call before every parallel numba launch.
+
+    With numba's OpenMP layer, starting numba's pool (its first set_num_threads or launch) sets
+    the OpenMP pool torch shares to NUMBA_NUM_THREADS: `--threads 1` silently became 2 threads
+    (and 2 processes x 2 threads on 2 cores stalled). So torch's count is put back afterwards.
+    """
+    want = torch.get_num_threads()
+    parts = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(parts)
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
     return parts
 
 

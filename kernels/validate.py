@@ -163,6 +163,9 @@ def fused_rows(
         if offsets.dim() != 1 or offsets.numel() != num_tables * batch_size + 1:
             validate_tables(table_rows, indices, offsets, batch_size)  # raises, naming the mismatch
         validate_bags(None, indices, offsets)  # offsets monotone within [0, N]: the loop's bounds
+        from kernels.update import _parts
+
+        _parts()  # numba's thread count = torch's: a launch with another count resets torch's OpenMP pool
         out = torch.empty(indices.numel(), dtype=torch.int64)
         if _fused_rows(
             indices.numpy(),

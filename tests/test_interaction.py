@@ -108,3 +108,26 @@ def test_padded_input_linear_is_the_unpadded_layer() -> None:
     torch.testing.assert_close(layer.weight.grad, torch.ones(3, 6, dtype=torch.float64) @ x)
     with pytest.raises(ValueError, match="input has 5 features, the layer needs 7"):
         layer(x[:, :5])
+
+
+def test_numba_kernels_leave_torchs_thread_count_alone() -> None:
+    """Starting numba's OpenMP pool used to reset torch's to 2 threads: `--threads 1` ran on 2.
+    Checked in a fresh interpreter, where the pool starts."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "import kernels\n"
+        "from kernels.interaction import dot_interaction\n"
+        "from kernels.update import scatter_add_rows\n"
+        "x, ly = torch.randn(4, 8), torch.randn(3, 4, 8)\n"
+        "rows = kernels.fused_rows(torch.tensor([5, 5, 5]), torch.tensor([0, 5, 10, 15]),\n"
+        "                          torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2, 3]), 1)\n"
+        "dot_interaction(x, ly, False)\n"
+        "scatter_add_rows(torch.zeros(15, 8), rows, torch.ones(3, 8), 1.0)\n"
+        "kernels.get('numba_w16').fn(torch.randn(15, 8), rows, torch.tensor([0, 1, 2, 3]))\n"
+        "print(torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
