@@ -59,12 +59,39 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     tr = p.add_argument_group("training")
     tr.add_argument("--nepochs", type=int, default=1)
     tr.add_argument("--learning-rate", type=float, default=0.01)
+    tr.add_argument(
+        "--embedding-learning-rate",
+        type=float,
+        default=0.0,
+        help="the embedding tables' learning rate (default 0: --learning-rate, as the reference)",
+    )
     tr.add_argument("--optimizer", choices=["sgd", "adagrad"], default="sgd", help="as the reference (default sgd)")
     tr.add_argument(
         "--weight-decay",
         type=float,
         default=0.0,
         help="L2 strength (sgd): MLP weights every step, embedding rows when a step touches them (default 0)",
+    )
+    tr.add_argument(
+        "--lr-num-warmup-steps",
+        type=int,
+        default=0,
+        help="the reference's LRPolicyScheduler, in updates counted from 1: lr rises linearly from 0 to "
+        "--learning-rate over this many (default 0: no warmup)",
+    )
+    tr.add_argument("--lr-decay-start-step", type=int, default=0, help="the update the decay starts at, after warmup")
+    tr.add_argument(
+        "--lr-num-decay-steps",
+        type=int,
+        default=0,
+        help="lr falls as (1 - t)^2 towards 0 over this many updates, then holds (default 0: no decay)",
+    )
+    tr.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="evaluate and save an exponential moving average of all weights with this decay, e.g. 0.99 "
+        "(default 0: off, the trained weights)",
     )
     tr.add_argument(
         "--loss-function",
@@ -192,6 +219,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     )
     train = TrainConfig(
         learning_rate=args.learning_rate,
+        embedding_learning_rate=args.embedding_learning_rate,
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
         nepochs=args.nepochs,
@@ -208,6 +236,10 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         json_out=args.json_out,
         profile_trace=args.profile_trace if args.profile else "",
         test_freq=max(args.test_freq, 0),
+        lr_num_warmup_steps=args.lr_num_warmup_steps,
+        lr_decay_start_step=args.lr_decay_start_step,
+        lr_num_decay_steps=args.lr_num_decay_steps,
+        ema_decay=args.ema_decay,
         extra={
             "batch_size": args.mini_batch_size,
             "pooling_factor": pooling,

@@ -1,14 +1,19 @@
-"""SGD as the reference trains DLRM (no momentum), with a parallel path for sparse embedding gradients."""
+"""Optimizer pieces: SGD as the reference trains DLRM (no momentum), with a parallel path for sparse
+embedding gradients; the reference's learning-rate schedule; an exponential moving average of the weights."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
 from kernels.update import scatter_add_rows
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "LRSchedule", "WeightEMA"]
+
+_MIN_DECAYED_LR = 1e-7  # the reference's floor while (and after) the rate decays
 
 
 class SGD(torch.optim.Optimizer):
@@ -54,3 +59,75 @@ class SGD(torch.optim.Optimizer):
                     torch._foreach_mul_(dense_p, 1.0 - lr * wd)
                 torch._foreach_add_(dense_p, dense_g, alpha=-lr)
         return None
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """The reference's LRPolicyScheduler (--lr-num-warmup-steps, --lr-decay-start-step, --lr-num-decay-steps).
+
+    Steps count optimizer updates from 1. With W warmup steps, D the decay start and N decay steps:
+    step s < W runs at lr * s / W; D <= s < D + N at lr * ((N - (s - D)) / N) ** 2 (never under 1e-7);
+    after that the last decayed rate, lr / N**2, holds; every other step runs at lr. All zero: constant lr.
+    One difference: between warmup and decay the reference holds its last warmup rate, lr * (W - 1) / W
+    (and fails when W <= 1 < D); here the rate there is lr.
+    """
+
+    num_warmup_steps: int = 0
+    decay_start_step: int = 0
+    num_decay_steps: int = 0  # 0: no decay
+
+    def validate(self) -> LRSchedule:
+        for name in ("num_warmup_steps", "decay_start_step", "num_decay_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--lr-{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.num_decay_steps and self.decay_start_step < self.num_warmup_steps:
+            raise ValueError(
+                f"--lr-decay-start-step {self.decay_start_step} is inside the warmup "
+                f"(--lr-num-warmup-steps {self.num_warmup_steps}): the warmup must finish before the decay starts"
+            )
+        return self
+
+    @property
+    def constant(self) -> bool:
+        return self.num_warmup_steps <= 1 and self.num_decay_steps == 0
+
+    def lr(self, base_lr: float, step: int) -> float:
+        """The learning rate of optimizer step `step` (1 = the first update) for a base rate `base_lr`."""
+        W, D, N = self.num_warmup_steps, self.decay_start_step, self.num_decay_steps
+        if step < W:
+            return base_lr * step / W
+        if N and step >= D:
+            left = max(N - (step - D), 1)  # past the decay: frozen at its last value
+            return max(_MIN_DECAYED_LR, base_lr * (left / N) ** 2)
+        return base_lr
+
+
+class WeightEMA:
+    """An exponential moving average of every parameter, embedding tables included, for evaluation:
+    after each update, avg = decay * avg + (1 - decay) * p, starting from the initial weights.
+
+    Each update reads and writes every row of every table, so on big tables it costs a dense pass.
+    """
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"--ema-decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.params = list(params)
+        self.average = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - self.decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Within the block the parameters hold the averages; the trained weights come back after."""
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in self.params]
+            torch._foreach_copy_([p.data for p in self.params], self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in self.params], saved)

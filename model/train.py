@@ -18,7 +18,7 @@ from model.config import DLRMConfig, EmbeddingGrad
 from model.data import Batch, RandomData
 from model.distributed import DistContext
 from model.dlrm import DLRM
-from model.optim import SGD
+from model.optim import SGD, LRSchedule, WeightEMA
 from model.quality import Quality, quality
 from profiler.store import write_json_atomic
 
@@ -46,6 +46,7 @@ class LossFunction(StrEnum):
 @dataclass(frozen=True)
 class TrainConfig:
     learning_rate: float = 0.01  # the reference's default
+    embedding_learning_rate: float = 0.0  # the embedding tables' rate; 0: learning_rate, as the reference
     optimizer: str = "sgd"  # sgd | adagrad (the reference's --optimizer names)
     weight_decay: float = 0.0  # L2; sgd only (lazy on embedding rows)
     nepochs: int = 1
@@ -62,6 +63,10 @@ class TrainConfig:
     json_out: str = ""
     profile_trace: str = ""  # non-empty: after training, profile a few steps, write this Chrome trace
     test_freq: int = 0  # with test data: evaluate every this many iterations (0: only at the end)
+    lr_num_warmup_steps: int = 0  # the reference's LRPolicyScheduler flags (model.optim.LRSchedule); 0: none
+    lr_decay_start_step: int = 0
+    lr_num_decay_steps: int = 0
+    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights (0: off)
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in --json-out as given
 
 
@@ -92,7 +97,7 @@ def make_loss(kind: LossFunction, weights: tuple[float, float]) -> Callable[[tor
 
 
 def make_optimizer(
-    name: str, params: Iterable[torch.nn.Parameter], lr: float, config: DLRMConfig, weight_decay: float = 0.0
+    name: str, params: Iterable[Any], lr: float, config: DLRMConfig, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
     """SGD (ours: parallel sparse updates) or torch's Adagrad, which takes the sparse embedding gradient too."""
     if weight_decay and config.embedding_grad == EmbeddingGrad.FUSED:
@@ -205,8 +210,12 @@ def run(
 
     With `dist_ctx` (torch.distributed is up), the model is the hybrid-parallel one: each
     batch is the global batch, sliced per rank; printed losses are the global batch's.
+
+    With `train.ema_decay`, every evaluation and the saved model use the moving average of the
+    weights (model.optim.WeightEMA), not the last trained weights.
     """
     device = resolve_device(train.device)
+    schedule = LRSchedule(train.lr_num_warmup_steps, train.lr_decay_start_step, train.lr_num_decay_steps).validate()
     kernels.get(config.kernel, device.type)
     if train.threads:
         torch.set_num_threads(train.threads)
@@ -216,6 +225,7 @@ def run(
             "--save-model": train.save_model,
             "a test split": test_data is not None,
             "--profile": train.profile_trace,
+            "--ema-decay": train.ema_decay,
         }
         unsupported = [name for name, given in asked.items() if given]
         if unsupported:
@@ -227,8 +237,17 @@ def run(
         model.load_state_dict(state_dict)
     model.to(device)
     loss_fn = make_loss(train.loss_function, train.loss_weights)
-    model.embeddings.fused_lr = train.learning_rate
-    optimizer = make_optimizer(train.optimizer, model.parameters(), train.learning_rate, config, train.weight_decay)
+    emb_lr = train.embedding_learning_rate or train.learning_rate
+    model.embeddings.fused_lr = emb_lr
+    emb_params = list(model.embeddings.parameters())
+    emb_ids = {id(p) for p in emb_params}
+    groups = [
+        {"params": emb_params, "lr": emb_lr},
+        {"params": [p for p in model.parameters() if id(p) not in emb_ids]},
+    ]
+    optimizer = make_optimizer(train.optimizer, groups, train.learning_rate, config, train.weight_decay)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule scales each group's rate
+    ema = WeightEMA(model.parameters(), train.ema_decay) if train.ema_decay else None
     model.train(not train.inference_only)
     mode = "inference" if train.inference_only else "training"
 
@@ -245,7 +264,11 @@ def run(
     def test(epoch: int, j: int) -> None:
         nonlocal test_s
         t = time.perf_counter()
-        q = evaluate(model, test_data, device)  # type: ignore[arg-type]
+        if ema is None:
+            q = evaluate(model, test_data, device)  # type: ignore[arg-type]
+        else:
+            with ema.applied():
+                q = evaluate(model, test_data, device)  # type: ignore[arg-type]
         test_s += time.perf_counter() - t
         history.append({"epoch": epoch, "iteration": iters, **q.to_dict()})
         log(f"Testing at - it {j + 1}/{nbatches} of epoch {epoch}: {q.line()}")
@@ -269,11 +292,17 @@ def run(
                 with torch.no_grad():
                     loss = loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels)
             else:
+                if not schedule.constant:  # before the forward: a fused update takes its rate there
+                    for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                        group["lr"] = schedule.lr(base_lr, iters + 1)
+                    model.embeddings.fused_lr = optimizer.param_groups[0]["lr"]
                 loss = loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels)
                 optimizer.zero_grad(set_to_none=True)
                 scale = dist_ctx.loss_scale(batch.batch_size, B) if dist_ctx is not None else 1.0
                 (loss * scale if scale != 1.0 else loss).backward()
                 optimizer.step()
+                if ema is not None:
+                    ema.update()
             _sync(device)
             dt = time.perf_counter() - t0
             step_s += dt
@@ -351,8 +380,12 @@ def run(
         log(f"Chrome/Perfetto trace: {train.profile_trace}")
         result["breakdown"] = breakdown.to_dict()
     if train.save_model:
-        save_checkpoint(model, train.save_model, iterations=iters)
-        log(f"saved model to {train.save_model}")
+        if ema is None:
+            save_checkpoint(model, train.save_model, iterations=iters)
+        else:
+            with ema.applied():
+                save_checkpoint(model, train.save_model, iterations=iters)
+        log(f"saved model to {train.save_model}" + (" (moving-average weights)" if ema is not None else ""))
     if train.json_out and (dist_ctx is None or dist_ctx.rank == 0):
         write_json_atomic(train.json_out, result)
     return result
