@@ -112,7 +112,10 @@ def _roof_label(c: Ceiling) -> str:
 
 
 def _draw_roofs(ax: Any, roofs: list[Ceiling], x_lo: float, x_hi: float, tint: str | None, sku: str) -> None:
-    top = max((c.value for c in roofs if c.kind == "compute"), default=None)
+    # Memory roofs bend at the measured compute roof: a derived peak is drawn (dashed) but is not
+    # what the machine reached, so it does not lift the roofs (it does only where none was measured).
+    measured_top = [c.value for c in roofs if c.kind == "compute" and c.source == "measured"]
+    top = max(measured_top or [c.value for c in roofs if c.kind == "compute"], default=None)
     xs = [x_lo * (x_hi / x_lo) ** (i / 64) for i in range(65)]
     for i, c in enumerate(ordered := sorted(roofs, key=lambda c: (c.kind, -c.value))):
         style = "--" if c.source == "derived" else "-"

@@ -146,3 +146,15 @@ def test_save_figure_rejects_unknown_formats(tmp_path):
     assert [p.name for p in save_figure(fig, tmp_path / "r")] == ["r.png", "r.svg"]
     with pytest.raises(ValueError, match=r"\.jpg"):
         save_figure(fig, tmp_path / "r.jpg")
+
+
+def test_memory_roofs_bend_at_the_measured_compute_roof_not_the_derived_peak(tmp_path):
+    folder = write_sku(tmp_path, "sku-a", "CPU", [(bag_point(working_set="8K"), 1e-6, TRIAD_L1)])
+    rs = load_results(folder)
+    fig, _ = roofline_figure(rs.rows, rs.machines)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    l1 = next(line for label, line in lines.items() if label.startswith("triad L1d"))
+    # 200 GB/s x intensity rises until 100 GFLOP/s (the measured gemm), never to the derived 400
+    assert max(l1.get_ydata()) == pytest.approx(100.0)
+    derived = next(line for label, line in lines.items() if "(derived)" in label)
+    assert derived.get_linestyle() == "--" and set(derived.get_ydata()) == {400.0}
