@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kernels.update import _parts
+from kernels.update import numba_threads
 
 __all__ = ["dot_interaction", "numba_available"]
 
@@ -99,7 +99,7 @@ def _width(T: int, D: int, itself: bool) -> int:
 
 def _chunks(B: int) -> np.int64:
     # A few chunks per thread: balanced, and one scratch allocation per chunk, not per sample.
-    return np.int64(max(1, min(B, 4 * _parts())))
+    return np.int64(max(1, min(B, 4 * numba_threads())))
 
 
 class _DotInteraction(torch.autograd.Function):

@@ -18,6 +18,7 @@ import torch
 
 from kernels.autograd import differentiable
 from kernels.registry import Backend, register, register_unavailable
+from kernels.update import numba_threads
 
 try:
     import numba
@@ -48,21 +49,6 @@ _REQUIRES = "numba>=0.60"
 @functools.cache
 def _kernels(width: int, index_bits: int, float_bits: int = 32) -> numba_simd.NumbaKernels:
     return numba_simd.build(width, index_bits, float_bits)
-
-
-_numba_threads = [0]  # the count last given to numba.set_num_threads (asking numba costs ~0.7 µs)
-
-
-def _threads() -> int:
-    """torch's thread count is the one knob (the timer pins it); numba follows it."""
-    want = torch.get_num_threads()
-    n = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
-    if _numba_threads[0] != n:
-        numba.set_num_threads(n)
-        _numba_threads[0] = n
-        if torch.get_num_threads() != want:  # starting numba's OpenMP pool resets torch's (kernels.update._parts)
-            torch.set_num_threads(want)
-    return n
 
 
 _FLOAT_BITS = {torch.float32: 32, torch.float64: 64}
@@ -123,7 +109,7 @@ class NumbaBag:
             psw = psw.detach().to(weight.dtype).contiguous()
         n = indices.numel()
         k = _kernels(self.width, _INDEX_BITS[indices.dtype], _FLOAT_BITS[weight.dtype])
-        chunks = _threads() if parallel and n * dim >= _SERIAL_MAX_FLOATS else 1
+        chunks = numba_threads() if parallel and n * dim >= _SERIAL_MAX_FLOATS else 1
         (k.parallel if chunks > 1 else k.serial)(
             op,
             weight.data_ptr(),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["scatter_add_rows", "sgd_from_bags"]
+__all__ = ["numba_threads", "scatter_add_rows", "sgd_from_bags"]
 
 try:
     import numba
@@ -57,19 +57,21 @@ def _cuda_update_available() -> bool:
     return not cuda_bag.unavailable_reason()
 
 
-def _parts() -> int:
-    """Give numba torch's thread count, and return it; call before every parallel numba launch.
+def numba_threads() -> int:
+    """Give numba torch's thread count, and return it; every parallel numba launch calls this first.
 
     With numba's OpenMP layer, starting numba's pool (its first set_num_threads or launch) sets
     the OpenMP pool torch shares to NUMBA_NUM_THREADS: `--threads 1` silently became 2 threads
     (and 2 processes x 2 threads on 2 cores stalled). So torch's count is put back afterwards.
+    Asked, not cached: profiler.timer sets numba's count too.
     """
     want = torch.get_num_threads()
-    parts = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(parts)
+    n = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
     if torch.get_num_threads() != want:
         torch.set_num_threads(want)
-    return parts
+    return n
 
 
 def _check_rows(rows: torch.Tensor, num_rows: int, where: str) -> None:
@@ -129,7 +131,7 @@ def sgd_from_bags(
         grad_out.detach().contiguous().numpy(),
         psw.detach().to(weight.dtype).contiguous().numpy(),
         w.dtype.type(-lr),
-        np.int64(_parts()),
+        np.int64(numba_threads()),
     )
 
 
@@ -162,5 +164,5 @@ def scatter_add_rows(weight: torch.Tensor, rows: torch.Tensor, values: torch.Ten
     _check_rows(rows, weight.shape[0], "scatter_add_rows")
     w = weight.detach().numpy()
     _scatter_add_partitioned(
-        w, rows.numpy(), values.detach().contiguous().numpy(), w.dtype.type(alpha), np.int64(_parts())
+        w, rows.numpy(), values.detach().contiguous().numpy(), w.dtype.type(alpha), np.int64(numba_threads())
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kernels.update import numba_threads
+
 __all__ = ["fused_rows", "validate_bags", "validate_tables"]
 
 try:
@@ -163,9 +165,7 @@ def fused_rows(
         if offsets.dim() != 1 or offsets.numel() != num_tables * batch_size + 1:
             validate_tables(table_rows, indices, offsets, batch_size)  # raises, naming the mismatch
         validate_bags(None, indices, offsets)  # offsets monotone within [0, N]: the loop's bounds
-        from kernels.update import _parts
-
-        _parts()  # numba's thread count = torch's: a launch with another count resets torch's OpenMP pool
+        numba_threads()
         out = torch.empty(indices.numel(), dtype=torch.int64)
         if _fused_rows(
             indices.numpy(),

@@ -26,7 +26,6 @@ from profiler.metrics import embedding_bag_cost
 from profiler.timer import Measurement, measure
 
 __all__ = [
-    "CALL_BYTES",
     "Ceiling",
     "derived_ceilings",
     "gemm_ceiling",
@@ -34,6 +33,7 @@ __all__ = [
     "measure_ceilings",
     "skewed_arrays",
     "stream_ceiling",
+    "sweeps_per_call",
 ]
 
 _GATHER_DIMS = (16, 64, 128)  # D: Kaggle/MLPerf-sized rows of 64, 256 and 512 bytes
@@ -43,7 +43,7 @@ _GEMM_SQUARE = {"full": 2048, "quick": 1024}
 _GEMM_DLRM = ((2048, 512, 256), (2048, 367, 512), (2048, 1024, 1024))
 _BUDGET = {"full": {"warmup_ms": 60.0, "rep_ms": 300.0}, "quick": {"warmup_ms": 10.0, "rep_ms": 40.0}}  # all rounds
 _ROUNDS = {"full": 3, "quick": 1}
-CALL_BYTES = 64 << 20  # bytes counted per timed call of a cache-resident sweep (~1 ms at 64 GB/s)
+_CALL_BYTES = 64 << 20  # bytes counted per timed call of a cache-resident sweep (~1 ms at 64 GB/s)
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,11 @@ def skewed_arrays(count: int, n: int) -> list[np.ndarray]:
     return arrays
 
 
+def sweeps_per_call(level: str, counted_bytes: int) -> int:
+    """Sweeps of a cache-resident working set per timed call (about _CALL_BYTES counted); DRAM: one."""
+    return 1 if level == "DRAM" else max(1, _CALL_BYTES // counted_bytes)
+
+
 def stream_ceiling(kind: str, level: str, ws_bytes: int, threads: int, budget: dict[str, float]) -> Ceiling:
     from profiler.stream import kernels
 
@@ -173,7 +178,7 @@ def stream_ceiling(kind: str, level: str, ws_bytes: int, threads: int, budget: d
     n = max(16, ws_bytes // (narrays * 4) // (16 * threads) * 16 * threads)  # per array, 64-byte chunks
     arrays = skewed_arrays(narrays, n)
     counted = narrays * 4 * n
-    reps = max(1, CALL_BYTES // counted) if level != "DRAM" else 1
+    reps = sweeps_per_call(level, counted)
     if kind == "copy":
         call: Callable[[], object] = lambda: fn(arrays[0], arrays[1], threads, reps)  # noqa: E731
     else:

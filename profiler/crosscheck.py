@@ -117,7 +117,7 @@ def run_checks(fp: dict[str, Any], ceilings: list[Ceiling], *, reps: int = 7, ro
             continue
         n = sets[level] // 12
         a, b, c = (np.full(n, 1.0 + i, dtype=np.float32) for i in range(3))
-        sweeps = max(1, ceil.CALL_BYTES // (12 * n)) if level != "DRAM" else 1
+        sweeps = ceil.sweeps_per_call(level, 12 * n)
 
         def again(level: str = level) -> float:
             return ceil.stream_ceiling("triad", level, sets[level], 1, _RECHECK_BUDGET).value
