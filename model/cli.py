@@ -87,6 +87,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="lr falls as (1 - t)^2 towards 0 over this many updates, then holds (default 0: no decay)",
     )
     tr.add_argument(
+        "--output-bias-init",
+        choices=["reference", "prior"],
+        default="reference",
+        help="the last layer's starting bias: reference (drawn from N(0, 1), as the reference) or prior "
+        "(the log-odds of the training rows' positive rate; --data-generation dataset)",
+    )
+    tr.add_argument(
         "--ema-decay",
         type=float,
         default=0.0,
@@ -207,6 +214,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         cfg, note = fit_tables(cfg, sources.table_rows, bool(args.arch_embedding_size or args.load_model))
         notes.append(note)
     _check_memory(cfg)
+    output_bias = _output_bias(args, sources.train, notes)
     say = print if not args.dist_backend or os.environ.get("RANK", "0") == "0" else (lambda *_a: None)
     for note in notes:
         say(note)
@@ -240,6 +248,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         lr_decay_start_step=args.lr_decay_start_step,
         lr_num_decay_steps=args.lr_num_decay_steps,
         ema_decay=args.ema_decay,
+        output_bias=output_bias,
         extra={
             "batch_size": args.mini_batch_size,
             "pooling_factor": pooling,
@@ -251,6 +260,27 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     if not args.dist_backend:
         return run(cfg, train, sources.train, state_dict=state, test_data=sources.test)
     return _run_distributed(args, cfg, train, sources, state, pooling)
+
+
+def _output_bias(args: argparse.Namespace, data: Any, notes: list[str]) -> float | None:
+    """--output-bias-init prior: the log-odds of the training rows' positive rate (None: the reference's draw)."""
+    if args.output_bias_init == "reference":
+        return None
+    if args.load_model:
+        raise ValueError("--output-bias-init prior with --load-model: the loaded weights replace it")
+    if not hasattr(data, "positive_rate"):
+        raise ValueError(
+            f"--output-bias-init prior needs labelled training rows (--data-generation dataset), "
+            f"not --data-generation {args.data_generation}"
+        )
+    rate = data.positive_rate()
+    if not 0.0 < rate < 1.0:
+        raise ValueError(
+            f"--output-bias-init prior: the training rows' positive rate is {rate:g}; it needs both labels"
+        )
+    logit = math.log(rate / (1.0 - rate))
+    notes.append(f"output bias starts at {logit:.4f}, the log-odds of the training rows' positive rate {rate:.4f}")
+    return logit
 
 
 def _run_distributed(args: argparse.Namespace, cfg: DLRMConfig, train: TrainConfig, sources: Any, state: Any,

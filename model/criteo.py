@@ -133,6 +133,10 @@ class CriteoData:
     def __len__(self) -> int:
         return math.ceil(self.samples / self.batch_size)
 
+    def positive_rate(self) -> float:
+        """Share of label-1 rows in [start, stop)."""
+        return float(np.asarray(self.cache.labels[self.start : self.stop], dtype=np.float64).mean())
+
     def __iter__(self) -> Iterator[Batch]:
         order = np.arange(len(self))
         if self.shuffle:

@@ -67,6 +67,7 @@ class TrainConfig:
     lr_decay_start_step: int = 0
     lr_num_decay_steps: int = 0
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights (0: off)
+    output_bias: float | None = None  # the last layer's starting bias (log-odds); None: the reference's N(0, 1) draw
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in --json-out as given
 
 
@@ -226,6 +227,7 @@ def run(
             "a test split": test_data is not None,
             "--profile": train.profile_trace,
             "--ema-decay": train.ema_decay,
+            "--output-bias-init prior": train.output_bias is not None,
         }
         unsupported = [name for name, given in asked.items() if given]
         if unsupported:
@@ -233,6 +235,10 @@ def run(
         model: torch.nn.Module = dist_ctx.build_model(config, train.seed, log)
     else:
         model = DLRM(config, torch.Generator().manual_seed(train.seed))
+        if train.output_bias is not None:
+            if state_dict is not None:
+                raise ValueError("--output-bias-init prior with --load-model: the loaded weights replace it")
+            model.set_output_bias(train.output_bias)
     if state_dict is not None:
         model.load_state_dict(state_dict)
     model.to(device)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from model.criteo import EMPTY_ROW, UNSEEN_ROW, CategoryIndex, CriteoData, split_rows
 from model.criteo_cache import preprocess
@@ -198,3 +201,63 @@ def test_every_bundled_sample_loads_or_says_why(tmp_path):
         assert len(cache) >= 100 and cache.manifest["bad_lines"] == 0, path
     wide, _ = preprocess(SHARED / "wide-resdnn" / "train.txt", tmp_path / "w")
     assert (len(wide), wide.manifest["positives"]) == (8000, 1728)
+
+
+def test_output_bias_prior_starts_at_the_training_log_odds(tmp_path, capsys):
+    labels = [1] * 10 + [0] * 20 + [1] * 10  # training rows: the first 30 (10 positive); the last 10 are test rows
+    raw = _write(tmp_path / "train.txt", [_line(str(y)) for y in labels])
+    argv = ["train", "--data-generation=dataset", f"--raw-data-file={raw}", "--test-fraction=0.25",
+            f"--processed-data-file={tmp_path / 'c'}", "--arch-mlp-bot=13-4", "--arch-sparse-feature-size=4",
+            "--arch-mlp-top=8-1", "--arch-interaction-op=cat", "--mini-batch-size=10", "--learning-rate=0",
+            "--print-freq=100"]  # fmt: skip
+    logits = {}
+    for init in ("prior", "reference"):
+        out = tmp_path / f"{init}.pt"
+        assert main([*argv, f"--output-bias-init={init}", f"--save-model={out}"]) == 0
+        logits[init] = torch.load(out, weights_only=True)["state_dict"]["top.2.bias"].item()
+    assert logits["prior"] == pytest.approx(math.log((10 / 30) / (20 / 30)), abs=1e-6)
+    assert logits["reference"] != pytest.approx(logits["prior"], abs=1e-3)
+    assert "log-odds of the training rows' positive rate 0.3333" in capsys.readouterr().out
+    assert main(["train", "--output-bias-init=prior", "--num-batches=1"]) == 2
+    assert "needs labelled training rows (--data-generation dataset)" in capsys.readouterr().err
+    single = _write(tmp_path / "ones.txt", [_line("1")] * 8)
+    assert main([*argv[:2], f"--raw-data-file={single}", *argv[3:], "--output-bias-init=prior"]) == 2
+    assert "positive rate is 1; it needs both labels" in capsys.readouterr().err
+
+
+def _criteo_cv():
+    spec = importlib.util.spec_from_file_location(
+        "criteo_cv", Path(__file__).resolve().parents[1] / "scripts" / "criteo_cv.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_criteo_cv_holds_out_each_fold_once(tmp_path, capsys):
+    cv = _criteo_cv()
+    lines = [f"{i}\n" for i in range(7)]  # folds of 7 rows in 3: rows 0-1, 2-4, 5-6
+    assert cv.fold_lines(lines, 3, 0) == [lines[i] for i in (2, 3, 4, 5, 6, 0, 1)]
+    assert cv.fold_lines(lines, 3, 1) == [lines[i] for i in (0, 1, 5, 6, 2, 3, 4)]
+    assert cv.fold_lines(lines, 3, 2) == lines
+    rng = np.random.default_rng(1)
+    rows = []
+    for _ in range(60):
+        y = int(rng.random() < 0.4)
+        rows.append(_line(str(y), cats=[f"{int(rng.integers(0, 3)) + 4 * y:x}", *(f"{k:x}" for k in range(25))]))
+    raw = _write(tmp_path / "t.txt", rows)
+    out = tmp_path / "cv.json"
+    flags = ["--arch-sparse-feature-size=2", "--arch-mlp-bot=13-2", "--arch-mlp-top=4-1", "--arch-interaction-op=cat",
+             "--mini-batch-size=10", "--learning-rate=0.1", "--nepochs=2"]  # fmt: skip
+    assert (
+        cv.main([f"--raw-data-file={raw}", "--rows=50", "--folds=2", "--seeds=1,2", f"--json-out={out}", "--", *flags])
+        == 0
+    )
+    record = json.loads(out.read_text())
+    assert [f["rows"] for f in record["folds"]] == [[1, 25], [26, 50]] and record["rows"] == 50
+    assert all(len(f["dlrm"]) == 2 and f["dlrm"][0]["samples"] == 25 for f in record["folds"])
+    assert record["folds"][0]["baseline"]["auc"] > 0.9  # C1 gives the label away
+    assert "mean" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cv.main([f"--raw-data-file={raw}", "--", "--numpy-rand-seed=3"])
+    assert "sets the data, seed and output flags itself" in capsys.readouterr().err

@@ -1,0 +1,165 @@
+"""DLRM against one-hot logistic regression by K-fold cross-validation on the training rows (issue #6).
+
+    python scripts/criteo_cv.py [--raw-data-file F] [--rows 6400] [--folds 5] [--seeds 1,2,3] \
+        [--json-out cv.json] -- [dlrmbench train flags]
+
+One held-out split of 1,600 rows measures AUC to about +-0.012 (one standard error), more
+than the differences between the settings worth comparing; seeds move DLRM by as much again.
+This splits the first `--rows` rows (the README's training rows; the held-out tail is never
+read) into K contiguous folds. For each fold it writes a copy of the rows with that fold last
+into a temporary folder, trains DLRM on the others with the given `dlrmbench train` flags once
+per seed (`--test-fraction 1/K` holds the fold out, so the vocabulary comes from the training
+folds only), fits the baseline of tests/test_real_data.py on the same rows, and prints per
+fold and overall: DLRM's mean over seeds, the seeds' spread, the mean of the seeds'
+predictions (an ensemble), the baseline, and the paired difference. Without train flags it
+uses the README's Criteo command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import model.train as train_module
+from model.baseline import fit_logistic_cv
+from model.criteo import CategoryIndex, CriteoData, split_rows
+from model.criteo_cache import preprocess
+from model.quality import quality
+from profiler.cli import main as dlrmbench
+from profiler.store import write_json_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT / ".." / "shared" / "data" / "criteo" / "wide-resdnn" / "train.txt"
+README_FLAGS = [  # the README's Criteo command, less its data and output flags
+    "--min-category-count=5", "--arch-sparse-feature-size=8", "--arch-mlp-bot=13-64-8", "--arch-mlp-top=64-1",
+    "--arch-interaction-op=cat", "--mini-batch-size=256", "--optimizer=adagrad", "--learning-rate=0.002",
+    "--nepochs=20", "--data-shuffle", "--output-bias-init=prior",
+]  # fmt: skip
+_OWN = ("--raw-data-file", "--test-fraction", "--test-raw-data-file", "--numpy-rand-seed", "--json-out",
+        "--processed-data-file", "--save-model")  # fmt: skip
+
+
+def fold_lines(lines: list[str], folds: int, k: int) -> list[str]:
+    """The rows with fold k (the k-th of `folds` contiguous, near-equal parts) moved to the end."""
+    bounds = np.linspace(0, len(lines), folds + 1).round().astype(int)
+    lo, hi = bounds[k], bounds[k + 1]
+    return lines[:lo] + lines[hi:] + lines[lo:hi]
+
+
+def _dlrm_scores(argv: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Run `dlrmbench train`; the labels and scores of its final evaluation on the held-out fold."""
+    kept: dict[str, np.ndarray] = {}
+    evaluate = train_module.evaluate
+
+    def keep(model, data, device):  # evaluate() with the scores kept, for the ensemble
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                batches = [b.to(device) for b in data]
+                kept["scores"] = torch.cat(
+                    [model(b.dense, b.indices, b.offsets).float().cpu() for b in batches]
+                ).numpy()
+                kept["labels"] = torch.cat([b.labels.float().cpu() for b in batches]).numpy()
+        finally:
+            model.train(was)
+        return quality(kept["labels"], kept["scores"])
+
+    train_module.evaluate = keep
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            code = dlrmbench(argv)
+    finally:
+        train_module.evaluate = evaluate
+    if code != 0:
+        raise SystemExit(f"dlrmbench train {' '.join(argv)} failed ({code}):\n{out.getvalue()[-2000:]}")
+    return kept["labels"], kept["scores"]
+
+
+def _baseline(raw: Path, cache_dir: Path, test_fraction: float) -> dict:
+    cache, _ = preprocess(raw, cache_dir)
+    n_train = split_rows(len(cache), test_fraction)
+    index = CategoryIndex(cache.vocabulary(n_train))
+    batch = min(512, -(-n_train // 10))  # 512 as tests/test_real_data.py; at least 10 batches to hold some back
+    lr, _ = fit_logistic_cv(list(CriteoData(cache, index, batch, 0, n_train)), index.table_rows, 13,
+                            l2_grid=(1e-3, 3e-3, 1e-2))  # fmt: skip
+    return lr.evaluate(CriteoData(cache, index, 1024, n_train)).to_dict() | {"l2": lr.l2}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ours, flags = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--raw-data-file", type=Path, default=RAW)
+    p.add_argument("--rows", type=int, default=6400, help="the first this many rows are cross-validated")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seeds", default="1,2,3", help="DLRM seeds (--numpy-rand-seed) per fold")
+    p.add_argument("--json-out", type=Path)
+    args = p.parse_args(ours)
+    flags = flags or README_FLAGS
+    clash = [f for f in flags if f.split("=")[0] in _OWN]
+    if clash:
+        p.error(f"{', '.join(clash)}: this script sets the data, seed and output flags itself")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if not args.raw_data_file.is_file():
+        p.error(f"--raw-data-file {args.raw_data_file}: no such file")
+    lines = args.raw_data_file.read_text().splitlines(keepends=True)[: args.rows]
+    if args.folds < 2 or len(lines) < 10 * args.folds:
+        p.error(f"{len(lines)} rows in {args.folds} folds: need --folds >= 2 and 10 rows a fold")
+    record: dict = {"raw_data_file": str(args.raw_data_file), "rows": len(lines), "folds": [], "flags": flags,
+                    "seeds": seeds}  # fmt: skip
+    print(f"{'fold':>4} {'rows':>11} {'DLRM auc':>9} {'(seeds)':>15} {'ens auc':>8} {'LR auc':>7} {'d auc':>7} "
+          f"{'DLRM ll':>8} {'ens ll':>7} {'LR ll':>7} {'d ll':>7}")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="dlrmbench-cv-") as tmp:
+        for k in range(args.folds):
+            raw = Path(tmp) / f"fold{k}.txt"
+            raw.write_text("".join(fold_lines(lines, args.folds, k)))
+            bounds = np.linspace(0, len(lines), args.folds + 1).round().astype(int)
+            lo, hi = int(bounds[k]), int(bounds[k + 1])
+            frac = (hi - lo) / len(lines)  # exactly this fold's rows: split_rows rounds n * frac
+            runs, scores = [], []
+            for seed in seeds:
+                labels, s = _dlrm_scores(["train", "--data-generation=dataset", f"--raw-data-file={raw}",
+                                               f"--test-fraction={frac}", f"--processed-data-file={tmp}/c{k}",
+                                               f"--numpy-rand-seed={seed}", *flags])  # fmt: skip
+                runs.append(quality(labels, s).to_dict())
+                scores.append(s)
+            ens = quality(labels, np.mean(scores, 0)).to_dict()
+            lr = _baseline(raw, Path(tmp) / f"c{k}", frac)
+            auc = [r["auc"] for r in runs]
+            ll = [r["logloss"] for r in runs]
+            assert runs[0]["samples"] == hi - lo, "the held-out split must be exactly the fold"
+            fold = {"fold": k, "rows": [lo + 1, hi], "samples": hi - lo, "dlrm": runs, "ensemble": ens, "baseline": lr}
+            record["folds"].append(fold)
+            print(f"{k:>4} {lo + 1:>5}-{hi:<5} {np.mean(auc):9.4f} "
+                  f"{min(auc):7.4f}-{max(auc):.4f} {ens['auc']:8.4f} {lr['auc']:7.4f} "
+                  f"{np.mean(auc) - lr['auc']:+7.4f} {np.mean(ll):8.4f} {ens['logloss']:7.4f} "
+                  f"{lr['logloss']:7.4f} {np.mean(ll) - lr['logloss']:+7.4f}", flush=True)  # fmt: skip
+    folds = record["folds"]
+    mean = {
+        "dlrm_auc": float(np.mean([np.mean([r["auc"] for r in f["dlrm"]]) for f in folds])),
+        "dlrm_logloss": float(np.mean([np.mean([r["logloss"] for r in f["dlrm"]]) for f in folds])),
+        "ensemble_auc": float(np.mean([f["ensemble"]["auc"] for f in folds])),
+        "ensemble_logloss": float(np.mean([f["ensemble"]["logloss"] for f in folds])),
+        "baseline_auc": float(np.mean([f["baseline"]["auc"] for f in folds])),
+        "baseline_logloss": float(np.mean([f["baseline"]["logloss"] for f in folds])),
+    }
+    record["mean"] = mean
+    print(f"mean {'':>11} {mean['dlrm_auc']:9.4f} {'':>15} {mean['ensemble_auc']:8.4f} {mean['baseline_auc']:7.4f} "
+          f"{mean['dlrm_auc'] - mean['baseline_auc']:+7.4f} {mean['dlrm_logloss']:8.4f} "
+          f"{mean['ensemble_logloss']:7.4f} {mean['baseline_logloss']:7.4f} "
+          f"{mean['dlrm_logloss'] - mean['baseline_logloss']:+7.4f}")  # fmt: skip
+    if args.json_out:
+        write_json_atomic(args.json_out, record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
