@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from profiler.plots import add_shared_options, find_spec, make_plot, plot_settings
-from profiler.results import Machine, ResultSet, group_by, load_results, point_label, select, varying_fields
+from profiler.results import (
+    Machine,
+    ResultSet,
+    group_by,
+    kernel_label,
+    load_results,
+    point_label,
+    select,
+    varying_fields,
+)
 
 __all__ = ["Aligned", "add_commands", "align", "format_ratio_tables", "write_comparison"]
 
@@ -80,7 +89,7 @@ def format_ratio_tables(aligned: list[Aligned], skus: list[str], machines: dict[
         lines += ["", f"sweep {sweep}", head]
         for a, label in zip(group, labels, strict=True):
             r0 = a.rows.get(ref)
-            row = f"{label:<{label_w}}{next(iter(a.rows.values()))['kernel']:<14}"
+            row = f"{label:<{label_w}}{kernel_label(next(iter(a.rows.values()))):<14}"
             row += f"{r0['median_s'] * 1e3:10.3f}{r0.get('gbps') or 0:9.2f}" if r0 else f"{'-':>10}{'-':>9}"
             for other in skus[1:]:
                 r, q = a.rows.get(other), a.ratio(ref, other)

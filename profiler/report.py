@@ -16,7 +16,7 @@ from typing import Any
 
 from profiler.plot_style import format_bytes
 from profiler.plots import add_shared_options, find_spec, make_plot, plot_settings
-from profiler.results import Machine, load_results, point_label, select, varying_fields
+from profiler.results import Machine, kernel_label, load_results, point_label, select, varying_fields
 
 __all__ = [
     "add_commands",
@@ -39,11 +39,6 @@ def _ms(seconds: float | None) -> str:
 
 def _num(value: float | None, fmt: str = ".3g") -> str:
     return format(value, fmt) if value is not None else "-"
-
-
-def _kernel(row: dict[str, Any]) -> str:
-    """The kernel, or for an all-to-all point the collective backend (it runs no embedding kernel)."""
-    return str(row.get("backend") or "-") if row.get("target") == "all_to_all" else str(row["kernel"])
 
 
 def _working_set(row: dict[str, Any]) -> str:
@@ -101,7 +96,7 @@ def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
             status += f": {r['reason']}"
         frac = r.get("frac_of_ceiling")
         out.append([
-            point_label(r, shown, short=True) or "-", _kernel(r), _working_set(r), _ms(r.get("median_s")),
+            point_label(r, shown, short=True) or "-", kernel_label(r), _working_set(r), _ms(r.get("median_s")),
             _ms(r.get("iqr_s")),
             _num(r.get("gbps")), _num(r.get("gflops")) if r.get("flops") else "-",
             f"{frac:.0%}" if frac is not None else "-",

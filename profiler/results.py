@@ -24,6 +24,7 @@ __all__ = [
     "ResultSet",
     "band",
     "group_by",
+    "kernel_label",
     "load_results",
     "machine_name",
     "point_label",
@@ -234,6 +235,11 @@ def varying_fields(rows: list[dict[str, Any]], exclude: Iterable[str] = ()) -> l
     """Point fields (sweep excluded) that take more than one value over `rows`, in Point order."""
     skip = {"sweep", *exclude}
     return [f for f in POINT_FIELDS if f not in skip and len({str(r.get(f)) for r in rows}) > 1]
+
+
+def kernel_label(row: dict[str, Any]) -> str:
+    """The kernel, or for an all-to-all point the collective backend (it runs no embedding kernel)."""
+    return str(row.get("backend") or "-") if row.get("target") == "all_to_all" else str(row["kernel"])
 
 
 def point_label(row: dict[str, Any], keys: list[str], *, short: bool = False) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from synthetic_results import CEILINGS, bag_point, write_sku
 
@@ -12,6 +14,7 @@ from profiler.plot_style import save_figure
 from profiler.plots import make_plot, plot_settings
 from profiler.results import band, group_by, load_results, select
 from profiler.speedup import format_speedup_table, speedups
+from profiler.sweep_spec import Point
 
 TRIAD_L1, TRIAD_L2, _, GATHER, _, _ = CEILINGS
 
@@ -158,3 +161,20 @@ def test_memory_roofs_bend_at_the_measured_compute_roof_not_the_derived_peak(tmp
     assert max(l1.get_ydata()) == pytest.approx(100.0)
     derived = next(line for label, line in lines.items() if "(derived)" in label)
     assert derived.get_linestyle() == "--" and set(derived.get_ydata()) == {400.0}
+
+
+def test_compare_names_the_backend_of_all_to_all_points(tmp_path):
+    point = Point(target="all_to_all", world_size=2, batch_size=64, num_rows=1000, embedding_dim=16, sweep="a2a")
+    sets = []
+    for sku, t in (("sku-a", 2e-3), ("sku-b", 1e-3)):
+        folder = write_sku(tmp_path, sku, f"Synthetic {sku}", [(point, t, None)], sweep="a2a")
+        path = folder / "a2a.jsonl"
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        for rec in lines[1:]:
+            rec["derived"]["backend"] = "gloo"  # what the runner records for a collective point
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        sets.append(load_results(folder))
+    aligned, skus = align(sets)
+    text = format_ratio_tables(aligned, skus, {k: v for s in sets for k, v in s.machines.items()})
+    row = next(line for line in text.splitlines() if "2.00x" in line and "geomean" not in line)
+    assert "gloo" in row and "torch" not in row
