@@ -65,7 +65,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="the embedding tables' learning rate (default 0: --learning-rate, as the reference)",
     )
-    tr.add_argument("--optimizer", choices=["sgd", "adagrad"], default="sgd", help="as the reference (default sgd)")
+    tr.add_argument(
+        "--optimizer",
+        choices=["sgd", "adagrad", "rwsadagrad"],
+        default="sgd",
+        help="as the reference (default sgd); rwsadagrad: Adagrad with one accumulator per table row, FBGEMM's",
+    )
     tr.add_argument(
         "--weight-decay",
         type=float,

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from kernels.update import scatter_add_rows
 
-__all__ = ["SGD", "LRSchedule", "WeightEMA"]
+__all__ = ["SGD", "LRSchedule", "RowWiseAdagrad", "WeightEMA"]
 
 _MIN_DECAYED_LR = 1e-7  # the reference's floor while (and after) the rate decays
 
@@ -58,6 +59,52 @@ class SGD(torch.optim.Optimizer):
                 if wd:
                     torch._foreach_mul_(dense_p, 1.0 - lr * wd)
                 torch._foreach_add_(dense_p, dense_g, alpha=-lr)
+        return None
+
+
+class RowWiseAdagrad(torch.optim.Optimizer):
+    """Adagrad with one accumulator per embedding row: FBGEMM's exact row-wise Adagrad, the
+    reference's `--optimizer rwsadagrad`. A row's accumulator adds the mean of its squared gradient
+    and the whole row steps by -lr * g / (sqrt(accumulator) + eps): one float of state per row
+    instead of D. Duplicate rows of a sparse gradient are summed first (the update is not linear).
+
+    Row-wise for sparse gradients and for parameter groups marked `row_wise` (the tables, whatever
+    form their gradient takes); element-wise, as torch.optim.Adagrad, for everything else.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float, eps: float = 1e-10):
+        if lr < 0:
+            raise ValueError(f"learning rate must be >= 0, got {lr}")
+        super().__init__(params, {"lr": lr, "eps": eps, "row_wise": False})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for group in self.param_groups:
+            lr, eps = group["lr"], group["eps"]
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                state = self.state[p]
+                if not (g.is_sparse or group["row_wise"]):
+                    if "sum" not in state:
+                        state["sum"] = torch.zeros_like(p)
+                    state["sum"].addcmul_(g, g)
+                    p.addcdiv_(g, state["sum"].sqrt().add_(eps), value=-lr)
+                    continue
+                if p.dim() != 2:
+                    raise ValueError(f"row-wise Adagrad needs a 2-D table, got a parameter of shape {tuple(p.shape)}")
+                if "row_sum" not in state:
+                    state["row_sum"] = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
+                acc = state["row_sum"]
+                if g.is_sparse:
+                    g = g.coalesce()
+                    rows, values = g.indices()[0], g.values()
+                    acc.index_add_(0, rows, values.square().mean(1))
+                    p.index_add_(0, rows, values / (acc[rows].sqrt() + eps).unsqueeze(1), alpha=-lr)
+                else:
+                    acc.add_(g.square().mean(1))
+                    p.addcdiv_(g, (acc.sqrt() + eps).unsqueeze(1), value=-lr)
         return None
 
 

@@ -18,7 +18,7 @@ from model.config import DLRMConfig, EmbeddingGrad
 from model.data import Batch, RandomData
 from model.distributed import DistContext
 from model.dlrm import DLRM
-from model.optim import SGD, LRSchedule, WeightEMA
+from model.optim import SGD, LRSchedule, RowWiseAdagrad, WeightEMA
 from model.quality import Quality, quality
 from profiler.store import write_json_atomic
 
@@ -47,7 +47,7 @@ class LossFunction(StrEnum):
 class TrainConfig:
     learning_rate: float = 0.01  # the reference's default
     embedding_learning_rate: float = 0.0  # the embedding tables' rate; 0: learning_rate, as the reference
-    optimizer: str = "sgd"  # sgd | adagrad (the reference's --optimizer names)
+    optimizer: str = "sgd"  # sgd | adagrad | rwsadagrad (the reference's --optimizer names)
     weight_decay: float = 0.0  # L2; sgd only (lazy on embedding rows)
     nepochs: int = 1
     num_batches: int = 0  # 0: one pass over the data
@@ -100,18 +100,19 @@ def make_loss(kind: LossFunction, weights: tuple[float, float]) -> Callable[[tor
 def make_optimizer(
     name: str, params: Iterable[Any], lr: float, config: DLRMConfig, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
-    """SGD (ours: parallel sparse updates) or torch's Adagrad, which takes the sparse embedding gradient too."""
+    """SGD (ours: parallel sparse updates), torch's Adagrad (which takes the sparse embedding gradient
+    too) or row-wise Adagrad on the tables (groups marked `row_wise`; model.optim.RowWiseAdagrad)."""
     if weight_decay and config.embedding_grad == EmbeddingGrad.FUSED:
         raise NotImplementedError("--weight-decay with --embedding-grad fused: the fused update has no decay term")
     if name == "sgd":
         return SGD(params, lr=lr, weight_decay=weight_decay)
     if weight_decay:
         raise NotImplementedError("--weight-decay is implemented for --optimizer sgd only")
-    if name == "adagrad":
+    if name in ("adagrad", "rwsadagrad"):
         if config.embedding_grad == EmbeddingGrad.FUSED:
-            raise NotImplementedError("--optimizer adagrad with --embedding-grad fused: fused updates are SGD only")
-        return torch.optim.Adagrad(params, lr=lr)
-    raise ValueError(f"--optimizer {name!r}: allowed: sgd, adagrad")
+            raise NotImplementedError(f"--optimizer {name} with --embedding-grad fused: fused updates are SGD only")
+        return torch.optim.Adagrad(params, lr=lr) if name == "adagrad" else RowWiseAdagrad(params, lr=lr)
+    raise ValueError(f"--optimizer {name!r}: allowed: sgd, adagrad, rwsadagrad")
 
 
 def warm_up(config: DLRMConfig, train: TrainConfig, device: torch.device) -> float:
@@ -248,7 +249,7 @@ def run(
     emb_params = list(model.embeddings.parameters())
     emb_ids = {id(p) for p in emb_params}
     groups = [
-        {"params": emb_params, "lr": emb_lr},
+        {"params": emb_params, "lr": emb_lr, "row_wise": True},  # row_wise: read by RowWiseAdagrad only
         {"params": [p for p in model.parameters() if id(p) not in emb_ids]},
     ]
     optimizer = make_optimizer(train.optimizer, groups, train.learning_rate, config, train.weight_decay)

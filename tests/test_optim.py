@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kernels.update import scatter_add_rows
-from model.optim import SGD
+from model.optim import SGD, RowWiseAdagrad
+from profiler.cli import main
 
 
 def test_scatter_add_rows_matches_a_python_loop():
@@ -111,3 +112,53 @@ def test_weight_decay_refused_where_it_has_no_meaning():
         make_optimizer("sgd", p, 0.1, DLRMConfig(embedding_grad=EmbeddingGrad.FUSED), weight_decay=0.1)
     with pytest.raises(ValueError, match="weight decay must be >= 0"):
         SGD(p, lr=0.1, weight_decay=-1.0)
+
+
+def _rowwise_by_hand(table, steps, lr, eps=1e-10):
+    """Row-wise Adagrad with plain loops: per step, duplicate rows summed, then per row
+    acc += mean(g^2) and row -= lr * g / (sqrt(acc) + eps)."""
+    w = [list(map(float, row)) for row in table.tolist()]
+    acc = [0.0] * len(w)
+    for rows, grads in steps:
+        summed: dict[int, list[float]] = {}
+        for r, g in zip(rows.tolist(), grads.tolist(), strict=True):
+            summed[r] = [a + b for a, b in zip(summed.get(r, [0.0] * len(g)), g, strict=True)]
+        for r, g in summed.items():
+            acc[r] += sum(x * x for x in g) / len(g)
+            w[r] = [x - lr * gx / (acc[r] ** 0.5 + eps) for x, gx in zip(w[r], g, strict=True)]
+    return torch.tensor(w, dtype=torch.float64)
+
+
+def test_rowwise_adagrad_matches_a_python_loop_and_torch_adagrad_on_dense_params():
+    gen = torch.Generator().manual_seed(0)
+    table0, bias0 = (
+        torch.randn(6, 3, generator=gen, dtype=torch.float64),
+        torch.randn(4, generator=gen, dtype=torch.float64),
+    )
+    steps = [(torch.tensor([1, 4, 1]), torch.randn(3, 3, generator=gen, dtype=torch.float64)),  # row 1 twice
+             (torch.tensor([4, 0]), torch.randn(2, 3, generator=gen, dtype=torch.float64))]  # fmt: skip
+    dense_grads = [torch.randn(4, generator=gen, dtype=torch.float64) for _ in steps]
+    expected = _rowwise_by_hand(table0, steps, lr=0.1)
+    bias_ref = bias0.clone().requires_grad_()
+    ref = torch.optim.Adagrad([bias_ref], lr=0.1)
+    for as_dense in (False, True):  # a sparse gradient, or the same as a dense (E, D) one in a row_wise group
+        table, bias = table0.clone().requires_grad_(), bias0.clone().requires_grad_()
+        opt = RowWiseAdagrad([{"params": [table], "row_wise": True}, {"params": [bias]}], lr=0.1)
+        for (rows, grads), dg in zip(steps, dense_grads, strict=True):
+            sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape)
+            table.grad = sparse.to_dense() if as_dense else sparse
+            bias.grad = dg.clone()
+            opt.step()
+        torch.testing.assert_close(table.detach(), expected)
+        assert len(opt.state[table]["row_sum"]) == 6  # one accumulator per row
+    for dg in dense_grads:
+        bias_ref.grad = dg.clone()
+        ref.step()
+    torch.testing.assert_close(bias.detach(), bias_ref.detach())
+
+
+def test_rwsadagrad_trains_from_the_cli_and_refuses_fused(capsys):
+    base = ["train", "--num-batches=3", "--mini-batch-size=8", "--optimizer=rwsadagrad", "--print-freq=100"]
+    assert main(base) == 0
+    assert main([*base, "--embedding-grad=fused"]) == 2
+    assert "--optimizer rwsadagrad with --embedding-grad fused" in capsys.readouterr().err
