@@ -12,6 +12,7 @@ Layout of a cache folder (no pickle anywhere):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -24,14 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from model.criteo_format import NUM_CAT, NUM_DENSE, BadLine, detect_layout, iter_lines, open_raw, parse_line
+from model import criteo_fast
+from model.criteo_format import NUM_CAT, NUM_DENSE, BadLine, Layout, detect_layout, iter_lines, open_raw, parse_line
 
 __all__ = ["CACHE_VERSION", "BadLinePolicy", "CriteoCache", "default_cache_dir", "preprocess"]
 
 CACHE_VERSION = 1  # 1: labels/dense/cats/cat_empty .npy + manifest.json
-_CHUNK_LINES = 65536  # lines parsed between two writes to the memmaps
+_CHUNK_LINES = 65536  # lines parsed between two writes to the memmaps (per-line parser)
+_CHUNK_BYTES = 8 << 20  # raw bytes parsed between two appends to the .npy files (compiled parser)
 _MAX_EXAMPLES = 5  # bad lines quoted in the manifest
 _FILES = ("labels.npy", "dense.npy", "cats.npy", "cat_empty.npy")
+_DTYPES = (np.float32, np.float32, np.uint32, np.uint32)
 
 
 @unique
@@ -181,13 +185,14 @@ def preprocess(raw_path: str | os.PathLike[str], cache_dir: str | os.PathLike[st
     return CriteoCache(folder, manifest), True
 
 
-def _build(raw: Path, folder: Path, on_bad_line: str) -> dict[str, Any]:
-    lines = _count_lines(raw)
+def _build(
+    raw: Path, folder: Path, on_bad_line: str, *, compiled: bool = True, chunk_bytes: int = _CHUNK_BYTES
+) -> dict[str, Any]:
     tmp = folder / f".build-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        stats = _parse_into(raw, tmp, lines, on_bad_line)
+        stats = _parse_into(raw, tmp, on_bad_line, compiled, chunk_bytes)
         for name in _FILES:
             os.replace(tmp / name, folder / name)
         for old in folder.glob("vocab-*.npy"):
@@ -197,7 +202,51 @@ def _build(raw: Path, folder: Path, on_bad_line: str) -> dict[str, Any]:
     return stats
 
 
-def _parse_into(raw: Path, tmp: Path, lines: int, on_bad_line: str) -> dict[str, Any]:
+class _BadLines:
+    """The --on-bad-line policy: raise at the first bad line, or count them and keep the first few."""
+
+    def __init__(self, raw: Path, policy: str):
+        self.raw, self.policy = raw, policy
+        self.count = 0
+        self.examples: list[dict[str, Any]] = []
+
+    def add(self, lineno: int, line: str, exc: BadLine) -> None:
+        self.count += 1
+        if self.policy == BadLinePolicy.ERROR:
+            raise ValueError(
+                f"{self.raw}:{lineno}: bad line: {exc.reason}: {line[:200]!r} "
+                "(--on-bad-line skip drops such lines and counts them)"
+            ) from None
+        if len(self.examples) < _MAX_EXAMPLES:
+            self.examples.append({"line": lineno, "reason": exc.reason})
+
+
+def _parse_into(raw: Path, tmp: Path, on_bad_line: str, compiled: bool, chunk_bytes: int) -> dict[str, Any]:
+    bad = _BadLines(raw, on_bad_line)
+    layout = None
+    if compiled and criteo_fast.AVAILABLE:
+        with open_raw(raw) as f:
+            layout = detect_layout(next(iter_lines(f, raw))[1], raw)
+    # the headered CSV variants (rare, and small) stay on the per-line parser
+    if layout is not None and layout.name == "tsv":
+        rows, lines = _fill_compiled(raw, tmp, layout, bad, chunk_bytes)
+    else:
+        layout, rows, lines = _fill_per_line(raw, tmp, bad)
+    labels = np.load(tmp / "labels.npy", mmap_mode="r")
+    return {
+        "cache_version": CACHE_VERSION,
+        "format": layout.name,
+        "rows": rows,
+        "lines": lines,
+        "bad_lines": bad.count,
+        "bad_line_examples": bad.examples,
+        "positives": int(labels.sum(dtype=np.float64)),
+    }
+
+
+def _fill_per_line(raw: Path, tmp: Path, bad: _BadLines) -> tuple[Layout, int, int]:
+    """The reference: criteo_format.parse_line on every line, into memmaps sized by a first pass counting lines."""
+    lines = _count_lines(raw)
     open_mm = np.lib.format.open_memmap
     arrays = {
         "labels.npy": open_mm(tmp / "labels.npy", "w+", np.float32, (lines,)),
@@ -205,8 +254,7 @@ def _parse_into(raw: Path, tmp: Path, lines: int, on_bad_line: str) -> dict[str,
         "cats.npy": open_mm(tmp / "cats.npy", "w+", np.uint32, (lines, NUM_CAT)),
         "cat_empty.npy": open_mm(tmp / "cat_empty.npy", "w+", np.uint32, (lines,)),
     }
-    rows = bad = 0
-    examples: list[dict[str, Any]] = []
+    rows = 0
     layout = None
     chunk: list[tuple] = []
     with open_raw(raw) as f:
@@ -218,21 +266,14 @@ def _parse_into(raw: Path, tmp: Path, lines: int, on_bad_line: str) -> dict[str,
             try:
                 s = parse_line(line, layout)
             except BadLine as exc:
-                bad += 1
-                if on_bad_line == BadLinePolicy.ERROR:
-                    raise ValueError(
-                        f"{raw}:{lineno}: bad line: {exc.reason}: {line[:200]!r} "
-                        "(--on-bad-line skip drops such lines and counts them)"
-                    ) from None
-                if len(examples) < _MAX_EXAMPLES:
-                    examples.append({"line": lineno, "reason": exc.reason})
+                bad.add(lineno, line, exc)
                 continue
             chunk.append((s.label, s.dense, s.cats))
             if len(chunk) == _CHUNK_LINES:
                 rows = _flush(arrays, rows, chunk)
     rows = _flush(arrays, rows, chunk)
     if rows == 0:
-        raise ValueError(f"{raw}: no valid sample ({bad} bad line(s))")
+        raise ValueError(f"{raw}: no valid sample ({bad.count} bad line(s))")
     for arr in arrays.values():
         arr.flush()
     if rows < lines:  # header or skipped lines: write arrays of the exact length
@@ -243,31 +284,116 @@ def _parse_into(raw: Path, tmp: Path, lines: int, on_bad_line: str) -> dict[str,
         for name in _FILES:
             os.replace(tmp / f"exact-{name}", tmp / name)
     assert layout is not None
-    labels = np.load(tmp / "labels.npy", mmap_mode="r")
-    return {
-        "cache_version": CACHE_VERSION,
-        "format": layout.name,
-        "rows": rows,
-        "lines": lines,
-        "bad_lines": bad,
-        "bad_line_examples": examples,
-        "positives": int(labels.sum(dtype=np.float64)),
-    }
+    return layout, rows, lines
 
 
 def _flush(arrays: dict[str, np.ndarray], rows: int, chunk: list[tuple]) -> int:
     if not chunk:
         return rows
+    labels, dense_raw, cats, cat_empty = _columns(chunk)
     n = len(chunk)
+    arrays["labels.npy"][rows : rows + n] = labels
+    arrays["dense.npy"][rows : rows + n] = _dense(dense_raw)
+    arrays["cats.npy"][rows : rows + n] = cats
+    arrays["cat_empty.npy"][rows : rows + n] = cat_empty
+    chunk.clear()
+    return rows + n
+
+
+def _columns(chunk: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(label, dense, cats) tuples from parse_line as labels, raw dense float64, cats and the empty bitmask."""
     labels, dense, cats = zip(*chunk, strict=True)
     dense_raw = np.array(dense, dtype=np.float64)  # (n, 13); Python ints of any size
     cat_raw = np.array(cats, dtype=np.int64)  # (n, 26), empty -1
     empty = cat_raw < 0
-    arrays["labels.npy"][rows : rows + n] = labels
-    arrays["dense.npy"][rows : rows + n] = np.log1p(np.maximum(dense_raw, 0.0))
-    arrays["cats.npy"][rows : rows + n] = np.where(empty, 0, cat_raw).astype(np.uint32)
-    arrays["cat_empty.npy"][rows : rows + n] = (empty.astype(np.uint32) << np.arange(NUM_CAT, dtype=np.uint32)).sum(
-        1, dtype=np.uint32
+    return (
+        np.array(labels, dtype=np.float32),
+        dense_raw,
+        np.where(empty, 0, cat_raw).astype(np.uint32),
+        (empty.astype(np.uint32) << np.arange(NUM_CAT, dtype=np.uint32)).sum(1, dtype=np.uint32),
     )
-    chunk.clear()
-    return rows + n
+
+
+def _dense(dense_raw: np.ndarray) -> np.ndarray:
+    return np.log1p(np.maximum(dense_raw, 0.0)).astype(np.float32)
+
+
+def _fill_compiled(raw: Path, tmp: Path, layout: Layout, bad: _BadLines, chunk_bytes: int) -> tuple[int, int]:
+    """Raw TSV through criteo_fast in one pass: lines are counted as they are parsed and rows appended to the files.
+
+    The lines criteo_fast flags go through parse_line, which accepts them or says why not.
+    """
+    rows = lines = 0  # lines: before the chunk
+    with contextlib.ExitStack() as stack:
+        out = [
+            stack.enter_context(_NpyAppender(tmp / name, dtype, row_shape))
+            for name, dtype, row_shape in zip(_FILES, _DTYPES, ((), (NUM_DENSE,), (NUM_CAT,), ()), strict=True)
+        ]
+        f = stack.enter_context(open_raw(raw))
+        for buf in criteo_fast.read_chunks(f, chunk_bytes):
+            c = criteo_fast.parse_tsv_chunk(buf)
+            keep = ~c.flagged
+            accepted: list[int] = []
+            parsed: list[tuple] = []
+            for k in np.flatnonzero(c.flagged).tolist():
+                line = buf[c.starts[k] : c.starts[k + 1]].tobytes().decode("utf-8", errors="replace").rstrip("\r\n")
+                try:
+                    s = parse_line(line, layout)
+                except BadLine as exc:
+                    bad.add(lines + k + 1, line, exc)
+                    continue
+                accepted.append(k)
+                parsed.append((s.label, s.dense, s.cats))
+            if parsed:
+                c.labels[accepted], c.dense[accepted], c.cats[accepted], c.cat_empty[accepted] = _columns(parsed)
+                keep[accepted] = True
+            block = (c.labels, c.dense, c.cats, c.cat_empty)
+            if not keep.all():
+                block = tuple(a[keep] for a in block)
+            labels, dense_raw, cats, cat_empty = block
+            for appender, values in zip(out, (labels, _dense(dense_raw), cats, cat_empty), strict=True):
+                appender.append(values)
+            rows += len(labels)
+            lines += len(keep)
+        if rows == 0:
+            raise ValueError(f"{raw}: no valid sample ({bad.count} bad line(s))")
+    return rows, lines
+
+
+class _NpyAppender:
+    """An .npy file written a block of rows at a time, its header (shape) rewritten on close.
+
+    numpy pads the header so that the row count can grow to 21 digits in place (the same rule
+    lets np.lib.format.open_memmap files be appended to), so the final header fits the space
+    the first one took and the file is byte for byte what np.save would write.
+    """
+
+    def __init__(self, path: Path, dtype: type, row_shape: tuple[int, ...]):
+        self.path, self.dtype, self.row_shape = path, np.dtype(dtype), row_shape
+        self.rows = 0
+        self.f = open(path, "wb")  # closed by __exit__
+        self.data_offset = self._write_header()
+
+    def _write_header(self) -> int:
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.rows, *self.row_shape),
+        }
+        np.lib.format.write_array_header_1_0(self.f, header)
+        return self.f.tell()
+
+    def append(self, block: np.ndarray) -> None:
+        self.f.write(np.ascontiguousarray(block, dtype=self.dtype).data)
+        self.rows += len(block)
+
+    def __enter__(self) -> _NpyAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.f.seek(0)
+            if self._write_header() != self.data_offset:
+                raise RuntimeError(f"{self.path}: the .npy header for {self.rows} rows outgrew the first one")
+        finally:
+            self.f.close()

@@ -1,0 +1,118 @@
+"""Criteo raw TSV preprocessing, the per-line parser against the compiled one, alternating.
+
+    python scripts/bench_criteo_parse.py [--lines 400000] [--rounds 3] [--formats plain,gzip] [--json-out PATH]
+
+Writes, in a temporary folder outside the repository, a file of --lines lines by repeating the
+bundled sample (../shared/data/criteo/wide-resdnn/train.txt), gzipped too for the gzip format,
+then builds its cache with each parser in turn for --rounds rounds (the order flips every round,
+so drift of this shared host hits both alike) and prints the median lines/s of each and their
+ratio. A build is the whole preprocessing: the line count, the parse, the memmap writes. Every
+build must give the same stats and byte-identical arrays as the first per-line one. The
+compiled kernel is loaded (or compiled) once before timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from model import criteo_fast
+from model.criteo_cache import _FILES, _build
+from profiler.store import write_json_atomic
+
+SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "criteo" / "wide-resdnn" / "train.txt"
+PARSERS = ("per-line", "compiled")
+
+
+def write_sample(path: Path, sample: Path, lines: int, gz: bool) -> None:
+    """`lines` lines of `sample`, repeated as often as needed."""
+    text = sample.read_bytes().splitlines(keepends=True)
+    with gzip.open(path, "wb", compresslevel=6) if gz else open(path, "wb") as f:
+        for _ in range(lines // len(text)):
+            f.write(b"".join(text))
+        f.write(b"".join(text[: lines % len(text)]))
+
+
+def build(raw: Path, folder: Path, parser: str) -> tuple[float, dict[str, Any], list[str]]:
+    """Seconds, stats and a digest of each cache array."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    t0 = time.perf_counter()
+    stats = _build(raw, folder, "error", compiled=parser == "compiled")
+    seconds = time.perf_counter() - t0
+    digests = [hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in _FILES]
+    return seconds, stats, digests
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lines", type=int, default=400_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--formats", default="plain,gzip", help="comma-separated: plain, gzip")
+    ap.add_argument("--sample", type=Path, default=SAMPLE, help="raw TSV file to repeat")
+    ap.add_argument("--json-out", type=Path, help="write the figures here (JSON)")
+    args = ap.parse_args()
+    formats = args.formats.split(",")
+    if not set(formats) <= {"plain", "gzip"} or args.rounds < 1 or args.lines < 1:
+        ap.error("--formats takes plain and/or gzip; --rounds and --lines must be positive")
+    if not criteo_fast.AVAILABLE:
+        raise SystemExit("numba is not installed: there is no compiled parser to compare")
+    if not args.sample.is_file():
+        raise SystemExit(f"{args.sample}: no such file (pass --sample)")
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-criteo-parse-") as tmp_name:
+        tmp = Path(tmp_name)
+        warm = tmp / "warm.txt"
+        write_sample(warm, args.sample, 100, False)
+        build(warm, tmp / "warm", "compiled")
+        for fmt in formats:
+            raw = tmp / ("train.txt.gz" if fmt == "gzip" else "train.txt")
+            write_sample(raw, args.sample, args.lines, fmt == "gzip")
+            seconds: dict[str, list[float]] = {p: [] for p in PARSERS}
+            reference = None
+            for r in range(args.rounds):
+                for parser in PARSERS if r % 2 == 0 else PARSERS[::-1]:
+                    s, stats, digests = build(raw, tmp / "cache", parser)
+                    reference = reference or (stats, digests)
+                    if (stats, digests) != reference:
+                        raise SystemExit(f"{fmt}, round {r + 1}: the {parser} cache differs from the per-line one")
+                    seconds[parser].append(s)
+            rows = reference[0]["lines"]
+            rates = {p: rows / statistics.median(seconds[p]) for p in PARSERS}
+            results.append(
+                {
+                    "format": fmt,
+                    "lines": rows,
+                    "file_bytes": raw.stat().st_size,
+                    "seconds": seconds,
+                    "lines_per_s": rates,
+                    "speedup": rates["compiled"] / rates["per-line"],
+                    "identical": True,
+                }
+            )
+
+    print(f"{'format':<8}{'lines':>10}{'per-line lines/s':>18}{'compiled lines/s':>18}{'speedup':>9}")
+    for res in results:
+        rate = res["lines_per_s"]
+        print(f"{res['format']:<8}{res['lines']:>10,}{rate['per-line']:>18,.0f}{rate['compiled']:>18,.0f}"
+              f"{res['speedup']:>8.1f}x")  # fmt: skip
+    print(f"medians of {args.rounds} rounds each; both parsers gave byte-identical caches")
+    if args.json_out:
+        record = {"rounds": args.rounds, "cpus": os.cpu_count(), "sample": str(args.sample.resolve())}
+        write_json_atomic(args.json_out, record | {"python": sys.version.split()[0], "results": results})
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
