@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["numba_threads", "scatter_add_rows", "sgd_from_bags"]
+__all__ = ["adagrad_rows", "numba_threads", "scatter_add_rows", "sgd_from_bags"]
 
 try:
     import numba
@@ -33,6 +33,48 @@ if numba is not None:
                 if lo <= r < hi:
                     for d in range(dim):
                         weight[r, d] += alpha * values[i, d]
+
+    @njit(parallel=True, fastmath=True, cache=True, nogil=True)
+    def _adagrad_partitioned(weight, acc, rows, values, lr, eps, slot, parts):  # pragma: no cover
+        num_rows, dim = weight.shape
+        for p in prange(parts):
+            lo = num_rows * p // parts
+            hi = num_rows * (p + 1) // parts
+            count = 0
+            for i in range(rows.shape[0]):
+                if lo <= rows[i] < hi:
+                    count += 1
+            if count == 0:
+                continue
+            uniq = np.empty(count, np.int64)
+            summed = np.zeros((count, dim), values.dtype)
+            k = 0
+            for i in range(rows.shape[0]):  # duplicates summed first: the update is not linear in g
+                r = rows[i]
+                if lo <= r < hi:
+                    s = slot[r]
+                    if s < 0:
+                        s = k
+                        slot[r] = k
+                        uniq[k] = r
+                        k += 1
+                    for d in range(dim):
+                        summed[s, d] += values[i, d]
+            for s in range(k):
+                r = uniq[s]
+                if acc.shape[1] == 1:  # row-wise: one accumulator per row
+                    sq = 0.0
+                    for d in range(dim):
+                        sq += summed[s, d] * summed[s, d]
+                    acc[r, 0] += sq / dim
+                    step = lr / (np.sqrt(acc[r, 0]) + eps)
+                    for d in range(dim):
+                        weight[r, d] -= step * summed[s, d]
+                else:
+                    for d in range(dim):
+                        acc[r, d] += summed[s, d] * summed[s, d]
+                        weight[r, d] -= lr * summed[s, d] / (np.sqrt(acc[r, d]) + eps)
+                slot[r] = -1
 
     @njit(parallel=True, fastmath=True, cache=True, nogil=True)
     def _sgd_from_bags_partitioned(weight, rows, offsets, grad_out, psw, alpha, parts):  # pragma: no cover
@@ -166,3 +208,51 @@ def scatter_add_rows(weight: torch.Tensor, rows: torch.Tensor, values: torch.Ten
     _scatter_add_partitioned(
         w, rows.numpy(), values.detach().contiguous().numpy(), w.dtype.type(alpha), np.int64(numba_threads())
     )
+
+
+def adagrad_rows(
+    weight: torch.Tensor, accumulator: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, lr: float, eps: float
+) -> bool:
+    """Adagrad from an uncoalesced sparse gradient (values[i] belongs to row rows[i]), in place: per
+    distinct row r, g = the sum of its values, then with an (R, D) accumulator element-wise
+    acc[r] += g^2, weight[r] -= lr * g / (sqrt(acc[r]) + eps) (torch's Adagrad), with an (R,) one
+    row-wise acc[r] += mean(g^2), weight[r] -= lr * g / (sqrt(acc[r]) + eps) (FBGEMM's).
+
+    One parallel pass, each thread owning a range of rows, instead of torch's sort (coalesce)
+    and gathers. Returns False, touching nothing, where it does not apply (not CPU, float32/64
+    and contiguous, or no numba): the caller then takes torch's path.
+    """
+    if (
+        rows.dim() != 1
+        or values.shape != (rows.numel(), weight.shape[1])
+        or accumulator.shape not in (weight.shape, weight.shape[:1])
+    ):
+        raise ValueError(
+            f"adagrad_rows: rows {tuple(rows.shape)}, values {tuple(values.shape)} and accumulator "
+            f"{tuple(accumulator.shape)} do not match a table of shape {tuple(weight.shape)}"
+        )
+    fast = (
+        numba is not None
+        and weight.device.type == "cpu"
+        and weight.is_contiguous()
+        and accumulator.is_contiguous()
+        and weight.dtype in (torch.float32, torch.float64)
+        and values.dtype == accumulator.dtype == weight.dtype
+    )
+    if not fast:
+        return False
+    if rows.numel() == 0:
+        return True
+    _check_rows(rows, weight.shape[0], "adagrad_rows")
+    w = weight.detach().numpy()
+    _adagrad_partitioned(
+        w,
+        accumulator.detach().view(weight.shape[0], -1).numpy(),
+        rows.numpy(),
+        values.detach().contiguous().numpy(),
+        w.dtype.type(lr),
+        w.dtype.type(eps),
+        np.full(weight.shape[0], -1, np.int32),  # slot of each row in a thread's buffer; -1: none yet
+        np.int64(numba_threads()),
+    )
+    return True

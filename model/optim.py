@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from kernels.update import scatter_add_rows
+from kernels.update import adagrad_rows, scatter_add_rows
 
-__all__ = ["SGD", "LRSchedule", "RowWiseAdagrad", "WeightEMA"]
+__all__ = ["SGD", "Adagrad", "LRSchedule", "WeightEMA"]
 
 _MIN_DECAYED_LR = 1e-7  # the reference's floor while (and after) the rate decays
 
@@ -62,20 +62,23 @@ class SGD(torch.optim.Optimizer):
         return None
 
 
-class RowWiseAdagrad(torch.optim.Optimizer):
-    """Adagrad with one accumulator per embedding row: FBGEMM's exact row-wise Adagrad, the
-    reference's `--optimizer rwsadagrad`. A row's accumulator adds the mean of its squared gradient
-    and the whole row steps by -lr * g / (sqrt(accumulator) + eps): one float of state per row
-    instead of D. Duplicate rows of a sparse gradient are summed first (the update is not linear).
+class Adagrad(torch.optim.Optimizer):
+    """torch.optim.Adagrad's update (lr_decay 0, no initial accumulator), or with `row_wise_tables`
+    FBGEMM's exact row-wise Adagrad on the tables (the reference's `--optimizer rwsadagrad`).
 
-    Row-wise for sparse gradients and for parameter groups marked `row_wise` (the tables, whatever
-    form their gradient takes); element-wise, as torch.optim.Adagrad, for everything else.
+    Row-wise: a row's one accumulator adds the mean of its squared gradient and the whole row steps
+    by -lr * g / (sqrt(accumulator) + eps), one float of state per row instead of D; it applies to
+    sparse gradients and to groups marked `tables` (whatever form their gradient takes). Either
+    way, duplicate rows of a sparse gradient are summed first (the update is not linear in g), and
+    a sparse gradient on a CPU table is applied by one compiled pass (kernels.update.adagrad_rows)
+    instead of torch's sort (coalesce) and gathers.
     """
 
-    def __init__(self, params: Iterable[Any], lr: float, eps: float = 1e-10):
+    def __init__(self, params: Iterable[Any], lr: float, eps: float = 1e-10, row_wise_tables: bool = False):
         if lr < 0:
             raise ValueError(f"learning rate must be >= 0, got {lr}")
-        super().__init__(params, {"lr": lr, "eps": eps, "row_wise": False})
+        super().__init__(params, {"lr": lr, "eps": eps, "tables": False})
+        self.row_wise_tables = row_wise_tables
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -85,26 +88,28 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 g = p.grad
                 if g is None:
                     continue
-                state = self.state[p]
-                if not (g.is_sparse or group["row_wise"]):
-                    if "sum" not in state:
-                        state["sum"] = torch.zeros_like(p)
-                    state["sum"].addcmul_(g, g)
-                    p.addcdiv_(g, state["sum"].sqrt().add_(eps), value=-lr)
-                    continue
-                if p.dim() != 2:
+                row_wise = self.row_wise_tables and (g.is_sparse or group["tables"])
+                if row_wise and p.dim() != 2:
                     raise ValueError(f"row-wise Adagrad needs a 2-D table, got a parameter of shape {tuple(p.shape)}")
-                if "row_sum" not in state:
-                    state["row_sum"] = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
-                acc = state["row_sum"]
+                state = self.state[p]
+                if "sum" not in state:
+                    shape = p.shape[:1] if row_wise else p.shape
+                    state["sum"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+                acc = state["sum"]
+                if g.is_sparse and g.sparse_dim() == 1 and adagrad_rows(p, acc, g._indices()[0], g._values(), lr, eps):
+                    continue
                 if g.is_sparse:
                     g = g.coalesce()
                     rows, values = g.indices()[0], g.values()
-                    acc.index_add_(0, rows, values.square().mean(1))
-                    p.index_add_(0, rows, values / (acc[rows].sqrt() + eps).unsqueeze(1), alpha=-lr)
-                else:
+                    acc.index_add_(0, rows, values.square().mean(1) if row_wise else values.square())
+                    denom = acc[rows].sqrt() + eps
+                    p.index_add_(0, rows, values / (denom.unsqueeze(1) if row_wise else denom), alpha=-lr)
+                elif row_wise:
                     acc.add_(g.square().mean(1))
                     p.addcdiv_(g, (acc.sqrt() + eps).unsqueeze(1), value=-lr)
+                else:
+                    acc.addcmul_(g, g)
+                    p.addcdiv_(g, acc.sqrt().add_(eps), value=-lr)
         return None
 
 

@@ -18,7 +18,7 @@ from model.config import DLRMConfig, EmbeddingGrad
 from model.data import Batch, RandomData
 from model.distributed import DistContext
 from model.dlrm import DLRM
-from model.optim import SGD, LRSchedule, RowWiseAdagrad, WeightEMA
+from model.optim import SGD, Adagrad, LRSchedule, WeightEMA
 from model.quality import Quality, quality
 from profiler.store import write_json_atomic
 
@@ -100,8 +100,8 @@ def make_loss(kind: LossFunction, weights: tuple[float, float]) -> Callable[[tor
 def make_optimizer(
     name: str, params: Iterable[Any], lr: float, config: DLRMConfig, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
-    """SGD (ours: parallel sparse updates), torch's Adagrad (which takes the sparse embedding gradient
-    too) or row-wise Adagrad on the tables (groups marked `row_wise`; model.optim.RowWiseAdagrad)."""
+    """SGD or Adagrad (ours, both with parallel sparse updates); rwsadagrad is Adagrad row-wise on
+    the tables (groups marked `tables`, see model.optim.Adagrad)."""
     if weight_decay and config.embedding_grad == EmbeddingGrad.FUSED:
         raise NotImplementedError("--weight-decay with --embedding-grad fused: the fused update has no decay term")
     if name == "sgd":
@@ -111,7 +111,7 @@ def make_optimizer(
     if name in ("adagrad", "rwsadagrad"):
         if config.embedding_grad == EmbeddingGrad.FUSED:
             raise NotImplementedError(f"--optimizer {name} with --embedding-grad fused: fused updates are SGD only")
-        return torch.optim.Adagrad(params, lr=lr) if name == "adagrad" else RowWiseAdagrad(params, lr=lr)
+        return Adagrad(params, lr=lr, row_wise_tables=name == "rwsadagrad")
     raise ValueError(f"--optimizer {name!r}: allowed: sgd, adagrad, rwsadagrad")
 
 
@@ -249,7 +249,7 @@ def run(
     emb_params = list(model.embeddings.parameters())
     emb_ids = {id(p) for p in emb_params}
     groups = [
-        {"params": emb_params, "lr": emb_lr, "row_wise": True},  # row_wise: read by RowWiseAdagrad only
+        {"params": emb_params, "lr": emb_lr, "tables": True},  # tables: read by model.optim.Adagrad only
         {"params": [p for p in model.parameters() if id(p) not in emb_ids]},
     ]
     optimizer = make_optimizer(train.optimizer, groups, train.learning_rate, config, train.weight_decay)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.update import scatter_add_rows
-from model.optim import SGD, RowWiseAdagrad
+from kernels.update import adagrad_rows, scatter_add_rows
+from model.optim import SGD, Adagrad
 from profiler.cli import main
 
 
@@ -141,16 +141,16 @@ def test_rowwise_adagrad_matches_a_python_loop_and_torch_adagrad_on_dense_params
     expected = _rowwise_by_hand(table0, steps, lr=0.1)
     bias_ref = bias0.clone().requires_grad_()
     ref = torch.optim.Adagrad([bias_ref], lr=0.1)
-    for as_dense in (False, True):  # a sparse gradient, or the same as a dense (E, D) one in a row_wise group
+    for as_dense in (False, True):  # a sparse gradient, or the same as a dense (E, D) one in the tables' group
         table, bias = table0.clone().requires_grad_(), bias0.clone().requires_grad_()
-        opt = RowWiseAdagrad([{"params": [table], "row_wise": True}, {"params": [bias]}], lr=0.1)
+        opt = Adagrad([{"params": [table], "tables": True}, {"params": [bias]}], lr=0.1, row_wise_tables=True)
         for (rows, grads), dg in zip(steps, dense_grads, strict=True):
             sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape)
             table.grad = sparse.to_dense() if as_dense else sparse
             bias.grad = dg.clone()
             opt.step()
         torch.testing.assert_close(table.detach(), expected)
-        assert len(opt.state[table]["row_sum"]) == 6  # one accumulator per row
+        assert opt.state[table]["sum"].shape == (6,)  # one accumulator per row
     for dg in dense_grads:
         bias_ref.grad = dg.clone()
         ref.step()
@@ -173,9 +173,49 @@ def test_rowwise_adagrad_on_cuda_matches_the_cpu():
     out = {}
     for device in ("cpu", "cuda"):
         table = table0.to(device).requires_grad_()
-        opt = RowWiseAdagrad([{"params": [table], "row_wise": True}], lr=0.05)
+        opt = Adagrad([{"params": [table], "tables": True}], lr=0.05, row_wise_tables=True)
         for rows, grads in steps:
             table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape).to(device)
             opt.step()
         out[device] = table.detach().cpu()
     torch.testing.assert_close(out["cuda"], out["cpu"])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rowwise_adagrad_compiled_path_on_many_duplicates(threads):
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(2)
+    table0 = torch.randn(300, 16, generator=gen)
+    steps = [(torch.randint(0, 300, (2000,), generator=gen), torch.randn(2000, 16, generator=gen)) for _ in range(3)]
+    expected = _rowwise_by_hand(table0.double(), [(r, g.double()) for r, g in steps], lr=0.05)
+    table = table0.clone().requires_grad_()
+    opt = Adagrad([{"params": [table], "tables": True}], lr=0.05, row_wise_tables=True)
+    for rows, grads in steps:  # uncoalesced, as the embedding backward gives it
+        table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape)
+        opt.step()
+    torch.testing.assert_close(table.detach().double(), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"row ids span \[0, 300\], table has 300 rows"):
+        adagrad_rows(table.detach(), torch.zeros(300), torch.tensor([0, 300]), torch.zeros(2, 16), 0.1, 1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adagrad_matches_torch_adagrad_on_uncoalesced_sparse_and_dense_grads(dtype):
+    gen = torch.Generator().manual_seed(3)
+    table0, w0 = torch.randn(200, 8, generator=gen, dtype=dtype), torch.randn(5, 3, generator=gen, dtype=dtype)
+    steps = [(torch.randint(0, 200, (600,), generator=gen), torch.randn(600, 8, generator=gen, dtype=dtype),
+              torch.randn(5, 3, generator=gen, dtype=dtype)) for _ in range(3)]  # fmt: skip
+    out = {}
+    for name, make in (
+        ("ours", lambda ps: Adagrad(ps, lr=0.07)),
+        ("torch", lambda ps: torch.optim.Adagrad(ps, lr=0.07)),
+    ):
+        table, w = table0.clone().requires_grad_(), w0.clone().requires_grad_()
+        opt = make([{"params": [table], "tables": True}, {"params": [w]}])
+        for rows, grads, dw in steps:
+            table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape)  # rows repeat
+            w.grad = dw.clone()
+            opt.step()
+        out[name] = (table.detach(), w.detach())
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
+    torch.testing.assert_close(out["ours"][0], out["torch"][0], **tol)
+    torch.testing.assert_close(out["ours"][1], out["torch"][1], **tol)
