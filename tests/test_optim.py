@@ -166,14 +166,15 @@ def test_rwsadagrad_trains_from_the_cli_and_refuses_fused(capsys):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
-def test_rowwise_adagrad_on_cuda_matches_the_cpu():
+@pytest.mark.parametrize("row_wise", [False, True])
+def test_adagrad_on_cuda_matches_the_cpu(row_wise):
     gen = torch.Generator().manual_seed(1)
     table0 = torch.randn(50, 8, generator=gen)
     steps = [(torch.randint(0, 50, (40,), generator=gen), torch.randn(40, 8, generator=gen)) for _ in range(3)]
     out = {}
     for device in ("cpu", "cuda"):
         table = table0.to(device).requires_grad_()
-        opt = Adagrad([{"params": [table], "tables": True}], lr=0.05, row_wise_tables=True)
+        opt = Adagrad([{"params": [table], "tables": True}], lr=0.05, row_wise_tables=row_wise)
         for rows, grads in steps:
             table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape).to(device)
             opt.step()
