@@ -59,6 +59,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kernels", default="torch,torch_naive", help="dlrmbench --kernel values to run")
     ap.add_argument("--extra-pythonpath", default="", help="e.g. a folder of stub modules for the reference")
+    ap.add_argument("--optimizer", default="sgd", help="sgd, adagrad or rwsadagrad, passed to both (default sgd)")
     args = ap.parse_args()
     ref = Path(args.reference_dir)
     if not (ref / "dlrm_s_pytorch.py").is_file():
@@ -71,7 +72,8 @@ def main() -> int:
     summary = []
     for B in (int(b) for b in args.batch_sizes.split(",")):
         n = 60 if B <= 256 else 16
-        common = [*FLAGS, f"--mini-batch-size={B}", f"--num-batches={n}", f"--print-freq={n // 2}"]
+        common = [*FLAGS, f"--mini-batch-size={B}", f"--num-batches={n}", f"--print-freq={n // 2}",
+                  f"--optimizer={args.optimizer}"]  # fmt: skip
         refs: list[float] = []
         ours: dict[str, list[float]] = {k: [] for k in kernels}
         for r in range(args.rounds):
