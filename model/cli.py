@@ -254,6 +254,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         lr_num_decay_steps=args.lr_num_decay_steps,
         ema_decay=args.ema_decay,
         output_bias=output_bias,
+        test_predictions_out=args.test_predictions_out,
         extra={
             "batch_size": args.mini_batch_size,
             "pooling_factor": pooling,

@@ -92,6 +92,12 @@ def add_data_arguments(p: argparse.ArgumentParser, flag_bool: Any) -> None:
         default=-1,
         help="evaluate on the test split every N iterations (default: only at the end)",
     )
+    ds.add_argument(
+        "--test-predictions-out",
+        default="",
+        metavar="PATH",
+        help="write the final evaluation's labels and click probabilities here (CSV label,probability)",
+    )
 
 
 def _criteo(args: argparse.Namespace) -> DataSources:

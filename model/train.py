@@ -28,9 +28,11 @@ __all__ = [
     "evaluate",
     "load_checkpoint",
     "make_loss",
+    "predict",
     "resolve_device",
     "run",
     "save_checkpoint",
+    "write_predictions",
 ]
 
 CHECKPOINT_VERSION = 1  # 1: {"version", "config", "state_dict", "iterations"}
@@ -68,6 +70,7 @@ class TrainConfig:
     lr_num_decay_steps: int = 0
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights (0: off)
     output_bias: float | None = None  # the last layer's starting bias (log-odds); None: the reference's N(0, 1) draw
+    test_predictions_out: str = ""  # non-empty: write the final evaluation's labels and probabilities (CSV) here
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in --json-out as given
 
 
@@ -164,16 +167,8 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> dict[
 
 
 @torch.no_grad()
-def evaluate(model: DLRM, data: Iterable[Batch], device: torch.device) -> Quality:
-    """AUC, accuracy and log loss of `model` on every batch of `data` (the model is left in its mode).
-
-    Args:
-        model: a DLRM on `device`.
-        data: the test batches.
-        device: where to run.
-    Returns:
-        Quality over all samples of `data`.
-    """
+def predict(model: DLRM, data: Iterable[Batch], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, click probabilities) of every sample of `data`, float32 (the model is left in its mode)."""
     was_training = model.training
     model.eval()
     labels, scores = [], []
@@ -186,7 +181,21 @@ def evaluate(model: DLRM, data: Iterable[Batch], device: torch.device) -> Qualit
         model.train(was_training)
     if not labels:
         raise ValueError("the test data holds no batch")
-    return quality(torch.cat(labels).numpy(), torch.cat(scores).numpy())
+    return torch.cat(labels).numpy(), torch.cat(scores).numpy()
+
+
+def evaluate(model: DLRM, data: Iterable[Batch], device: torch.device) -> Quality:
+    """AUC, accuracy and log loss of `model` on every batch of `data` (the model is left in its mode)."""
+    return quality(*predict(model, data, device))
+
+
+def write_predictions(path: str | os.PathLike[str], labels: np.ndarray, scores: np.ndarray) -> None:
+    """CSV `label,probability`, one line per test sample in data order, written atomically."""
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("label,probability\n")
+        f.writelines(f"{int(y)},{p:.9g}\n" for y, p in zip(labels.tolist(), scores.tolist(), strict=True))
+    os.replace(tmp, path)
 
 
 def _sync(device: torch.device) -> None:
@@ -216,6 +225,8 @@ def run(
     With `train.ema_decay`, every evaluation and the saved model use the moving average of the
     weights (model.optim.WeightEMA), not the last trained weights.
     """
+    if train.test_predictions_out and test_data is None:
+        raise ValueError("--test-predictions-out needs test data (--test-fraction or --test-raw-data-file)")
     device = resolve_device(train.device)
     schedule = LRSchedule(train.lr_num_warmup_steps, train.lr_decay_start_step, train.lr_num_decay_steps).validate()
     kernels.get(config.kernel, device.type)
@@ -268,14 +279,17 @@ def run(
     last = (0, 0)  # (epoch, j) of the latest step
     history: list[dict[str, Any]] = []
 
+    predictions: tuple[np.ndarray, np.ndarray] | None = None  # of the latest evaluation
+
     def test(epoch: int, j: int) -> None:
-        nonlocal test_s
+        nonlocal test_s, predictions
         t = time.perf_counter()
         if ema is None:
-            q = evaluate(model, test_data, device)  # type: ignore[arg-type]
+            predictions = predict(model, test_data, device)  # type: ignore[arg-type]
         else:
             with ema.applied():
-                q = evaluate(model, test_data, device)  # type: ignore[arg-type]
+                predictions = predict(model, test_data, device)  # type: ignore[arg-type]
+        q = quality(*predictions)
         test_s += time.perf_counter() - t
         history.append({"epoch": epoch, "iteration": iters, **q.to_dict()})
         log(f"Testing at - it {j + 1}/{nbatches} of epoch {epoch}: {q.line()}")
@@ -393,6 +407,9 @@ def run(
             with ema.applied():
                 save_checkpoint(model, train.save_model, iterations=iters)
         log(f"saved model to {train.save_model}" + (" (moving-average weights)" if ema is not None else ""))
+    if train.test_predictions_out and predictions is not None:
+        write_predictions(train.test_predictions_out, *predictions)
+        log(f"wrote {len(predictions[0]):,} test predictions to {train.test_predictions_out}")
     if train.json_out and (dist_ctx is None or dist_ctx.rank == 0):
         write_json_atomic(train.json_out, result)
     return result

@@ -25,9 +25,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import model.train as train_module
 from model.baseline import fit_logistic_cv
 from model.criteo import CategoryIndex, CriteoData, split_rows
 from model.criteo_cache import preprocess
@@ -43,7 +41,7 @@ README_FLAGS = [  # the README's Criteo command, less its data and output flags
     "--nepochs=20", "--data-shuffle", "--output-bias-init=prior",
 ]  # fmt: skip
 _OWN = ("--raw-data-file", "--test-fraction", "--test-raw-data-file", "--numpy-rand-seed", "--json-out",
-        "--processed-data-file", "--save-model")  # fmt: skip
+        "--processed-data-file", "--save-model", "--test-predictions-out")  # fmt: skip
 
 
 def fold_lines(lines: list[str], folds: int, k: int) -> list[str]:
@@ -53,34 +51,14 @@ def fold_lines(lines: list[str], folds: int, k: int) -> list[str]:
     return lines[:lo] + lines[hi:] + lines[lo:hi]
 
 
-def _dlrm_scores(argv: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Run `dlrmbench train`; the labels and scores of its final evaluation on the held-out fold."""
-    kept: dict[str, np.ndarray] = {}
-    evaluate = train_module.evaluate
-
-    def keep(model, data, device):  # evaluate() with the scores kept, for the ensemble
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                batches = [b.to(device) for b in data]
-                kept["scores"] = torch.cat(
-                    [model(b.dense, b.indices, b.offsets).float().cpu() for b in batches]
-                ).numpy()
-                kept["labels"] = torch.cat([b.labels.float().cpu() for b in batches]).numpy()
-        finally:
-            model.train(was)
-        return quality(kept["labels"], kept["scores"])
-
-    train_module.evaluate = keep
-    try:
-        with contextlib.redirect_stdout(io.StringIO()) as out:
-            code = dlrmbench(argv)
-    finally:
-        train_module.evaluate = evaluate
+def _dlrm_scores(argv: list[str], predictions: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Run `dlrmbench train` quietly; the labels and probabilities of its final evaluation."""
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = dlrmbench([*argv, f"--test-predictions-out={predictions}"])
     if code != 0:
         raise SystemExit(f"dlrmbench train {' '.join(argv)} failed ({code}):\n{out.getvalue()[-2000:]}")
-    return kept["labels"], kept["scores"]
+    table = np.loadtxt(predictions, delimiter=",", skiprows=1, ndmin=2)
+    return table[:, 0], table[:, 1]
 
 
 def _baseline(raw: Path, cache_dir: Path, test_fraction: float) -> dict:
@@ -128,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 labels, s = _dlrm_scores(["train", "--data-generation=dataset", f"--raw-data-file={raw}",
                                                f"--test-fraction={frac}", f"--processed-data-file={tmp}/c{k}",
-                                               f"--numpy-rand-seed={seed}", *flags])  # fmt: skip
+                                               f"--numpy-rand-seed={seed}", *flags], Path(tmp) / "p.csv")  # fmt: skip
                 runs.append(quality(labels, s).to_dict())
                 scores.append(s)
             ens = quality(labels, np.mean(scores, 0)).to_dict()

@@ -188,6 +188,31 @@ def test_train_on_a_dataset_reports_test_metrics(tmp_path, capsys):
     assert "omit --arch-embedding-size" in capsys.readouterr().err
 
 
+def test_test_predictions_out_holds_every_test_row(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    labels = [int(rng.random() < 0.4) for _ in range(80)]
+    raw = _write(
+        tmp_path / "t.txt", [_line(str(y), cats=[f"{y + int(rng.integers(0, 2)):x}", *["a"] * 25]) for y in labels]
+    )
+    out, preds = tmp_path / "r.json", tmp_path / "p.csv"
+    argv = ["train", "--data-generation=dataset", f"--raw-data-file={raw}", "--test-fraction=0.25",
+            f"--processed-data-file={tmp_path / 'c'}", "--arch-mlp-bot=13-4", "--arch-sparse-feature-size=4",
+            "--arch-mlp-top=8-1", "--arch-interaction-op=cat", "--mini-batch-size=8", "--nepochs=3",
+            "--learning-rate=0.2", f"--json-out={out}", f"--test-predictions-out={preds}"]  # fmt: skip
+    assert main(argv) == 0
+    lines = preds.read_text().splitlines()
+    assert lines[0] == "label,probability" and len(lines) == 21
+    y = np.array([int(x.split(",")[0]) for x in lines[1:]])
+    p = np.array([float(x.split(",")[1]) for x in lines[1:]])
+    assert y.tolist() == labels[60:] and ((p > 0) & (p < 1)).all()
+    pos, neg = p[y == 1], p[y == 0]  # AUC by counting pairs, ties half
+    auc = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    assert json.loads(out.read_text())["test"]["auc"] == pytest.approx(auc, abs=1e-6)
+    capsys.readouterr()
+    assert main(["train", "--num-batches=1", f"--test-predictions-out={preds}"]) == 2
+    assert "--test-predictions-out needs test data" in capsys.readouterr().err
+
+
 @_needs_shared
 def test_every_bundled_sample_loads_or_says_why(tmp_path):
     files = sorted(p for p in SHARED.rglob("*") if p.is_file())
