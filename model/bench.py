@@ -17,12 +17,14 @@ import torch
 from model.config import DLRMConfig, EmbeddingGrad, parse_sizes
 from model.data import RandomData
 from model.dlrm import DLRM
-from model.optim import SGD
-from model.train import LossFunction, make_loss
+from model.train import LossFunction, make_loss, make_optimizer, param_groups
 from profiler.store import write_json_atomic
 from profiler.timer import Measurement
 
 __all__ = ["add_bench_targets", "bench_dlrm"]
+
+
+_REFERENCE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}  # what the reference-style run uses
 
 
 def _csv(text: str) -> list[str]:
@@ -42,14 +44,21 @@ def bench_dlrm(
     seed: int = 123,
     learning_rate: float = 0.01,
     reference_style: bool = False,
+    optimizer: str = "sgd",
 ) -> list[dict[str, Any]]:
-    """Time training steps (forward, BCE, backward, SGD) of each (kernel, gradient mode) per batch size.
+    """Time training steps (forward, BCE, backward, optimizer) of each (kernel, gradient mode) per batch size.
 
     Returns one record per (batch size, kernel, gradient mode) with raw step and data-generation
     samples, their medians, and samples/s by step time and by wall clock (step + data).
     With `reference_style`, the same model computed the reference implementation's way
-    (model.reference_style) runs first, as the baseline of the comparison.
+    (model.reference_style) runs first, as the baseline of the comparison, with torch's own
+    optimizer (torch.optim.SGD or Adagrad, as the reference); `optimizer` is a --optimizer name.
     """
+    if reference_style and optimizer not in _REFERENCE_OPTIMIZERS:
+        raise ValueError(
+            f"--reference-style with --optimizer {optimizer}: the reference's row-wise Adagrad lives in its own "
+            "repository; compare against it with scripts/vs_reference.py --optimizer rwsadagrad"
+        )
     loss_fn = make_loss(LossFunction.BCE, (1.0, 1.0))
     records = []
     for B in batch_sizes:
@@ -59,14 +68,15 @@ def bench_dlrm(
             from model.reference_style import ReferenceStyleDLRM
 
             ref = ReferenceStyleDLRM(DLRM(config, torch.Generator().manual_seed(seed)))
-            runs.append(
-                ("reference-style", EmbeddingGrad.SPARSE, ref, torch.optim.SGD(ref.parameters(), lr=learning_rate), [])
-            )
+            ref_opt = _REFERENCE_OPTIMIZERS[optimizer](ref.parameters(), lr=learning_rate)
+            runs.append(("reference-style", EmbeddingGrad.SPARSE, ref, ref_opt, []))
         for kernel in kernels:
             for grad in grads:
-                model = DLRM(replace(config, kernel=kernel, embedding_grad=grad), torch.Generator().manual_seed(seed))
+                cfg = replace(config, kernel=kernel, embedding_grad=grad)
+                model = DLRM(cfg, torch.Generator().manual_seed(seed))
                 model.embeddings.fused_lr = learning_rate
-                runs.append((kernel, grad, model, SGD(model.parameters(), lr=learning_rate), []))
+                opt = make_optimizer(optimizer, param_groups(model, learning_rate), learning_rate, cfg)
+                runs.append((kernel, grad, model, opt, []))
         data_s = []
         for i in range(steps + warmup):
             t0 = time.perf_counter()
@@ -89,6 +99,7 @@ def bench_dlrm(
                 {
                     "kernel": kernel,
                     "embedding_grad": str(grad),
+                    "optimizer": optimizer,
                     "batch_size": B,
                     "threads": step_m.threads,
                     "step_ms": step_m.median_s * 1e3,
@@ -138,12 +149,13 @@ def _cmd(args: argparse.Namespace) -> int:
         f"DLRM training step: {config.num_tables} tables x {config.table_rows[0]:,} rows, D={config.embedding_dim}, "
         f"bottom {args.arch_mlp_bot}, top {'-'.join(map(str, config.top_mlp_full))}, L={args.num_indices_per_lookup}"
         f"{' fixed' if args.num_indices_per_lookup_fixed else ' (random, as the reference)'}, "
-        f"{torch.get_num_threads()} threads, {args.steps} timed steps after {args.warmup} warm-up"
+        f"{torch.get_num_threads()} threads, {args.steps} timed steps after {args.warmup} warm-up, "
+        f"optimizer {args.optimizer}"
     )
     records = bench_dlrm(
         config, batch_sizes, _csv(args.kernels), grads, pooling_factor=args.num_indices_per_lookup,
         fixed=args.num_indices_per_lookup_fixed, steps=args.steps, warmup=args.warmup,
-        reference_style=args.reference_style,
+        reference_style=args.reference_style, optimizer=args.optimizer,
     )  # fmt: skip
     _print_table(records)
     if args.json_out:
@@ -172,6 +184,8 @@ def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference-style", action="store_true",
                    help="also time the model computed the reference's way (per-table EmbeddingBag loop, "
                    "Z[:, li, lj], torch.optim.SGD) as the baseline")  # fmt: skip
+    p.add_argument("--optimizer", choices=["sgd", "adagrad", "rwsadagrad"], default="sgd",
+                   help="as train's (default sgd); --reference-style uses torch's SGD or Adagrad")  # fmt: skip
     p.add_argument("--steps", type=int, default=50, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")

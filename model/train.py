@@ -28,6 +28,8 @@ __all__ = [
     "evaluate",
     "load_checkpoint",
     "make_loss",
+    "make_optimizer",
+    "param_groups",
     "predict",
     "resolve_device",
     "run",
@@ -116,6 +118,16 @@ def make_optimizer(
             raise NotImplementedError(f"--optimizer {name} with --embedding-grad fused: fused updates are SGD only")
         return Adagrad(params, lr=lr, row_wise_tables=name == "rwsadagrad")
     raise ValueError(f"--optimizer {name!r}: allowed: sgd, adagrad, rwsadagrad")
+
+
+def param_groups(model: torch.nn.Module, table_lr: float) -> list[dict[str, Any]]:
+    """The tables (their own rate; marked `tables`, which model.optim.Adagrad reads) and everything else."""
+    tables = list(model.embeddings.parameters())  # type: ignore[union-attr]
+    ids = {id(p) for p in tables}
+    return [
+        {"params": tables, "lr": table_lr, "tables": True},
+        {"params": [p for p in model.parameters() if id(p) not in ids]},
+    ]
 
 
 def warm_up(config: DLRMConfig, train: TrainConfig, device: torch.device) -> float:
@@ -257,12 +269,7 @@ def run(
     loss_fn = make_loss(train.loss_function, train.loss_weights)
     emb_lr = train.embedding_learning_rate or train.learning_rate
     model.embeddings.fused_lr = emb_lr
-    emb_params = list(model.embeddings.parameters())
-    emb_ids = {id(p) for p in emb_params}
-    groups = [
-        {"params": emb_params, "lr": emb_lr, "tables": True},  # tables: read by model.optim.Adagrad only
-        {"params": [p for p in model.parameters() if id(p) not in emb_ids]},
-    ]
+    groups = param_groups(model, emb_lr)
     optimizer = make_optimizer(train.optimizer, groups, train.learning_rate, config, train.weight_decay)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule scales each group's rate
     ema = WeightEMA(model.parameters(), train.ema_decay) if train.ema_decay else None

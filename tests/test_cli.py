@@ -154,3 +154,18 @@ def test_adagrad_optimizer_trains_and_refuses_fused_updates(tmp_path, capsys):
     assert len(json.loads(out.read_text())["train_loss"]) == 4
     assert main([*base, "--embedding-grad=fused"]) == 2
     assert "fused updates are SGD only" in capsys.readouterr().err
+
+
+def test_bench_dlrm_runs_each_optimizer_beside_the_reference_style(tmp_path, capsys):
+    small = ["bench", "dlrm", "--arch-embedding-size=500x3", "--arch-mlp-bot=13-8-4", "--arch-sparse-feature-size=4",
+             "--arch-mlp-top=8-1", "--batch-size=32", "--steps=3", "--warmup=1",
+             "--kernels=torch,torch_naive"]  # fmt: skip
+    out = tmp_path / "b.json"
+    assert main([*small, "--optimizer=adagrad", "--reference-style", f"--json-out={out}"]) == 0
+    records = json.loads(out.read_text())["records"]
+    assert [r["kernel"] for r in records] == ["reference-style", "torch", "torch_naive"]
+    assert {r["optimizer"] for r in records} == {"adagrad"} and all(len(r["step"]["samples_s"]) == 3 for r in records)
+    assert main([*small, "--optimizer=rwsadagrad", "--reference-style"]) == 2
+    assert "compare against it with scripts/vs_reference.py" in capsys.readouterr().err
+    assert main([*small, "--optimizer=adagrad", "--embedding-grad=fused"]) == 2
+    assert "fused updates are SGD only" in capsys.readouterr().err
