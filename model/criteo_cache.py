@@ -330,7 +330,9 @@ def _fill_compiled(raw: Path, tmp: Path, layout: Layout, bad: _BadLines, chunk_b
             for name, dtype, row_shape in zip(_FILES, _DTYPES, ((), (NUM_DENSE,), (NUM_CAT,), ()), strict=True)
         ]
         f = stack.enter_context(open_raw(raw))
-        for buf in criteo_fast.read_chunks(f, chunk_bytes):
+        chunks = criteo_fast.prefetch(criteo_fast.read_chunks(f, chunk_bytes))
+        stack.callback(chunks.close)  # the reading thread stops before f closes
+        for buf in chunks:
             c = criteo_fast.parse_tsv_chunk(buf)
             keep = ~c.flagged
             accepted: list[int] = []

@@ -10,7 +10,9 @@ two paths accept the same lines and give the same values, and messages come from
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -23,7 +25,7 @@ try:
 except ImportError:  # numba is a dependency; without it callers keep the per-line parser
     njit = None
 
-__all__ = ["AVAILABLE", "TsvChunk", "parse_tsv_chunk", "read_chunks"]
+__all__ = ["AVAILABLE", "TsvChunk", "parse_tsv_chunk", "prefetch", "read_chunks"]
 
 AVAILABLE = njit is not None
 _MAX_DIGITS = 18  # 10**18 - 1 < 2**63: more digits go to parse_line rather than risk wrapping
@@ -69,6 +71,49 @@ def read_chunks(f: BinaryIO, chunk_bytes: int) -> Iterator[np.ndarray]:
         pending = [memoryview(data)[cut:]] if cut < len(data) else []
     if pending:
         yield np.frombuffer(b"".join(pending), np.uint8)
+
+
+def prefetch(items: Iterable[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
+    """`items`, produced by a background thread up to `depth` ahead, so reading (gzip's inflate and
+    file reads release the GIL) overlaps the caller's parsing (the compiled pass releases it too).
+
+    An exception in the producer is raised in the caller at the item where it happened; when the
+    caller stops early, the producer stops at its next item.
+    """
+    q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, object]) -> bool:  # False once the caller has stopped
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the caller, who re-raises it
+            put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="criteo-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value  # type: ignore[misc]
+            yield value  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
 
 
 def parse_tsv_chunk(buf: np.ndarray) -> TsvChunk:

@@ -249,3 +249,34 @@ def test_no_valid_sample_and_truncated_gzip_fail_as_before(tmp_path):
             _build(cut, tmp_path / f"c{compiled}", "skip", compiled=compiled)
         raised.append(str(exc.value))
     assert raised[0] == raised[1]
+
+
+def test_prefetch_keeps_order_raises_where_the_producer_failed_and_stops_early():
+    import threading
+
+    assert list(criteo_fast.prefetch(iter(range(10)), depth=2)) == list(range(10))
+
+    def failing():
+        yield 1
+        yield 2
+        raise EOFError("truncated")
+
+    got = []
+    with pytest.raises(EOFError, match="truncated"):
+        for x in criteo_fast.prefetch(failing()):
+            got.append(x)
+    assert got == [1, 2]
+    produced = []
+
+    def endless():
+        k = 0
+        while True:
+            produced.append(k)
+            yield k
+            k += 1
+
+    chunks = criteo_fast.prefetch(endless(), depth=2)
+    assert next(chunks) == 0
+    chunks.close()  # the caller stops: the producer must stop too, not run on or hang
+    assert len(produced) <= 5
+    assert not any(t.name == "criteo-read" for t in threading.enumerate())
