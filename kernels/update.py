@@ -47,19 +47,21 @@ if numba is not None:
             if count == 0:
                 continue
             uniq = np.empty(count, np.int64)
-            summed = np.zeros((count, dim), values.dtype)
+            summed = np.empty((count, dim), values.dtype)  # filled at each row's first lookup
             k = 0
             for i in range(rows.shape[0]):  # duplicates summed first: the update is not linear in g
                 r = rows[i]
                 if lo <= r < hi:
                     s = slot[r]
                     if s < 0:
-                        s = k
                         slot[r] = k
                         uniq[k] = r
+                        for d in range(dim):
+                            summed[k, d] = values[i, d]
                         k += 1
-                    for d in range(dim):
-                        summed[s, d] += values[i, d]
+                    else:
+                        for d in range(dim):
+                            summed[s, d] += values[i, d]
             for s in range(k):
                 r = uniq[s]
                 if acc.shape[1] == 1:  # row-wise: one accumulator per row
