@@ -227,8 +227,7 @@ def _parse_into(raw: Path, tmp: Path, on_bad_line: str, compiled: bool, chunk_by
     if compiled and criteo_fast.AVAILABLE:
         with open_raw(raw) as f:
             layout = detect_layout(next(iter_lines(f, raw))[1], raw)
-    # the headered CSV variants (rare, and small) stay on the per-line parser
-    if layout is not None and layout.name == "tsv":
+    if layout is not None and _compiled_fits(layout):
         rows, lines = _fill_compiled(raw, tmp, layout, bad, chunk_bytes)
     else:
         layout, rows, lines = _fill_per_line(raw, tmp, bad)
@@ -318,12 +317,25 @@ def _dense(dense_raw: np.ndarray) -> np.ndarray:
     return np.log1p(np.maximum(dense_raw, 0.0)).astype(np.float32)
 
 
+def _compiled_fits(layout: Layout) -> bool:
+    """Whether the compiled pass reads this layout: the columns in the usual order, after `label_col`
+    leading ones it skips (Kaggle's CSV Id); a CSV with its columns shuffled stays per line."""
+    k = layout.label_col
+    return (
+        layout.sep in ("\t", ",")
+        and layout.dense_cols == tuple(range(k + 1, k + 1 + NUM_DENSE))
+        and layout.cat_cols == tuple(range(k + 1 + NUM_DENSE, k + 1 + NUM_DENSE + NUM_CAT))
+        and layout.num_fields == k + 1 + NUM_DENSE + NUM_CAT
+    )
+
+
 def _fill_compiled(raw: Path, tmp: Path, layout: Layout, bad: _BadLines, chunk_bytes: int) -> tuple[int, int]:
-    """Raw TSV through criteo_fast in one pass: lines are counted as they are parsed and rows appended to the files.
+    """Through criteo_fast in one pass: lines are counted as they are parsed and rows appended to the files.
 
     The lines criteo_fast flags go through parse_line, which accepts them or says why not.
     """
     rows = lines = 0  # lines: before the chunk
+    header = layout.has_header
     with contextlib.ExitStack() as stack:
         out = [
             stack.enter_context(_NpyAppender(tmp / name, dtype, row_shape))
@@ -333,7 +345,13 @@ def _fill_compiled(raw: Path, tmp: Path, layout: Layout, bad: _BadLines, chunk_b
         chunks = criteo_fast.prefetch(criteo_fast.read_chunks(f, chunk_bytes))
         stack.callback(chunks.close)  # the reading thread stops before f closes
         for buf in chunks:
-            c = criteo_fast.parse_tsv_chunk(buf)
+            if header:  # the first line; read_chunks gives whole lines
+                header = False
+                cut = int(np.argmax(buf == 10)) + 1 if (buf == 10).any() else len(buf)
+                buf, lines = buf[cut:], 1
+                if not len(buf):
+                    continue
+            c = criteo_fast.parse_chunk(buf, ord(layout.sep), layout.label_col)
             keep = ~c.flagged
             accepted: list[int] = []
             parsed: list[tuple] = []

@@ -1,8 +1,9 @@
-"""Raw Criteo TSV parsed a chunk of bytes at a time by one compiled pass, ~50x faster than parse_line per line.
+"""Raw Criteo lines parsed a chunk of bytes at a time by one compiled pass, ~30x faster than parse_line per line.
 
 The pass accepts only the plain form of a line: label `0` or `1`, integers as an optional `-`
 and at most 18 ASCII digits (so int64 cannot wrap), categoricals as at most 8 hex digits, 15 to
-40 tab-separated fields, ending in `\\n`, `\\r\\n` or the end of the file. Every other line is
+40 fields from the label on (tab-separated; comma-separated for the headered CSV variants, whose
+leading Id field is skipped), ending in `\\n`, `\\r\\n` or the end of the file. Every other line is
 flagged, not rejected: the caller hands it to `criteo_format.parse_line`, which accepts it
 (`+5`, ` 5`, `260.0`, 19-digit integers, ...) or raises BadLine with the usual message. So the
 two paths accept the same lines and give the same values, and messages come from one place.
@@ -25,7 +26,7 @@ try:
 except ImportError:  # numba is a dependency; without it callers keep the per-line parser
     njit = None
 
-__all__ = ["AVAILABLE", "TsvChunk", "parse_tsv_chunk", "prefetch", "read_chunks"]
+__all__ = ["AVAILABLE", "ParsedChunk", "parse_chunk", "prefetch", "read_chunks"]
 
 AVAILABLE = njit is not None
 _MAX_DIGITS = 18  # 10**18 - 1 < 2**63: more digits go to parse_line rather than risk wrapping
@@ -38,7 +39,7 @@ _HEX_DIGIT[97:103] = _HEX_DIGIT[65:71] = range(10, 16)
 
 
 @dataclass(frozen=True)
-class TsvChunk:
+class ParsedChunk:
     """One chunk's lines; rows of flagged lines hold garbage until the caller fills or drops them."""
 
     starts: np.ndarray  # (n + 1,) int64 byte offset of each line in the chunk, then the chunk's length
@@ -116,16 +117,18 @@ def prefetch(items: Iterable[np.ndarray], depth: int = 2) -> Iterator[np.ndarray
         thread.join()
 
 
-def parse_tsv_chunk(buf: np.ndarray) -> TsvChunk:
-    """Parse whole raw TSV lines (from read_chunks); lines it does not accept come back flagged.
+def parse_chunk(buf: np.ndarray, sep: int = 9, skip: int = 0) -> ParsedChunk:
+    """Parse whole raw lines (from read_chunks); lines it does not accept come back flagged.
 
     Args:
         buf: (bytes,) uint8, whole lines.
+        sep: the field separator's byte (tab; comma for the headered CSV variants).
+        skip: fields before the label, whatever they hold (Kaggle's CSV: its Id).
     Returns:
         the chunk's lines, one row each.
     """
     n = int(np.count_nonzero(buf == 10)) + int(len(buf) > 0 and buf[-1] != 10)
-    chunk = TsvChunk(
+    chunk = ParsedChunk(
         starts=np.empty(n + 1, np.int64),
         flagged=np.empty(n, np.bool_),
         labels=np.empty(n, np.float32),
@@ -133,7 +136,7 @@ def parse_tsv_chunk(buf: np.ndarray) -> TsvChunk:
         cats=np.empty((n, NUM_CAT), np.uint32),
         cat_empty=np.empty(n, np.uint32),
     )
-    _parse_tsv(buf, chunk.starts, chunk.flagged, chunk.labels, chunk.dense, chunk.cats, chunk.cat_empty)
+    _parse(buf, sep, skip, chunk.starts, chunk.flagged, chunk.labels, chunk.dense, chunk.cats, chunk.cat_empty)
     return chunk
 
 
@@ -152,14 +155,22 @@ if AVAILABLE:
         return value, j
 
     @njit(cache=True, nogil=True)
-    def _parse_tsv(buf, starts, flagged, labels, dense, cats, cat_empty):  # pragma: no cover - compiled
+    def _parse(buf, sep, skip, starts, flagged, labels, dense, cats, cat_empty):  # pragma: no cover - compiled
         size = buf.shape[0]
         pos = 0
         for r in range(flagged.shape[0]):
             starts[r] = pos
             empty = (1 << NUM_CAT) - 1
             j = pos
-            ok = j < size and (buf[j] == 48 or buf[j] == 49)  # label '0' or '1'
+            ok = True
+            for _ in range(skip):  # fields before the label (Kaggle's Id): anything up to the separator
+                while j < size and buf[j] != sep and buf[j] != 10:
+                    j += 1
+                if j == size or buf[j] != sep:
+                    ok = False
+                    break
+                j += 1
+            ok = ok and j < size and (buf[j] == 48 or buf[j] == 49)  # label '0' or '1'
             if ok:
                 labels[r] = buf[j] - 48
                 j += 1
@@ -174,7 +185,7 @@ if AVAILABLE:
                 if c == 13 and (j + 1 == size or buf[j + 1] == 10):
                     j += 2
                     break
-                if c != 9 or field == _MAX_FIELDS - 1:
+                if c != sep or field == _MAX_FIELDS - 1:
                     ok = False
                     break
                 j += 1

@@ -84,7 +84,7 @@ def _reference(line: bytes) -> tuple[int, list[float], list[int]] | None:
 @pytest.mark.parametrize("seed", range(4))
 def test_random_lines_field_by_field_as_parse_line(seed):
     data, plain = _random_file(seed, 3000, odd=0.01, final_newline=seed % 2 == 0)
-    c = criteo_fast.parse_tsv_chunk(np.frombuffer(data, np.uint8))
+    c = criteo_fast.parse_chunk(np.frombuffer(data, np.uint8))
     assert len(c.flagged) == len(plain) and c.starts[-1] == len(data)
     accepted = 0
     for k in range(len(plain)):
@@ -280,3 +280,42 @@ def test_prefetch_keeps_order_raises_where_the_producer_failed_and_stops_early()
     chunks.close()  # the caller stops: the producer must stop too, not run on or hang
     assert len(produced) <= 5
     assert not any(t.name == "criteo-read" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("variant", ["kaggle-csv", "csv"])
+@pytest.mark.parametrize(
+    ("ending", "chunk_bytes", "gz"), [("\r\n", 1 << 20, False), (None, 1000, True), ("\n", 7, False)]
+)
+def test_headered_csv_cache_identical_to_the_per_line_build(tmp_path, variant, ending, chunk_bytes, gz):
+    data, _ = _random_file(30, 300 if chunk_bytes < 100 else 3000, ending=ending)
+    names = ["Label" if variant == "kaggle-csv" else "label", *(f"I{k}" for k in range(1, 14)),
+             *(f"C{k}" for k in range(1, 27))]  # fmt: skip
+    lines = data.replace(b"\t", b",").split(b"\n")
+    if variant == "kaggle-csv":  # an Id column first, as Kaggle's train.csv
+        names = ["Id", *names]
+        lines = [b"%d," % (10_000_000 + i) + line if line else line for i, line in enumerate(lines)]
+    text = (",".join(names) + (ending or "\n")).encode() + b"\n".join(lines)
+    path = tmp_path / ("t.csv.gz" if gz else "t.csv")
+    path.write_bytes(gzip.compress(text) if gz else text)
+    assert detect_layout(",".join(names), path).name == variant
+    ref, fast = _build_both(path, tmp_path, "skip", chunk_bytes)
+    assert fast == ref
+    stats = ref[0]
+    assert (
+        stats["format"] == variant
+        and stats["bad_lines"] > 0
+        and stats["rows"] + stats["bad_lines"] + 1 == stats["lines"]
+    )
+    ref, fast = _build_both(path, tmp_path, "error", chunk_bytes)
+    assert isinstance(ref, str) and fast == ref
+
+
+def test_csv_lines_take_the_compiled_pass(tmp_path, monkeypatch):
+    header = ",".join(["Id", "Label", *(f"I{k}" for k in range(1, 14)), *(f"C{k}" for k in range(1, 27))])
+    path = tmp_path / "t.csv"
+    path.write_text("\r\n".join([header, *(f"{i}," + _tsv("1").replace("\t", ",") for i in range(50))]) + "\r\n")
+    calls = []
+    monkeypatch.setattr(criteo_cache, "parse_line", lambda line, layout: calls.append(line) or parse_line(line, layout))
+    (tmp_path / "c").mkdir()
+    stats = _build(path, tmp_path / "c", "error")
+    assert (stats["rows"], stats["lines"], calls) == (50, 51, [])
