@@ -272,8 +272,6 @@ def _output_bias(args: argparse.Namespace, data: Any, notes: list[str]) -> float
     """--output-bias-init prior: the log-odds of the training rows' positive rate (None: the reference's draw)."""
     if args.output_bias_init == "reference":
         return None
-    if args.load_model:
-        raise ValueError("--output-bias-init prior with --load-model: the loaded weights replace it")
     if not hasattr(data, "positive_rate"):
         raise ValueError(
             f"--output-bias-init prior needs labelled training rows (--data-generation dataset), "

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from model.config import DLRMConfig
 
-__all__ = ["PRESETS", "Preset", "get_preset", "scale_rows"]
+__all__ = ["CRITEO_SAMPLE_FLAGS", "PRESETS", "Preset", "get_preset", "scale_rows"]
 
 # Criteo Kaggle (Display Advertising Challenge) rows per categorical feature, as counted
 # by the reference's preprocessing of train.txt.
@@ -29,6 +29,14 @@ class Preset:
     pooling_factor: int  # L, lookups per table per sample (--num-indices-per-lookup)
     source: str
 
+
+# The README's Criteo command less its data and output flags: the settings for the bundled 8000-row
+# sample, chosen on validation rows (issue #6). tests/test_real_data.py and scripts/criteo_cv.py run them.
+CRITEO_SAMPLE_FLAGS: tuple[str, ...] = (
+    "--min-category-count=5", "--arch-sparse-feature-size=8", "--arch-mlp-bot=13-64-8", "--arch-mlp-top=64-1",
+    "--arch-interaction-op=cat", "--mini-batch-size=256", "--optimizer=adagrad", "--learning-rate=0.002",
+    "--nepochs=20", "--data-shuffle", "--output-bias-init=prior",
+)  # fmt: skip
 
 PRESETS: dict[str, Preset] = {
     p.name: p

@@ -29,25 +29,26 @@ import numpy as np
 from model.baseline import fit_logistic_cv
 from model.criteo import CategoryIndex, CriteoData, split_rows
 from model.criteo_cache import preprocess
+from model.presets import CRITEO_SAMPLE_FLAGS
 from model.quality import quality
 from profiler.cli import main as dlrmbench
 from profiler.store import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / ".." / "shared" / "data" / "criteo" / "wide-resdnn" / "train.txt"
-README_FLAGS = [  # the README's Criteo command, less its data and output flags
-    "--min-category-count=5", "--arch-sparse-feature-size=8", "--arch-mlp-bot=13-64-8", "--arch-mlp-top=64-1",
-    "--arch-interaction-op=cat", "--mini-batch-size=256", "--optimizer=adagrad", "--learning-rate=0.002",
-    "--nepochs=20", "--data-shuffle", "--output-bias-init=prior",
-]  # fmt: skip
 _OWN = ("--raw-data-file", "--test-fraction", "--test-raw-data-file", "--numpy-rand-seed", "--json-out",
         "--processed-data-file", "--save-model", "--test-predictions-out")  # fmt: skip
 
 
+def fold_bounds(n: int, folds: int, k: int) -> tuple[int, int]:
+    """Rows [lo, hi) of fold k, the k-th of `folds` contiguous, near-equal parts of n rows."""
+    bounds = np.linspace(0, n, folds + 1).round().astype(int)
+    return int(bounds[k]), int(bounds[k + 1])
+
+
 def fold_lines(lines: list[str], folds: int, k: int) -> list[str]:
-    """The rows with fold k (the k-th of `folds` contiguous, near-equal parts) moved to the end."""
-    bounds = np.linspace(0, len(lines), folds + 1).round().astype(int)
-    lo, hi = bounds[k], bounds[k + 1]
+    """The rows with fold k moved to the end."""
+    lo, hi = fold_bounds(len(lines), folds, k)
     return lines[:lo] + lines[hi:] + lines[lo:hi]
 
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1,2,3", help="DLRM seeds (--numpy-rand-seed) per fold")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(ours)
-    flags = flags or README_FLAGS
+    flags = flags or list(CRITEO_SAMPLE_FLAGS)
     clash = [f for f in flags if f.split("=")[0] in _OWN]
     if clash:
         p.error(f"{', '.join(clash)}: this script sets the data, seed and output flags itself")
@@ -99,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.folds):
             raw = Path(tmp) / f"fold{k}.txt"
             raw.write_text("".join(fold_lines(lines, args.folds, k)))
-            bounds = np.linspace(0, len(lines), args.folds + 1).round().astype(int)
-            lo, hi = int(bounds[k]), int(bounds[k + 1])
+            lo, hi = fold_bounds(len(lines), args.folds, k)
             frac = (hi - lo) / len(lines)  # exactly this fold's rows: split_rows rounds n * frac
             runs, scores = [], []
             for seed in seeds:

@@ -17,6 +17,7 @@ import pytest
 from model.baseline import fit_logistic_cv
 from model.criteo import CategoryIndex, CriteoData, split_rows
 from model.criteo_cache import preprocess
+from model.presets import CRITEO_SAMPLE_FLAGS
 from model.quality import log_loss
 from profiler.cli import main
 
@@ -24,10 +25,8 @@ RAW = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "criteo" 
 pytestmark = pytest.mark.skipif(not RAW.is_file(), reason=f"real Criteo sample absent: {RAW}")
 
 DLRM_FLAGS = [  # the README's command
-    "--data-generation=dataset", f"--raw-data-file={RAW}", "--test-fraction=0.2", "--min-category-count=5",
-    "--arch-sparse-feature-size=8", "--arch-mlp-bot=13-64-8", "--arch-mlp-top=64-1", "--arch-interaction-op=cat",
-    "--mini-batch-size=256", "--optimizer=adagrad", "--learning-rate=0.002", "--nepochs=20", "--data-shuffle",
-    "--output-bias-init=prior", "--print-freq=1000",
+    "--data-generation=dataset", f"--raw-data-file={RAW}", "--test-fraction=0.2", *CRITEO_SAMPLE_FLAGS,
+    "--print-freq=1000",
 ]  # fmt: skip
 
 
