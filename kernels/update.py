@@ -8,6 +8,8 @@ all lookups, applying only its own, so no two threads ever write the same row.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -247,14 +249,34 @@ def adagrad_rows(
         return True
     _check_rows(rows, weight.shape[0], "adagrad_rows")
     w = weight.detach().numpy()
-    _adagrad_partitioned(
-        w,
-        accumulator.detach().view(weight.shape[0], -1).numpy(),
-        rows.numpy(),
-        values.detach().contiguous().numpy(),
-        w.dtype.type(lr),
-        w.dtype.type(eps),
-        np.full(weight.shape[0], -1, np.int32),  # slot of each row in a thread's buffer; -1: none yet
-        np.int64(numba_threads()),
-    )
+    slot = _row_slots(weight.shape[0])
+    try:
+        _adagrad_partitioned(
+            w,
+            accumulator.detach().view(weight.shape[0], -1).numpy(),
+            rows.numpy(),
+            values.detach().contiguous().numpy(),
+            w.dtype.type(lr),
+            w.dtype.type(eps),
+            slot,
+            np.int64(numba_threads()),
+        )
+    except BaseException:
+        _scratch.slots = None  # the pass may have stopped with rows claimed: never reuse it
+        raise
     return True
+
+
+_scratch = threading.local()
+
+
+def _row_slots(num_rows: int) -> np.ndarray:
+    """Each row's slot in a thread's buffer during an adagrad pass, all -1 ("none yet") on entry.
+
+    The pass sets -1 back on every row it claims, so one array per table size is kept (per
+    Python thread) instead of filling a fresh one every step: 10 MB at 2.6M rows, about 1 ms.
+    """
+    slots = getattr(_scratch, "slots", None)
+    if slots is None or slots.shape[0] != num_rows:
+        slots = _scratch.slots = np.full(num_rows, -1, np.int32)
+    return slots
