@@ -44,7 +44,8 @@ def bench_dist(
                 cmd = [sys.executable, "-m", "profiler.cli", *args]
             else:
                 cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}",
-                       f"--master_port={_free_port()}", "-m", "profiler.cli", *args, "--dist-backend=gloo"]  # fmt: skip
+                       f"--master_port={_free_port()}", f"--log-dir={tmp}",  # else torchrun leaves a /tmp dir per run
+                       "-m", "profiler.cli", *args, "--dist-backend=gloo"]  # fmt: skip
             env = {**os.environ, "OMP_NUM_THREADS": str(per_proc)}
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
             if proc.returncode != 0:

@@ -133,7 +133,8 @@ def test_torchrun_cli_matches_single_process(tmp_path):
 
     assert main([*argv, f"--json-out={one}"]) == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "profiler.cli", *argv, "--dist-backend=gloo", f"--json-out={two}"]  # fmt: skip
+           f"--log-dir={tmp_path / 'logs'}", "-m", "profiler.cli", *argv, "--dist-backend=gloo",
+           f"--json-out={two}"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
