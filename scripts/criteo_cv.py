@@ -11,8 +11,8 @@ into a temporary folder, trains DLRM on the others with the given `dlrmbench tra
 per seed (`--test-fraction 1/K` holds the fold out, so the vocabulary comes from the training
 folds only), fits the baseline of tests/test_real_data.py on the same rows, and prints per
 fold and overall: DLRM's mean over seeds, the seeds' spread, the mean of the seeds'
-predictions (an ensemble), the baseline, and the paired difference. Without train flags it
-uses the README's Criteo command.
+predictions (an ensemble), the baseline, and the paired difference, with its standard error
+over folds. Without train flags it uses the README's Criteo command.
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ def fold_bounds(n: int, folds: int, k: int) -> tuple[int, int]:
     """Rows [lo, hi) of fold k, the k-th of `folds` contiguous, near-equal parts of n rows."""
     bounds = np.linspace(0, n, folds + 1).round().astype(int)
     return int(bounds[k]), int(bounds[k + 1])
+
+
+def paired(diffs: list[float]) -> dict[str, float]:
+    """Mean and standard error (sample standard deviation / sqrt(K)) of K per-fold differences."""
+    d = np.asarray(diffs, dtype=np.float64)
+    return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
 
 
 def fold_lines(lines: list[str], folds: int, k: int) -> list[str]:
@@ -130,10 +136,21 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_logloss": float(np.mean([f["baseline"]["logloss"] for f in folds])),
     }
     record["mean"] = mean
+    diffs = {  # per fold, paired: DLRM (mean over seeds) or the seeds' ensemble minus the baseline
+        "auc": [np.mean([r["auc"] for r in f["dlrm"]]) - f["baseline"]["auc"] for f in folds],
+        "logloss": [np.mean([r["logloss"] for r in f["dlrm"]]) - f["baseline"]["logloss"] for f in folds],
+        "ensemble_auc": [f["ensemble"]["auc"] - f["baseline"]["auc"] for f in folds],
+        "ensemble_logloss": [f["ensemble"]["logloss"] - f["baseline"]["logloss"] for f in folds],
+    }
+    record["paired_difference"] = {k: paired(v) for k, v in diffs.items()}
     print(f"mean {'':>11} {mean['dlrm_auc']:9.4f} {'':>15} {mean['ensemble_auc']:8.4f} {mean['baseline_auc']:7.4f} "
           f"{mean['dlrm_auc'] - mean['baseline_auc']:+7.4f} {mean['dlrm_logloss']:8.4f} "
           f"{mean['ensemble_logloss']:7.4f} {mean['baseline_logloss']:7.4f} "
           f"{mean['dlrm_logloss'] - mean['baseline_logloss']:+7.4f}")  # fmt: skip
+    d = record["paired_difference"]
+    print("paired difference from the baseline, mean +- standard error over folds: "
+          + ", ".join(f"{k.replace('_', ' ')} {d[k]['mean']:+.4f} +- {d[k]['se']:.4f}" for k in d)
+          + " (the folds share training rows, so this understates the uncertainty)")  # fmt: skip
     if args.json_out:
         write_json_atomic(args.json_out, record)
     return 0

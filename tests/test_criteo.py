@@ -283,6 +283,11 @@ def test_criteo_cv_holds_out_each_fold_once(tmp_path, capsys):
     assert all(len(f["dlrm"]) == 2 and f["dlrm"][0]["samples"] == 25 for f in record["folds"])
     assert record["folds"][0]["baseline"]["auc"] > 0.9  # C1 gives the label away
     assert "mean" in capsys.readouterr().out
+    folds = record["folds"]
+    d = [sum(r["auc"] for r in f["dlrm"]) / 2 - f["baseline"]["auc"] for f in folds]  # two folds: se = |d0 - d1| / 2
+    assert record["paired_difference"]["auc"] == pytest.approx({"mean": (d[0] + d[1]) / 2, "se": abs(d[0] - d[1]) / 2})
+    e = [f["ensemble"]["logloss"] - f["baseline"]["logloss"] for f in folds]
+    assert record["paired_difference"]["ensemble_logloss"]["se"] == pytest.approx(abs(e[0] - e[1]) / 2)
     with pytest.raises(SystemExit):
         cv.main([f"--raw-data-file={raw}", "--", "--numpy-rand-seed=3"])
     assert "sets the data, seed and output flags itself" in capsys.readouterr().err
