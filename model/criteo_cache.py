@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from enum import StrEnum, unique
 from pathlib import Path
@@ -97,12 +98,16 @@ class CriteoCache:
         path = self.folder / f"{key}.npy"
         offsets = self.manifest.get("vocab", {}).get(key)
         if offsets is None or not path.exists():
-            tables = []
             empty = np.asarray(self.cat_empty[:n_train])
-            for t in range(NUM_CAT):
+
+            def kept(t: int) -> np.ndarray:
                 values = np.asarray(self.cats[:n_train, t])[((empty >> np.uint32(t)) & 1) == 0]
                 uniq, counts = np.unique(values, return_counts=True)
-                tables.append(uniq[counts >= min_count])
+                return uniq[counts >= min_count]
+
+            # numpy's masking and sorting release the GIL: tables in parallel, a few at a time (memory)
+            with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+                tables = list(pool.map(kept, range(NUM_CAT)))
             offsets = np.cumsum([0, *(len(v) for v in tables)]).tolist()
             _save_atomic(path, np.concatenate(tables).astype(np.uint32))
             self.manifest.setdefault("vocab", {})[key] = offsets

@@ -141,6 +141,21 @@ def test_cache_reused_until_source_or_options_change(tmp_path):
     assert not list((tmp_path / "c").glob("*.pkl"))
 
 
+def test_vocabulary_of_every_table_matches_a_count_by_hand(tmp_path):
+    rng = np.random.default_rng(5)
+    rows = [[f"{v:x}" if v >= 0 else "" for v in rng.integers(-2, 4 + 3 * t, size=26)] for t in range(200)]
+    rows = [[(f"{int(c, 16) * 7919 + t:x}" if c else "") for t, c in enumerate(r)] for r in rows]  # tables differ
+    cache, _ = preprocess(_write(tmp_path / "t.txt", [_line("0", None, r) for r in rows]), tmp_path / "c")
+    for min_count in (1, 3):
+        vocab = cache.vocabulary(150, min_count)
+        for t in range(26):
+            counts: dict[int, int] = {}
+            for r in rows[:150]:
+                if r[t]:
+                    counts[int(r[t], 16)] = counts.get(int(r[t], 16), 0) + 1
+            assert vocab[t].tolist() == sorted(v for v, n in counts.items() if n >= min_count), (t, min_count)
+
+
 def test_vocabulary_and_modulo_rows(tmp_path):
     lines = [_line("0", None, [f"{v:x}"] + [""] * 25) for v in (7, 9, 7)] + [_line("1", None, ["5"] + [""] * 25)]
     cache, _ = preprocess(_write(tmp_path / "t.txt", lines), tmp_path / "c")
