@@ -46,7 +46,7 @@ def fold_bounds(n: int, folds: int, k: int) -> tuple[int, int]:
     return int(bounds[k]), int(bounds[k + 1])
 
 
-def paired(diffs: list[float]) -> dict[str, float]:
+def paired(diffs: np.ndarray | list[float]) -> dict[str, float]:
     """Mean and standard error (sample standard deviation / sqrt(K)) of K per-fold differences."""
     d = np.asarray(diffs, dtype=np.float64)
     return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
@@ -126,23 +126,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"{min(auc):7.4f}-{max(auc):.4f} {ens['auc']:8.4f} {lr['auc']:7.4f} "
                   f"{np.mean(auc) - lr['auc']:+7.4f} {np.mean(ll):8.4f} {ens['logloss']:7.4f} "
                   f"{lr['logloss']:7.4f} {np.mean(ll) - lr['logloss']:+7.4f}", flush=True)  # fmt: skip
-    folds = record["folds"]
-    mean = {
-        "dlrm_auc": float(np.mean([np.mean([r["auc"] for r in f["dlrm"]]) for f in folds])),
-        "dlrm_logloss": float(np.mean([np.mean([r["logloss"] for r in f["dlrm"]]) for f in folds])),
-        "ensemble_auc": float(np.mean([f["ensemble"]["auc"] for f in folds])),
-        "ensemble_logloss": float(np.mean([f["ensemble"]["logloss"] for f in folds])),
-        "baseline_auc": float(np.mean([f["baseline"]["auc"] for f in folds])),
-        "baseline_logloss": float(np.mean([f["baseline"]["logloss"] for f in folds])),
-    }
-    record["mean"] = mean
-    diffs = {  # per fold, paired: DLRM (mean over seeds) or the seeds' ensemble minus the baseline
-        "auc": [np.mean([r["auc"] for r in f["dlrm"]]) - f["baseline"]["auc"] for f in folds],
-        "logloss": [np.mean([r["logloss"] for r in f["dlrm"]]) - f["baseline"]["logloss"] for f in folds],
-        "ensemble_auc": [f["ensemble"]["auc"] - f["baseline"]["auc"] for f in folds],
-        "ensemble_logloss": [f["ensemble"]["logloss"] - f["baseline"]["logloss"] for f in folds],
-    }
-    record["paired_difference"] = {k: paired(v) for k, v in diffs.items()}
+    per_fold = {}  # each model's metric per fold; DLRM's is the mean over its seeds
+    for m in ("auc", "logloss"):
+        per_fold[f"dlrm_{m}"] = np.array([np.mean([r[m] for r in f["dlrm"]]) for f in record["folds"]])
+        per_fold[f"ensemble_{m}"] = np.array([f["ensemble"][m] for f in record["folds"]])
+        per_fold[f"baseline_{m}"] = np.array([f["baseline"][m] for f in record["folds"]])
+    mean = record["mean"] = {k: float(v.mean()) for k, v in per_fold.items()}
+    record["paired_difference"] = {  # DLRM (mean over seeds) or the seeds' ensemble minus the baseline
+        k: paired(per_fold[f"{who}_{m}"] - per_fold[f"baseline_{m}"])
+        for k, who, m in (("auc", "dlrm", "auc"), ("logloss", "dlrm", "logloss"),
+                          ("ensemble_auc", "ensemble", "auc"), ("ensemble_logloss", "ensemble", "logloss"))
+    }  # fmt: skip
     print(f"mean {'':>11} {mean['dlrm_auc']:9.4f} {'':>15} {mean['ensemble_auc']:8.4f} {mean['baseline_auc']:7.4f} "
           f"{mean['dlrm_auc'] - mean['baseline_auc']:+7.4f} {mean['dlrm_logloss']:8.4f} "
           f"{mean['ensemble_logloss']:7.4f} {mean['baseline_logloss']:7.4f} "
