@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -273,6 +274,11 @@ def run(
     optimizer = make_optimizer(train.optimizer, groups, train.learning_rate, config, train.weight_decay)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule scales each group's rate
     ema = WeightEMA(model.parameters(), train.ema_decay) if train.ema_decay else None
+
+    def averaged() -> contextlib.AbstractContextManager[Any]:
+        """The weights evaluations and the saved model use: the moving average with --ema-decay."""
+        return ema.applied() if ema is not None else contextlib.nullcontext()
+
     model.train(not train.inference_only)
     mode = "inference" if train.inference_only else "training"
 
@@ -291,11 +297,8 @@ def run(
     def test(epoch: int, j: int) -> None:
         nonlocal test_s, predictions
         t = time.perf_counter()
-        if ema is None:
+        with averaged():
             predictions = predict(model, test_data, device)  # type: ignore[arg-type]
-        else:
-            with ema.applied():
-                predictions = predict(model, test_data, device)  # type: ignore[arg-type]
         q = quality(*predictions)
         test_s += time.perf_counter() - t
         history.append({"epoch": epoch, "iteration": iters, **q.to_dict()})
@@ -408,11 +411,8 @@ def run(
         log(f"Chrome/Perfetto trace: {train.profile_trace}")
         result["breakdown"] = breakdown.to_dict()
     if train.save_model:
-        if ema is None:
+        with averaged():
             save_checkpoint(model, train.save_model, iterations=iters)
-        else:
-            with ema.applied():
-                save_checkpoint(model, train.save_model, iterations=iters)
         log(f"saved model to {train.save_model}" + (" (moving-average weights)" if ema is not None else ""))
     if train.test_predictions_out and predictions is not None:
         write_predictions(train.test_predictions_out, *predictions)
