@@ -22,12 +22,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from enum import StrEnum, unique
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from model import criteo_fast
-from model.criteo_format import NUM_CAT, NUM_DENSE, BadLine, Layout, detect_layout, iter_lines, open_raw, parse_line
+from model.criteo_format import (
+    NUM_CAT,
+    NUM_DENSE,
+    BadLine,
+    Layout,
+    detect_layout,
+    iter_lines,
+    open_raw,
+    parse_line,
+    read_failed,
+)
 
 __all__ = ["CACHE_VERSION", "BadLinePolicy", "CriteoCache", "default_cache_dir", "preprocess"]
 
@@ -142,10 +152,17 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 def _count_lines(raw: Path) -> int:
     with open_raw(raw) as f:
         n, last = 0, b"\n"
-        while chunk := f.read(1 << 20):
+        while chunk := _read(f, raw):
             n += chunk.count(b"\n")
             last = chunk[-1:]
     return n + (last != b"\n")
+
+
+def _read(f: BinaryIO, raw: Path) -> bytes:
+    try:
+        return f.read(1 << 20)
+    except (OSError, EOFError) as exc:
+        raise read_failed(raw, exc) from None
 
 
 def preprocess(raw_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str], on_bad_line: str = "error") -> (
@@ -347,7 +364,7 @@ def _fill_compiled(raw: Path, tmp: Path, layout: Layout, bad: _BadLines, chunk_b
             for name, dtype, row_shape in zip(_FILES, _DTYPES, ((), (NUM_DENSE,), (NUM_CAT,), ()), strict=True)
         ]
         f = stack.enter_context(open_raw(raw))
-        chunks = criteo_fast.prefetch(criteo_fast.read_chunks(f, chunk_bytes))
+        chunks = criteo_fast.prefetch(criteo_fast.read_chunks(f, chunk_bytes, raw))
         stack.callback(chunks.close)  # the reading thread stops before f closes
         for buf in chunks:
             if header:  # the first line; read_chunks gives whole lines

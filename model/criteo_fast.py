@@ -11,6 +11,7 @@ two paths accept the same lines and give the same values, and messages come from
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -19,7 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from model.criteo_format import NUM_CAT, NUM_DENSE
+from model.criteo_format import NUM_CAT, NUM_DENSE, read_failed
 
 try:
     from numba import njit
@@ -50,7 +51,7 @@ class ParsedChunk:
     cat_empty: np.ndarray  # (n,) uint32, bit t set when categorical t was empty
 
 
-def read_chunks(f: BinaryIO, chunk_bytes: int) -> Iterator[np.ndarray]:
+def read_chunks(f: BinaryIO, chunk_bytes: int, path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
     """Whole lines of `f`, about `chunk_bytes` at a time, as uint8 arrays; only the file's last line may lack `\\n`.
 
     A line longer than `chunk_bytes` is gathered whole, as reading line by line would.
@@ -58,10 +59,14 @@ def read_chunks(f: BinaryIO, chunk_bytes: int) -> Iterator[np.ndarray]:
     Args:
         f: from criteo_format.open_raw.
         chunk_bytes: bytes read per call.
+        path: `f`'s file, named when a read fails (criteo_format.read_failed).
     """
     pending: list[bytes | memoryview] = []  # the start of the next chunk's first line
     while True:
-        data = f.read(chunk_bytes)
+        try:
+            data = f.read(chunk_bytes)
+        except (OSError, EOFError) as exc:
+            raise read_failed(path, exc) from None
         if not data:
             break
         cut = data.rfind(b"\n") + 1

@@ -27,6 +27,7 @@ __all__ = [
     "iter_lines",
     "open_raw",
     "parse_line",
+    "read_failed",
 ]
 
 NUM_DENSE = 13  # I1..I13
@@ -113,13 +114,18 @@ def open_raw(path: str | os.PathLike[str]) -> BinaryIO:
     return f
 
 
+def read_failed(path: str | os.PathLike[str], exc: OSError | EOFError) -> ValueError:
+    """The error every reader of a raw file raises when reading it fails mid-way."""
+    return ValueError(f"{path}: read failed ({exc}); a truncated or corrupt gzip file?")
+
+
 def iter_lines(f: BinaryIO, path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
     """(1-based line number, text without the line ending); undecodable bytes become U+FFFD."""
     try:
         for lineno, raw in enumerate(f, 1):
             yield lineno, raw.decode("utf-8", errors="replace").rstrip("\r\n")
     except (OSError, EOFError) as exc:
-        raise ValueError(f"{path}: read failed ({exc}); a truncated or corrupt gzip file?") from None
+        raise read_failed(path, exc) from None
 
 
 def detect_layout(first_line: str, path: str | os.PathLike[str]) -> Layout:
