@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,16 +22,12 @@ from profiler.store import write_json_atomic
 __all__ = ["add_bench_targets", "bench_dist"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_dist(
     world_sizes: list[int], train_args: list[str], *, threads: int, timeout_s: float
 ) -> list[dict[str, Any]]:
     """Run `dlrmbench train` with each world size; returns rank 0's records with the split."""
+    from model.distributed import free_port  # torch: only when a benchmark runs
+
     records = []
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,7 +39,7 @@ def bench_dist(
                 cmd = [sys.executable, "-m", "profiler.cli", *args]
             else:
                 cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}",
-                       f"--master_port={_free_port()}", f"--log-dir={tmp}",  # else torchrun leaves a /tmp dir per run
+                       f"--master_port={free_port()}", f"--log-dir={tmp}",  # else torchrun leaves a /tmp dir per run
                        "-m", "profiler.cli", *args, "--dist-backend=gloo"]  # fmt: skip
             env = {**os.environ, "OMP_NUM_THREADS": str(per_proc)}
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)

@@ -135,7 +135,7 @@ class CriteoData:
 
     def positive_rate(self) -> float:
         """Share of label-1 rows in [start, stop)."""
-        return float(np.asarray(self.cache.labels[self.start : self.stop], dtype=np.float64).mean())
+        return float(self.cache.labels[self.start : self.stop].mean(dtype=np.float64))
 
     def __iter__(self) -> Iterator[Batch]:
         order = np.arange(len(self))

@@ -344,8 +344,7 @@ def _compiled_fits(layout: Layout) -> bool:
     leading ones it skips (Kaggle's CSV Id); a CSV with its columns shuffled stays per line."""
     k = layout.label_col
     return (
-        layout.sep in ("\t", ",")
-        and layout.dense_cols == tuple(range(k + 1, k + 1 + NUM_DENSE))
+        layout.dense_cols == tuple(range(k + 1, k + 1 + NUM_DENSE))
         and layout.cat_cols == tuple(range(k + 1 + NUM_DENSE, k + 1 + NUM_DENSE + NUM_CAT))
         and layout.num_fields == k + 1 + NUM_DENSE + NUM_CAT
     )

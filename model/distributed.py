@@ -9,6 +9,7 @@ global batch, a run on W ranks matches a single process step for step (tested wi
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,9 +29,17 @@ __all__ = [
     "DistributedFailure",
     "Placement",
     "batch_slices",
+    "free_port",
     "local_batch",
     "place_tables",
 ]
+
+
+def free_port() -> int:
+    """A TCP port free on this host now, for a process group's rendezvous (MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from model.distributed import DistContext
 from model.dlrm import DLRM
 from model.optim import SGD, Adagrad, LRSchedule, WeightEMA
 from model.quality import Quality, quality
-from profiler.store import write_json_atomic
+from profiler.store import write_json_atomic, write_text_atomic
 
 __all__ = [
     "LossFunction",
@@ -143,14 +143,16 @@ def warm_up(config: DLRMConfig, train: TrainConfig, device: torch.device) -> flo
         top_mlp=(1,),
     )
     model = DLRM(tiny, torch.Generator().manual_seed(0)).to(device)
-    model.embeddings.fused_lr = train.learning_rate
+    emb_lr = train.embedding_learning_rate or train.learning_rate
+    model.embeddings.fused_lr = emb_lr
     batch = RandomData(tiny.table_rows, tiny.num_dense, 2, 2, 2, False, 0).batch(0).to(device)
     loss_fn = make_loss(train.loss_function, train.loss_weights)
     if train.inference_only:
         with torch.no_grad():
             model.eval()(batch.dense, batch.indices, batch.offsets)
     else:
-        optimizer = make_optimizer(train.optimizer, model.parameters(), train.learning_rate, tiny, train.weight_decay)
+        groups = param_groups(model, emb_lr)  # as run() does: rwsadagrad's row-wise tables, their own rate
+        optimizer = make_optimizer(train.optimizer, groups, train.learning_rate, tiny, train.weight_decay)
         loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels).backward()
         optimizer.step()
     _sync(device)
@@ -204,11 +206,8 @@ def evaluate(model: DLRM, data: Iterable[Batch], device: torch.device) -> Qualit
 
 def write_predictions(path: str | os.PathLike[str], labels: np.ndarray, scores: np.ndarray) -> None:
     """CSV `label,probability`, one line per test sample in data order, written atomically."""
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w") as f:
-        f.write("label,probability\n")
-        f.writelines(f"{int(y)},{p:.9g}\n" for y, p in zip(labels.tolist(), scores.tolist(), strict=True))
-    os.replace(tmp, path)
+    rows = (f"{int(y)},{p:.9g}\n" for y, p in zip(labels.tolist(), scores.tolist(), strict=True))
+    write_text_atomic(path, "label,probability\n" + "".join(rows))
 
 
 def _sync(device: torch.device) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from profiler.store import write_json_atomic
-from profiler.timer import measure
+from profiler.timer import _set_threads, measure
 
 __all__ = ["add_bench_targets", "bench_timer"]
 
@@ -46,35 +46,38 @@ def bench_timer(
     target_us: float = 100.0, rounds: int = 7, threads: int = 1, budget_ms: float = 100.0
 ) -> dict[str, Any]:
     """Median per-call seconds by bare loop and by measure(), `rounds` alternating rounds."""
-    torch.set_num_threads(threads)
-    fn, n = _sized_kernel(target_us * 1e-6)
-    calls = max(20, int(budget_ms * 1e-3 / (target_us * 1e-6)))
-    per_block = calls // 20
-    bare, timed, overhead_est = [], [], []
-    for _ in range(rounds):
-        fn()
-        blocks = []
-        for _ in range(20):  # the same statistic as the timer's (median of block means), minimal machinery
-            t0 = time.perf_counter()
-            for _ in range(per_block):
-                fn()
-            blocks.append((time.perf_counter() - t0) / per_block)
-        bare.append(statistics.median(blocks))
-        m = measure(fn, warmup_ms=20.0, rep_ms=budget_ms, threads=threads, check_contention=False)
-        timed.append(m.median_s)
-        overhead_est.append(m.overhead_frac)
-    per_round = [t / b - 1.0 for t, b in zip(timed, bare, strict=True)]
-    return {
-        "kernel": f"torch.sum over {n:,} float32",
-        "threads": threads,
-        "bare_s": bare,
-        "timer_s": timed,
-        "bare_median_s": statistics.median(bare),
-        "timer_median_s": statistics.median(timed),
-        "overhead_per_round": per_round,
-        "overhead": statistics.median(per_round),
-        "clock_share_estimate": statistics.median(overhead_est),
-    }
+    _, undo = _set_threads(threads)  # put back after: the caller (a test, say) keeps its own count
+    try:
+        fn, n = _sized_kernel(target_us * 1e-6)
+        calls = max(20, int(budget_ms * 1e-3 / (target_us * 1e-6)))
+        per_block = calls // 20
+        bare, timed, overhead_est = [], [], []
+        for _ in range(rounds):
+            fn()
+            blocks = []
+            for _ in range(20):  # the same statistic as the timer's (median of block means), minimal machinery
+                t0 = time.perf_counter()
+                for _ in range(per_block):
+                    fn()
+                blocks.append((time.perf_counter() - t0) / per_block)
+            bare.append(statistics.median(blocks))
+            m = measure(fn, warmup_ms=20.0, rep_ms=budget_ms, threads=threads, check_contention=False)
+            timed.append(m.median_s)
+            overhead_est.append(m.overhead_frac)
+        per_round = [t / b - 1.0 for t, b in zip(timed, bare, strict=True)]
+        return {
+            "kernel": f"torch.sum over {n:,} float32",
+            "threads": threads,
+            "bare_s": bare,
+            "timer_s": timed,
+            "bare_median_s": statistics.median(bare),
+            "timer_median_s": statistics.median(timed),
+            "overhead_per_round": per_round,
+            "overhead": statistics.median(per_round),
+            "clock_share_estimate": statistics.median(overhead_est),
+        }
+    finally:
+        undo()
 
 
 def _cmd(args: argparse.Namespace) -> int:

@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import signal
-import socket
 import tempfile
 import time
 import traceback
@@ -35,7 +34,7 @@ from typing import Any
 
 import torch
 
-from profiler.timer import Measurement
+from profiler.timer import Measurement, clock_overhead_s
 
 __all__ = ["CollectiveFailure", "RankOutput", "all_to_all_bytes", "all_to_all_once", "time_all_to_all"]
 
@@ -179,7 +178,7 @@ def all_to_all_once(
 # ---- worker side: runs in each spawned rank ----
 
 
-def _rank_setup(rank: int, world_size: int, job: dict[str, Any]) -> tuple[Any, list[int], Any]:
+def _rank_setup(world_size: int, job: dict[str, Any]) -> tuple[Any, list[int], Any]:
     from model.distributed import CommStats, batch_slices, place_tables
 
     placement = place_tables((1,) * job["T"], 1, world_size)  # equal tables: only their count matters
@@ -192,7 +191,7 @@ def _time_worker(rank: int, world_size: int, job: dict[str, Any]) -> dict[str, A
     from model.distributed import _AllToAll
     from profiler.contention import assess, snapshot
 
-    placement, sizes, comm = _rank_setup(rank, world_size, job)
+    placement, sizes, comm = _rank_setup(world_size, job)
     train = job["mode"] == "train"
     g = torch.Generator().manual_seed(rank)
     local = torch.randn(len(placement.tables[rank]), job["B"], job["D"], generator=g)  # (T_local, B, D)
@@ -221,16 +220,9 @@ def _time_worker(rank: int, world_size: int, job: dict[str, Any]) -> dict[str, A
         return None
     return {
         "samples_s": slowest.tolist(),
-        "clock_overhead_s": _clock_read_s(),
+        "clock_overhead_s": clock_overhead_s(time.perf_counter),
         "contention": assess(before, after, threads=world_size).to_dict(),
     }
-
-
-def _clock_read_s(probes: int = 200) -> float:
-    t0 = time.perf_counter()
-    for _ in range(probes):
-        time.perf_counter()
-    return max(0.0, (time.perf_counter() - t0) / (probes + 1))
 
 
 def _once_worker(rank: int, world_size: int, job: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +230,7 @@ def _once_worker(rank: int, world_size: int, job: dict[str, Any]) -> dict[str, A
 
     from model.distributed import _AllToAll
 
-    placement, sizes, comm = _rank_setup(rank, world_size, job)
+    placement, sizes, comm = _rank_setup(world_size, job)
     shape = (job["T"], job["B"], job["D"])
     full = torch.randn(shape, generator=torch.Generator().manual_seed(job["seed"]))
     grad = torch.randn(shape, generator=torch.Generator().manual_seed(job["seed"] + 1))
@@ -286,12 +278,6 @@ def _entry(
 
 
 # ---- parent side ----
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _exit_text(code: int | None) -> str:
@@ -344,13 +330,15 @@ def _launch(
     """Run `work` on `world_size` spawned gloo ranks; each rank's returned dict (None where it returned none)."""
     import torch.multiprocessing as mp
 
+    from model.distributed import free_port
+
     ctx = mp.get_context("spawn")
     procs: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="dlrmbench-collective-") as tmp:
         folder = Path(tmp)
         deadline = time.monotonic() + timeout_s
         try:
-            port = _free_port()
+            port = free_port()
             for rank in range(world_size):
                 p = ctx.Process(target=_entry, args=(rank, world_size, port, work, job, tmp, timeout_s), daemon=True)
                 p.start()

@@ -97,16 +97,21 @@ class ResultFile:
         return iter(read_records(self.path).records if self.path.exists() else [])
 
 
-def write_json_atomic(path: str | Path, record: Any) -> None:
+def write_text_atomic(path: str | Path, text: str) -> None:
     """Write via a temporary file and os.replace: a crash leaves the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | Path, record: Any) -> None:
+    """`record` as indented JSON, written atomically (write_text_atomic)."""
+    write_text_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -46,7 +46,7 @@ from typing import Any
 
 from profiler.contention import Contention, assess, snapshot, wait_for_quiet
 
-__all__ = ["SPREAD_LIMIT", "Measurement", "from_samples", "llc_flush_bytes", "measure"]
+__all__ = ["SPREAD_LIMIT", "Measurement", "clock_overhead_s", "from_samples", "llc_flush_bytes", "measure"]
 
 SPREAD_LIMIT = 0.10  # IQR/median or stdev/mean above this: the measurement is noisy (TB and pyperf use 10%)
 _BLOCK_S = 1e-3  # target duration of one timed block on CPU: clock overhead <0.01% of it
@@ -213,7 +213,8 @@ def _set_threads(threads: int | None) -> tuple[int, Callable[[], None]]:
     return torch.get_num_threads(), undo
 
 
-def _clock_overhead_s(clock: Callable[[], float]) -> float:
+def clock_overhead_s(clock: Callable[[], float]) -> float:
+    """Seconds one call of `clock` costs (the mean of a few hundred back-to-back reads)."""
     t0 = clock()
     for _ in range(_CLOCK_PROBES):
         clock()
@@ -359,7 +360,7 @@ def _measure_cpu(
 ) -> tuple[list[float], int, int, float]:
     import numpy as np
 
-    overhead_s = _clock_overhead_s(clock)
+    overhead_s = clock_overhead_s(clock)
     flush_buf = np.empty(flush_bytes, dtype=np.uint8) if flush_bytes else None
     warm_calls, per_call_s = _warmup(fn, warmup_s, clock, lambda: None)
     cps = _calls_per_sample(per_call_s, rep_s, min_reps, flush_buf is not None)

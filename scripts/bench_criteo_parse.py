@@ -36,9 +36,10 @@ PARSERS = ("per-line", "compiled")
 def write_sample(path: Path, sample: Path, lines: int, gz: bool) -> None:
     """`lines` lines of `sample`, repeated as often as needed."""
     text = sample.read_bytes().splitlines(keepends=True)
+    whole = b"".join(text)
     with gzip.open(path, "wb", compresslevel=6) if gz else open(path, "wb") as f:
         for _ in range(lines // len(text)):
-            f.write(b"".join(text))
+            f.write(whole)
         f.write(b"".join(text[: lines % len(text)]))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import torch.multiprocessing as mp
 
 from model.config import DLRMConfig
 from model.data import RandomData
-from model.distributed import DistributedDLRM, batch_slices, local_batch, place_tables, train_steps
+from model.distributed import DistributedDLRM, batch_slices, free_port, local_batch, place_tables, train_steps
 from model.dlrm import DLRM
 from model.optim import SGD
 
@@ -56,18 +55,12 @@ def _rank(rank: int, world: int, port: int, batch_size: int, out: dict) -> None:
     dist.barrier()  # no destroy_process_group: with gloo it sometimes aborts a rank at exit (see model/cli.py)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("batch_size", [8, 7])  # 7: an uneven split, 4 + 3
 def test_two_gloo_ranks_match_one_process(batch_size):
     want_losses, want = _single(batch_size)
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_rank, args=(2, _free_port(), batch_size, out), nprocs=2, join=True)
+        mp.spawn(_rank, args=(2, free_port(), batch_size, out), nprocs=2, join=True)
         got = dict(out)
     for rank in (0, 1):
         assert got[rank]["losses"] == pytest.approx(want_losses, rel=1e-5)
@@ -132,7 +125,7 @@ def test_torchrun_cli_matches_single_process(tmp_path):
     from profiler.cli import main
 
     assert main([*argv, f"--json-out={one}"]) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            f"--log-dir={tmp_path / 'logs'}", "-m", "profiler.cli", *argv, "--dist-backend=gloo",
            f"--json-out={two}"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
@@ -150,7 +143,7 @@ def test_torchrun_cli_matches_single_process(tmp_path):
 def test_a_dead_rank_makes_the_other_exit_with_a_message():
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     argv = ["train", "--preset=tiny", "--mini-batch-size=8", "--num-batches=1000000", "--data-size=8",
             "--print-freq=100000", "--dist-backend=gloo", "--dist-timeout=20"]  # fmt: skip
     procs = [ctx.Process(target=_cli_rank, args=(r, port, argv, 4.0 if r == 1 else 0.0, out)) for r in (0, 1)]
