@@ -15,7 +15,7 @@ from model.criteo_format import NUM_CAT, NUM_DENSE
 from model.data import Batch, RandomData
 from model.synthetic import SyntheticData, parse_locality
 
-__all__ = ["DataSources", "add_data_arguments", "build_sources", "fit_tables"]
+__all__ = ["DataSources", "add_data_arguments", "build_sources", "criteo_sources", "fit_tables"]
 
 _GENERATIONS = ("random", "synthetic", "dataset")
 
@@ -101,38 +101,68 @@ def add_data_arguments(p: argparse.ArgumentParser, flag_bool: Any) -> None:
 
 
 def _criteo(args: argparse.Namespace) -> DataSources:
-    if not args.raw_data_file:
+    return criteo_sources(
+        args.raw_data_file,
+        test_raw_data_file=args.test_raw_data_file,
+        test_fraction=args.test_fraction,
+        processed_data_file=args.processed_data_file,
+        on_bad_line=args.on_bad_line,
+        min_category_count=args.min_category_count,
+        max_ind_range=args.max_ind_range,
+        batch_size=args.mini_batch_size,
+        test_batch_size=args.test_mini_batch_size if args.test_mini_batch_size > 0 else args.mini_batch_size,
+        shuffle=bool(args.data_shuffle),
+        seed=args.numpy_rand_seed,
+        data_set=args.data_set,
+    )
+
+
+def criteo_sources(
+    raw_data_file: str,
+    *,
+    test_raw_data_file: str = "",
+    test_fraction: float = 0.0,
+    processed_data_file: str = "",
+    on_bad_line: str = "error",
+    min_category_count: int = 1,
+    max_ind_range: int = -1,
+    batch_size: int = 128,
+    test_batch_size: int = 1024,
+    shuffle: bool = False,
+    seed: int = 0,
+    data_set: str = "kaggle",
+) -> DataSources:
+    """A Criteo file's training (and test) batches as the `dlrmbench train` flags of the same names build them."""
+    if not raw_data_file:
         raise ValueError("--data-generation dataset needs --raw-data-file PATH")
-    if args.test_raw_data_file and args.test_fraction:
+    if test_raw_data_file and test_fraction:
         raise ValueError("give --test-raw-data-file or --test-fraction, not both")
-    if args.min_category_count < 1:
-        raise ValueError(f"--min-category-count must be >= 1, got {args.min_category_count}")
-    cache_dir = Path(args.processed_data_file) if args.processed_data_file else default_cache_dir(args.raw_data_file)
+    if min_category_count < 1:
+        raise ValueError(f"--min-category-count must be >= 1, got {min_category_count}")
+    cache_dir = Path(processed_data_file) if processed_data_file else default_cache_dir(raw_data_file)
     notes: list[str] = []
-    train_cache = _open_cache(args.raw_data_file, cache_dir, args.on_bad_line, notes)
+    train_cache = _open_cache(raw_data_file, cache_dir, on_bad_line, notes)
     n = len(train_cache)
-    n_train = split_rows(n, args.test_fraction)
-    if args.max_ind_range > 0:
-        index = CategoryIndex(max_ind_range=args.max_ind_range)
+    n_train = split_rows(n, test_fraction)
+    if max_ind_range > 0:
+        index = CategoryIndex(max_ind_range=max_ind_range)
     else:
-        index = CategoryIndex(train_cache.vocabulary(n_train, args.min_category_count))
-    B = args.mini_batch_size
-    test_B = args.test_mini_batch_size if args.test_mini_batch_size > 0 else B
-    train = CriteoData(train_cache, index, B, 0, n_train, bool(args.data_shuffle), args.numpy_rand_seed)
+        index = CategoryIndex(train_cache.vocabulary(n_train, min_category_count))
+    train = CriteoData(train_cache, index, batch_size, 0, n_train, shuffle, seed)
     test: CriteoData | None = None
-    if args.test_raw_data_file:
-        test_dir = (cache_dir.with_name(cache_dir.name + "-test") if args.processed_data_file
-                    else default_cache_dir(args.test_raw_data_file))  # fmt: skip
-        test_cache = _open_cache(args.test_raw_data_file, test_dir, args.on_bad_line, notes)
-        test = CriteoData(test_cache, index, test_B)
+    if test_raw_data_file:
+        test_dir = (cache_dir.with_name(cache_dir.name + "-test") if processed_data_file
+                    else default_cache_dir(test_raw_data_file))  # fmt: skip
+        test_cache = _open_cache(test_raw_data_file, test_dir, on_bad_line, notes)
+        test = CriteoData(test_cache, index, test_batch_size)
     elif n_train < n:
-        test = CriteoData(train_cache, index, test_B, n_train, n)
+        test = CriteoData(train_cache, index, test_batch_size, n_train, n)
     split = f", test {test.samples:,} rows" if test else ", no test split"
-    notes.append(f"data: Criteo {args.data_set}, train {n_train:,} rows{split}; {index.describe()}")
+    notes.append(f"data: Criteo {data_set}, train {n_train:,} rows{split}; {index.describe()}")
     record = {
         "data_generation": "dataset",
-        "data_set": args.data_set,
-        "raw_data_file": args.raw_data_file,
+        "data_set": data_set,
+        "raw_data_file": raw_data_file,
         "train_rows": n_train,
         "test_rows": test.samples if test else 0,
         "cache": str(train_cache.folder),

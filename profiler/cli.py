@@ -27,6 +27,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "profiler.bench_bag_cli",
     "profiler.bench_timer",
     "model.trace_cli",
+    "model.quality_cli",
+    "model.baseline_cli",
 )
 
 

@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from model.baseline import fit_logistic_cv
-from model.criteo import CategoryIndex, CriteoData, split_rows
-from model.criteo_cache import preprocess
 from model.presets import CRITEO_SAMPLE_FLAGS
 from model.quality import quality
 from profiler.cli import main as dlrmbench
@@ -68,14 +66,16 @@ def _dlrm_scores(argv: list[str], predictions: Path) -> tuple[np.ndarray, np.nda
     return table[:, 0], table[:, 1]
 
 
-def _baseline(raw: Path, cache_dir: Path, test_fraction: float) -> dict:
-    cache, _ = preprocess(raw, cache_dir)
-    n_train = split_rows(len(cache), test_fraction)
-    index = CategoryIndex(cache.vocabulary(n_train))
-    batch = min(512, -(-n_train // 10))  # 512 as tests/test_real_data.py; at least 10 batches to hold some back
-    lr, _ = fit_logistic_cv(list(CriteoData(cache, index, batch, 0, n_train)), index.table_rows, 13,
-                            l2_grid=(1e-3, 3e-3, 1e-2))  # fmt: skip
-    return lr.evaluate(CriteoData(cache, index, 1024, n_train)).to_dict() | {"l2": lr.l2}
+def _baseline(raw: Path, cache_dir: Path, test_fraction: float, out: Path) -> dict:
+    """`dlrmbench baseline` on the same split, quietly; its test metrics and chosen l2."""
+    argv = ["baseline", f"--raw-data-file={raw}", f"--test-fraction={test_fraction}",
+            f"--processed-data-file={cache_dir}", f"--json-out={out}"]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()) as log:
+        code = dlrmbench(argv)
+    if code != 0:
+        raise SystemExit(f"dlrmbench {' '.join(argv)} failed ({code}):\n{log.getvalue()[-2000:]}")
+    record = json.loads(out.read_text())
+    return record["test"] | {"l2": record["l2"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(quality(labels, s).to_dict())
                 scores.append(s)
             ens = quality(labels, np.mean(scores, 0)).to_dict()
-            lr = _baseline(raw, Path(tmp) / f"c{k}", frac)
+            lr = _baseline(raw, Path(tmp) / f"c{k}", frac, Path(tmp) / "lr.json")
             auc = [r["auc"] for r in runs]
             ll = [r["logloss"] for r in runs]
             assert runs[0]["samples"] == hi - lo, "the held-out split must be exactly the fold"

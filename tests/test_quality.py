@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from model.quality import LOGLOSS_EPS, accuracy, log_loss, quality, roc_auc
+from model.quality import LOGLOSS_EPS, accuracy, auc_difference, log_loss, logloss_difference, quality, roc_auc
 
 
 def test_auc_with_ties_by_hand():
@@ -60,3 +60,79 @@ def test_log_loss_and_accuracy_by_hand():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in length"):
         roc_auc([0, 1], [0.5])
+
+
+def _delong_by_pairs(y, a, b):
+    """DeLong's variance from the pair matrix psi(x, y) = 1, 1/2, 0, by explicit loops over pairs."""
+    pos, neg = [i for i in range(len(y)) if y[i] == 1], [i for i in range(len(y)) if y[i] == 0]
+
+    def psi(s, i, j):
+        return 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+
+    v10 = [[sum(psi(s, i, j) for j in neg) / len(neg) for i in pos] for s in (a, b)]
+    v01 = [[sum(psi(s, i, j) for i in pos) / len(pos) for j in neg] for s in (a, b)]
+
+    def cov(u, v):
+        mu, mv = sum(u) / len(u), sum(v) / len(v)
+        return sum((x - mu) * (z - mv) for x, z in zip(u, v, strict=True)) / (len(u) - 1)
+
+    var = sum((cov(v[0], v[0]) + cov(v[1], v[1]) - 2 * cov(v[0], v[1])) / len(v[0]) for v in (v10, v01))
+    aucs = [sum(v) / len(v) for v in v10]
+    return aucs[0] - aucs[1], math.sqrt(var)
+
+
+def test_auc_difference_matches_delong_by_pairs_with_ties():
+    rng = np.random.default_rng(7)
+    y = (rng.random(60) < 0.3).astype(int)
+    a = np.round(rng.random(60) + 0.5 * y, 1)  # rounded: many ties within and across labels
+    b = np.round(rng.random(60) + 0.2 * y, 1)
+    diff, se = _delong_by_pairs(y.tolist(), a.tolist(), b.tolist())
+    got = auc_difference(y, a, b)
+    assert got.diff == pytest.approx(diff, abs=1e-12) and got.se == pytest.approx(se, rel=1e-9)
+    assert got.a == pytest.approx(roc_auc(y, a), abs=1e-12) and got.b == pytest.approx(roc_auc(y, b), abs=1e-12)
+    assert got.p_value == pytest.approx(math.erfc(abs(diff) / se / math.sqrt(2)), rel=1e-9)
+
+
+def test_auc_difference_standard_error_matches_the_spread_over_draws():
+    # two noisy scorers of the same rows, one better: DeLong's SE should match the SD of the difference
+    rng = np.random.default_rng(3)
+    diffs, ses = [], []
+    for _ in range(300):
+        y = (rng.random(300) < 0.25).astype(int)
+        latent = y + rng.normal(0, 1.0, 300)
+        a = latent + rng.normal(0, 0.7, 300)
+        b = latent + rng.normal(0, 1.2, 300)
+        d = auc_difference(y, a, b)
+        diffs.append(d.diff)
+        ses.append(d.se)
+    assert np.mean(diffs) > 0.02  # a is the better scorer
+    assert np.std(diffs, ddof=1) == pytest.approx(np.mean(ses), rel=0.15)
+
+
+def test_auc_difference_of_one_model_with_itself_is_zero():
+    y = np.array([0, 1, 0, 1, 1, 0])
+    p = np.array([0.1, 0.8, 0.4, 0.35, 0.9, 0.2])
+    d = auc_difference(y, p, p)
+    assert (d.diff, d.se, d.p_value) == (0.0, 0.0, 1.0)
+
+
+def test_auc_difference_rejects_too_few_rows_of_a_label():
+    with pytest.raises(ValueError, match="two rows of each label"):
+        auc_difference([0, 0, 1], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
+    with pytest.raises(ValueError, match="differ in length: 4 vs 3"):
+        auc_difference([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], [0.3, 0.2, 0.1])
+
+
+def test_logloss_difference_by_hand():
+    y = [1, 0, 1, 0]
+    a = [0.9, 0.2, 0.6, 0.5]
+    b = [0.7, 0.1, 0.8, 0.5]
+    d = [
+        -math.log(pa) + math.log(pb) if t else -math.log(1 - pa) + math.log(1 - pb)
+        for t, pa, pb in zip(y, a, b, strict=True)
+    ]
+    mean = sum(d) / 4
+    se = math.sqrt(sum((x - mean) ** 2 for x in d) / 3 / 4)
+    got = logloss_difference(y, a, b)
+    assert got.diff == pytest.approx(mean, abs=1e-12) and got.se == pytest.approx(se, abs=1e-12)
+    assert got.a == pytest.approx(log_loss(y, a), abs=1e-12) and got.b == pytest.approx(log_loss(y, b), abs=1e-12)

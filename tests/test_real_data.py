@@ -1,8 +1,10 @@
 """The real-data goal: DLRM against one-hot logistic regression on held-out Criteo rows (wide-resdnn, 8000 rows).
 
 Split: the first 6400 rows train, the last 1600 are held out (--test-fraction 0.2). The
-baseline sees the same rows, the same dense transform and the same vocabulary (a one-hot
-weight per table row); its L2 strength is picked on the last fifth of the training rows.
+baseline (`dlrmbench baseline`) sees the same rows and the same dense transform, with a one-hot
+weight for every categorical value of the training rows (DLRM's rarer than 5 share a row); its
+L2 strength is picked on the last fifth of the training rows. `dlrmbench quality` prints the
+difference with its standard error (DeLong for AUC).
 DLRM's settings were picked the same way (rows 5120..6400 as validation), never on the test rows.
 """
 
@@ -14,8 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.baseline import fit_logistic_cv
-from model.criteo import CategoryIndex, CriteoData, split_rows
 from model.criteo_cache import preprocess
 from model.presets import CRITEO_SAMPLE_FLAGS
 from model.quality import log_loss
@@ -33,18 +33,28 @@ DLRM_FLAGS = [  # the README's command
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("real")
-    out = tmp / "dlrm.json"
-    assert main(["train", *DLRM_FLAGS, f"--processed-data-file={tmp / 'cache'}", f"--json-out={out}"]) == 0
+    cache = tmp / "cache"
+    out, preds = tmp / "dlrm.json", tmp / "dlrm.csv"
+    argv = [
+        "train",
+        *DLRM_FLAGS,
+        f"--processed-data-file={cache}",
+        f"--json-out={out}",
+        f"--test-predictions-out={preds}",
+    ]
+    assert main(argv) == 0
     dlrm = json.loads(out.read_text())["test"]
-    cache, _ = preprocess(RAW, tmp / "cache")
-    n_train = split_rows(len(cache), 0.2)
-    index = CategoryIndex(cache.vocabulary(n_train))
-    train = list(CriteoData(cache, index, 512, 0, n_train))
-    lr, _ = fit_logistic_cv(train, index.table_rows, 13, l2_grid=(1e-3, 3e-3, 1e-2))
-    baseline = lr.evaluate(CriteoData(cache, index, 1024, n_train)).to_dict()
-    test_labels = np.asarray(cache.labels[n_train:])
-    constant = log_loss(test_labels, np.full_like(test_labels, np.asarray(cache.labels[:n_train]).mean()))
-    print(f"\nDLRM {dlrm}\nlogistic regression (l2 {lr.l2:g}) {baseline}\nconstant log loss {constant:.4f}")
+    lr_out, lr_preds = tmp / "lr.json", tmp / "lr.csv"
+    assert main(["baseline", f"--raw-data-file={RAW}", "--test-fraction=0.2", f"--processed-data-file={cache}",
+                 f"--json-out={lr_out}", f"--test-predictions-out={lr_preds}"]) == 0  # fmt: skip
+    lr = json.loads(lr_out.read_text())
+    baseline = lr["test"]
+    labels = np.loadtxt(lr_preds, delimiter=",", skiprows=1)[:, 0]
+    n_train = lr["data"]["train_rows"]
+    prior = np.asarray(preprocess(RAW, cache)[0].labels[:n_train]).mean()
+    constant = log_loss(labels, np.full_like(labels, prior))
+    print(f"\nDLRM {dlrm}\nlogistic regression (l2 {lr['l2']:g}) {baseline}\nconstant log loss {constant:.4f}")
+    assert main(["quality", str(lr_preds), str(preds)]) == 0  # prints DLRM - baseline with standard errors
     return dlrm, baseline, constant
 
 
