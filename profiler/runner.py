@@ -112,7 +112,10 @@ def run_point(
                 "processes (DLRM across processes: torchrun ... dlrmbench train --dist-backend gloo)"
             )
         with _deadline(timeout_s):
-            m, cost, extra = _RUNS[point.target](point, ws, timing or {})
+            if point.target == "all_to_all":  # its ranks' collectives need the budget too, not only this process
+                m, cost, extra = _run_all_to_all(point, ws, timing or {}, timeout_s)
+            else:
+                m, cost, extra = _RUNS[point.target](point, ws, timing or {})
     except (
         ValueError,
         NotImplementedError,
@@ -253,8 +256,13 @@ def _run_dlrm(point: Point, ws: int | None, timing: dict[str, float]) -> tuple[A
     return m, cost, {"samples_per_s": B / m.median_s}
 
 
-def _run_all_to_all(point: Point, ws: int | None, timing: dict[str, float]) -> tuple[Any, Cost, dict[str, Any]]:
-    """The model's all-to-all on point.world_size gloo processes; [timing]'s ms budgets do not apply (counts do)."""
+def _run_all_to_all(
+    point: Point, ws: int | None, timing: dict[str, float], timeout_s: float = 0.0
+) -> tuple[Any, Cost, dict[str, Any]]:
+    """The model's all-to-all on point.world_size gloo processes; [timing]'s ms budgets do not apply (counts do).
+
+    timeout_s (--point-timeout; 0: the collective's default) bounds the launch and each rank's collectives.
+    """
     from profiler.collective import all_to_all_bytes, time_all_to_all
 
     if point.mode not in ("forward", "train"):
@@ -268,7 +276,7 @@ def _run_all_to_all(point: Point, ws: int | None, timing: dict[str, float]) -> t
     if int(timing.get("flush_bytes", 0)):
         raise NotImplementedError("flush_bytes: the all-to-all is timed in its ranks, without a cache flush")
     args = (point.world_size, point.batch_size, point.num_tables, point.embedding_dim)
-    m = time_all_to_all(*args, mode=point.mode)
+    m = time_all_to_all(*args, mode=point.mode, **({"timeout_s": timeout_s} if timeout_s > 0 else {}))
     per_rank = all_to_all_bytes(*args, mode=point.mode)  # (sent, received) per rank
     sent, received = max(per_rank, key=sum)  # the busiest rank: the slowest one sets each sample
     extra = {

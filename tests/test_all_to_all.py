@@ -221,6 +221,30 @@ def test_run_point_reports_failures_of_all_to_all_points(monkeypatch):
     assert rec["status"] == "failed" and rec["reason"].startswith("CollectiveFailure: all-to-all on 2")
 
 
+def test_point_timeout_bounds_an_all_to_all_point_and_its_ranks(monkeypatch):
+    import psutil
+
+    import profiler.collective
+
+    point = Point(target="all_to_all", world_size=2, batch_size=8, num_tables=4)
+    # a budget shorter than the ranks' start-up: the point fails as timed out and leaves no rank behind
+    rec = run_point(point, fingerprint={}, ceilings=[], timeout_s=0.3)
+    assert rec["status"] == "failed" and "timed out after 0.3 s" in rec["reason"]
+    ranks = [c for c in psutil.Process().children(recursive=True) if "resource_tracker" not in " ".join(c.cmdline())]
+    assert not [c for c in ranks if c.is_running() and c.status() != "zombie"]  # multiprocessing's tracker stays
+
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append(kwargs.get("timeout_s"))
+        raise CollectiveFailure("stop here")
+
+    monkeypatch.setattr(profiler.collective, "time_all_to_all", record)
+    run_point(point, fingerprint={}, ceilings=[], timeout_s=300.0)
+    run_point(point, fingerprint={}, ceilings=[])
+    assert seen == [300.0, None]  # the point's budget, not the collective's 60 s default; none: the default
+
+
 # ---- dlrmbench train --dist-backend refuses what needs one process ----
 
 
