@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from model.criteo_cache import BadLinePolicy, default_cache_dir, preprocess
 from model.criteo_format import NUM_CAT
 from model.stack_distance import LRUStream
 from model.traces import StackDistanceProfile, read_trace, summarize_trace
+from profiler.store import write_json_atomic, write_text_atomic
 
 __all__ = ["add_commands", "trace_dump", "trace_generate", "trace_profile"]
 
@@ -19,7 +19,7 @@ _CDF_ROWS_SHOWN = 12  # distances printed before the CDF table is elided
 
 
 def _write_trace(path: str, rows: np.ndarray) -> None:
-    Path(path).write_text(", ".join(map(str, rows.tolist())) + "\n")
+    write_text_atomic(path, ", ".join(map(str, rows.tolist())) + "\n")
 
 
 def trace_profile(args: argparse.Namespace) -> int:
@@ -48,7 +48,7 @@ def trace_profile(args: argparse.Namespace) -> int:
         out.write(args.write_profile)
         print(f"wrote the profile to {args.write_profile}" + ("" if args.keep_ids else " (row ids anonymised)"))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"trace": args.file, **s.to_dict()}, indent=2) + "\n")
+        write_json_atomic(args.json_out, {"trace": args.file, **s.to_dict()})
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any, Self
 import numpy as np
 
 from model.stack_distance import stack_distances
+from profiler.store import write_text_atomic
 
 __all__ = ["StackDistanceProfile", "TraceSummary", "read_trace", "summarize_trace"]
 
@@ -86,7 +87,7 @@ class StackDistanceProfile:
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write the three lines, values separated by ", ", as the reference reads them."""
         text = "\n".join(", ".join(repr(x) for x in row) for row in (self.unique_accesses, self.distances, self.cdf))
-        Path(path).write_text(text + "\n")
+        write_text_atomic(path, text + "\n")
 
     def normalized_cdf(self) -> np.ndarray:
         c = np.asarray(self.cdf, dtype=np.float64)

@@ -7,12 +7,13 @@ command in a child process with NUMBA_CPU_NAME / NUMBA_CPU_FEATURES set (kernels
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
 import sys
 from typing import Any
+
+from profiler.store import write_json_atomic
 
 __all__ = ["add_bench_targets", "add_commands", "parse_int_list", "parse_list"]
 
@@ -249,8 +250,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     records = _run_bench(args)
     _geomeans(records)
     if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(records, f, indent=1)
+        write_json_atomic(args.json_out, records)
         print(f"wrote {len(records)} points to {args.json_out}")
     return 0
 

@@ -17,6 +17,7 @@ from typing import Any
 from profiler.plot_style import format_bytes
 from profiler.plots import add_shared_options, find_spec, make_plot, plot_settings
 from profiler.results import Machine, kernel_label, load_results, point_label, select, varying_fields
+from profiler.store import write_text_atomic
 
 __all__ = [
     "add_commands",
@@ -185,8 +186,8 @@ def write_report(
         blocks += sweep_blocks
         paths += sweep_paths
     md, page = out_dir / "index.md", out_dir / "index.html"
-    md.write_text(render_markdown(blocks))
-    page.write_text(render_html(blocks, title=f"dlrmbench report: {machine.name}"))
+    write_text_atomic(md, render_markdown(blocks))
+    write_text_atomic(page, render_html(blocks, title=f"dlrmbench report: {machine.name}"))
     return [md, page, *paths]
 
 
