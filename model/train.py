@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum, unique
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ from model.distributed import DistContext
 from model.dlrm import DLRM
 from model.optim import SGD, Adagrad, LRSchedule, WeightEMA
 from model.quality import Quality, quality
-from profiler.store import write_json_atomic, write_text_atomic
+from profiler.store import replace_atomic, write_json_atomic, write_text_atomic
 
 __all__ = [
     "LossFunction",
@@ -168,9 +167,7 @@ def save_checkpoint(model: DLRM, path: str | os.PathLike[str], *, iterations: in
         "state_dict": state,
         "iterations": iterations,
     }
-    tmp = Path(str(path) + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    replace_atomic(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> dict[str, Any]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "ResultFile", "read_records", "write_json_atomic"]
+__all__ = ["SCHEMA_VERSION", "ResultFile", "read_records", "replace_atomic", "write_json_atomic", "write_text_atomic"]
 
 # 1: header {"kind": "header", schema_version, sweep, sku_id, fingerprint};
 #    records {"kind": "point", schema_version, key, point, status, reason, measurement, derived, ...}
@@ -97,16 +97,21 @@ class ResultFile:
         return iter(read_records(self.path).records if self.path.exists() else [])
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write via a temporary file and os.replace: a crash leaves the old file or the new one, never half."""
+def replace_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then os.replace: a crash leaves the old file or
+    the new one, never half of one, and no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    replace_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json_atomic(path: str | Path, record: Any) -> None:

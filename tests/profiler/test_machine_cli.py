@@ -8,6 +8,7 @@ import pytest
 
 from profiler.cli import main
 from profiler.machine_cli import write_json_atomic
+from profiler.store import replace_atomic
 
 
 def test_machine_writes_json(tmp_path, capsys) -> None:
@@ -30,6 +31,19 @@ def test_write_json_atomic_leaves_no_temp(tmp_path) -> None:
     write_json_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in path.parent.iterdir()] == ["machine.json"]
+
+
+def test_a_write_that_fails_midway_keeps_the_old_file(tmp_path) -> None:
+    path = tmp_path / "m.pt"
+    path.write_text("old")
+
+    def half(tmp) -> None:
+        tmp.write_text("half of the new")
+        raise KeyboardInterrupt  # Ctrl-C mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_atomic(path, half)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
 
 
 def _record(created: str, triad: float, gemm: float, mode: str = "full", sku: str = "sku-a") -> dict:
