@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "LOGLOSS_EPS", "PairedDifference", "Quality", "accuracy", "auc_difference", "log_loss", "logloss_difference",
-    "quality", "roc_auc",
+    "LOGLOSS_EPS", "PairedDifference", "Quality", "accuracy", "auc_difference", "calibration", "log_loss",
+    "logloss_difference", "normalized_entropy", "quality", "roc_auc",
 ]  # fmt: skip
 
 LOGLOSS_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps]: a float32 sigmoid reaches 0 and 1 exactly
@@ -74,6 +74,27 @@ def log_loss(labels: Any, scores: Any) -> float:
         return math.nan
     p = np.clip(p, LOGLOSS_EPS, 1.0 - LOGLOSS_EPS)
     return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
+
+
+def normalized_entropy(labels: Any, scores: Any) -> float:
+    """Log loss over the entropy of the rows' own positive rate (He et al. 2014; TorchRec's NE).
+
+    1.0 is what predicting the positive rate for every row scores; lower is better. Unlike log loss
+    it does not move with the positive rate, so splits and data sets compare. NaN for one class.
+    """
+    y, _ = _as_arrays(labels, scores)
+    rate = float(np.mean(y > 0.5)) if y.size else math.nan
+    if not 0.0 < rate < 1.0:
+        return math.nan
+    entropy = -(rate * math.log(rate) + (1.0 - rate) * math.log1p(-rate))
+    return log_loss(labels, scores) / entropy
+
+
+def calibration(labels: Any, scores: Any) -> float:
+    """Predicted clicks over actual clicks, sum(p) / sum(y): 1.0 when the mean prediction is right."""
+    y, p = _as_arrays(labels, scores)
+    clicks = float(y.sum())
+    return float(p.sum()) / clicks if clicks > 0 else math.nan
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """`dlrmbench quality A.csv [B.csv ...]`: held-out metrics of saved predictions, and whether two models differ.
 
 The files are `dlrmbench train --test-predictions-out` CSVs (`label,probability`, one line per
-test row in data order), of models evaluated on the same rows. Each file's AUC, log loss and
-accuracy are printed; every file after the first is compared with the first on the same rows:
-the AUC difference with DeLong's standard error and the log-loss difference with the standard
-error of its per-row mean, each with a two-sided p-value.
+test row in data order), of models evaluated on the same rows. Each file's AUC, log loss,
+normalized entropy (log loss over the entropy of the rows' positive rate: 1 is the constant
+predictor), calibration (predicted over actual clicks) and accuracy are printed; every file
+after the first is compared with the first on the same rows: the AUC difference with DeLong's
+standard error and the log-loss difference with the standard error of its per-row mean, each
+with a two-sided p-value.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.quality import auc_difference, logloss_difference, quality
+from model.quality import auc_difference, calibration, logloss_difference, normalized_entropy, quality
 from profiler.store import write_json_atomic
 
 __all__ = ["add_commands", "quality_command", "read_predictions"]
@@ -73,13 +75,16 @@ def quality_command(args: argparse.Namespace) -> int:
                 f"({bad.size} rows differ): not the same test rows in the same order"
             )
     width = max(len("predictions"), *(len(f) for f in args.files))
-    print(f"{'predictions':<{width}}  {'rows':>7}  {'AUC':>7}  {'log loss':>9}  {'accuracy':>9}")
+    print(
+        f"{'predictions':<{width}}  {'rows':>7}  {'AUC':>7}  {'log loss':>9}  {'NE':>7}  {'calib.':>6}  {'accuracy':>9}"
+    )
     per_file: list[dict[str, object]] = []
     against: list[dict[str, object]] = []
     for name, (y, p) in zip(args.files, files, strict=True):
-        q = quality(y, p)
-        print(f"{name:<{width}}  {q.samples:>7}  {q.auc:>7.4f}  {q.logloss:>9.5f}  {100 * q.accuracy:>8.2f}%")
-        per_file.append({"file": name, **q.to_dict()})
+        q, ne, cal = quality(y, p), normalized_entropy(y, p), calibration(y, p)
+        print(f"{name:<{width}}  {q.samples:>7}  {q.auc:>7.4f}  {q.logloss:>9.5f}  {ne:>7.4f}  {cal:>6.3f}  "
+              f"{100 * q.accuracy:>8.2f}%")  # fmt: skip
+        per_file.append({"file": name, **q.to_dict(), "normalized_entropy": ne, "calibration": cal})
     for name, (_, p) in zip(args.files[1:], files[1:], strict=True):
         auc = auc_difference(y0, p, files[0][1])
         ll = logloss_difference(y0, p, files[0][1])

@@ -118,6 +118,12 @@ def test_quality_compares_files_on_the_same_rows(tmp_path, capsys):
     assert f"AUC       {diff:+.4f} +- " in text and "significant (p < 0.05)" in text
     record = json.loads(out.read_text())
     assert [f["auc"] for f in record["files"]] == pytest.approx([_pair_auc(y, a), _pair_auc(y, b)], abs=1e-12)
+    assert record["files"][1]["calibration"] == pytest.approx(b.sum() / y.sum(), rel=1e-12)
+    rate = y.mean()
+    ll_b = -(y * np.log(b) + (1 - y) * np.log(1 - b)).mean()
+    assert record["files"][1]["normalized_entropy"] == pytest.approx(
+        ll_b / -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate)), rel=1e-9
+    )
     d = record["against_first"][0]
     assert d["file"] == str(fb) and d["auc"]["diff"] == pytest.approx(diff, abs=1e-12) and d["auc"]["p_value"] < 0.05
     per_row = -(y * np.log(b) + (1 - y) * np.log(1 - b)) + (y * np.log(a) + (1 - y) * np.log(1 - a))

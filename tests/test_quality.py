@@ -8,7 +8,17 @@ import math
 import numpy as np
 import pytest
 
-from model.quality import LOGLOSS_EPS, accuracy, auc_difference, log_loss, logloss_difference, quality, roc_auc
+from model.quality import (
+    LOGLOSS_EPS,
+    accuracy,
+    auc_difference,
+    calibration,
+    log_loss,
+    logloss_difference,
+    normalized_entropy,
+    quality,
+    roc_auc,
+)
 
 
 def test_auc_with_ties_by_hand():
@@ -136,3 +146,14 @@ def test_logloss_difference_by_hand():
     got = logloss_difference(y, a, b)
     assert got.diff == pytest.approx(mean, abs=1e-12) and got.se == pytest.approx(se, abs=1e-12)
     assert got.a == pytest.approx(log_loss(y, a), abs=1e-12) and got.b == pytest.approx(log_loss(y, b), abs=1e-12)
+
+
+def test_normalized_entropy_and_calibration_by_hand():
+    y = [1, 0, 0, 0]
+    p = [0.6, 0.2, 0.1, 0.3]
+    ll = -(math.log(0.6) + math.log(0.8) + math.log(0.9) + math.log(0.7)) / 4
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert normalized_entropy(y, p) == pytest.approx(ll / h, rel=1e-12)
+    assert normalized_entropy(y, [0.25] * 4) == pytest.approx(1.0, rel=1e-12)  # the positive rate everywhere
+    assert calibration(y, p) == pytest.approx(1.2, rel=1e-12)
+    assert math.isnan(normalized_entropy([1, 1], [0.5, 0.6])) and math.isnan(calibration([0, 0], [0.1, 0.2]))
