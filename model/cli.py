@@ -72,6 +72,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="as the reference (default sgd); rwsadagrad: Adagrad with one accumulator per table row, FBGEMM's",
     )
     tr.add_argument(
+        "--embedding-optimizer",
+        choices=["sgd", "adagrad", "rwsadagrad"],
+        default="",
+        help="the embedding tables' own optimizer, as TorchRec and FBGEMM allow (default: --optimizer's)",
+    )
+    tr.add_argument(
         "--weight-decay",
         type=float,
         default=0.0,
@@ -234,6 +240,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         learning_rate=args.learning_rate,
         embedding_learning_rate=args.embedding_learning_rate,
         optimizer=args.optimizer,
+        embedding_optimizer=args.embedding_optimizer,
         weight_decay=args.weight_decay,
         nepochs=args.nepochs,
         num_batches=args.num_batches,

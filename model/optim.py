@@ -12,7 +12,7 @@ import torch
 
 from kernels.update import adagrad_rows, scatter_add_rows
 
-__all__ = ["SGD", "Adagrad", "LRSchedule", "WeightEMA"]
+__all__ = ["SGD", "Adagrad", "LRSchedule", "SplitOptimizer", "WeightEMA"]
 
 _MIN_DECAYED_LR = 1e-7  # the reference's floor while (and after) the rate decays
 
@@ -110,6 +110,26 @@ class Adagrad(torch.optim.Optimizer):
                 else:
                     acc.addcmul_(g, g)
                     p.addcdiv_(g, acc.sqrt().add_(eps), value=-lr)
+        return None
+
+
+class SplitOptimizer(torch.optim.Optimizer):
+    """The tables' optimizer and the MLPs', stepped as one (--embedding-optimizer).
+
+    As TorchRec and FBGEMM give embedding tables an optimizer of their own: sparse, rarely seen
+    rows and dense, always-updated MLP weights need not want the same update rule. param_groups
+    are the two optimizers' own group dicts (tables first), so a schedule's rates reach both.
+    """
+
+    def __init__(self, tables: torch.optim.Optimizer, rest: torch.optim.Optimizer):
+        super().__init__([p for opt in (tables, rest) for g in opt.param_groups for p in g["params"]], {})
+        self.parts = (tables, rest)
+        self.param_groups = [*tables.param_groups, *rest.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for opt in self.parts:
+            opt.step()
         return None
 
 

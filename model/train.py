@@ -18,7 +18,7 @@ from model.config import DLRMConfig, EmbeddingGrad
 from model.data import Batch, RandomData
 from model.distributed import DistContext
 from model.dlrm import DLRM
-from model.optim import SGD, Adagrad, LRSchedule, WeightEMA
+from model.optim import SGD, Adagrad, LRSchedule, SplitOptimizer, WeightEMA
 from model.quality import Quality, quality
 from profiler.store import replace_atomic, write_json_atomic, write_text_atomic
 
@@ -52,6 +52,7 @@ class TrainConfig:
     learning_rate: float = 0.01  # the reference's default
     embedding_learning_rate: float = 0.0  # the embedding tables' rate; 0: learning_rate, as the reference
     optimizer: str = "sgd"  # sgd | adagrad | rwsadagrad (the reference's --optimizer names)
+    embedding_optimizer: str = ""  # the tables' own (same names); "": --optimizer's
     weight_decay: float = 0.0  # L2; sgd only (lazy on embedding rows)
     nepochs: int = 1
     num_batches: int = 0  # 0: one pass over the data
@@ -103,21 +104,45 @@ def make_loss(kind: LossFunction, weights: tuple[float, float]) -> Callable[[tor
 
 
 def make_optimizer(
-    name: str, params: Iterable[Any], lr: float, config: DLRMConfig, weight_decay: float = 0.0
+    name: str,
+    params: Iterable[Any],
+    lr: float,
+    config: DLRMConfig,
+    weight_decay: float = 0.0,
+    embedding: str = "",
 ) -> torch.optim.Optimizer:
     """SGD or Adagrad (ours, both with parallel sparse updates); rwsadagrad is Adagrad row-wise on
-    the tables (groups marked `tables`, see model.optim.Adagrad)."""
-    if weight_decay and config.embedding_grad == EmbeddingGrad.FUSED:
-        raise NotImplementedError("--weight-decay with --embedding-grad fused: the fused update has no decay term")
+    the tables (groups marked `tables`, see model.optim.Adagrad). `embedding`, when it names another
+    optimizer, steps the tables (the first of `params`, param_groups' layout) and `name` the rest."""
+    for flag, opt in (("--optimizer", name), ("--embedding-optimizer", embedding)):
+        if opt and opt not in _OPTIMIZERS:
+            raise ValueError(f"{flag} {opt!r}: allowed: {', '.join(_OPTIMIZERS)}")
+    table_opt = embedding or name
+    if config.embedding_grad == EmbeddingGrad.FUSED:
+        if weight_decay:
+            raise NotImplementedError("--weight-decay with --embedding-grad fused: the fused update has no decay term")
+        if table_opt != "sgd":
+            flag = "--embedding-optimizer" if embedding else "--optimizer"
+            raise NotImplementedError(f"{flag} {table_opt} with --embedding-grad fused: fused updates are SGD only")
+    if weight_decay and (name, table_opt) != ("sgd", "sgd"):
+        raise NotImplementedError("--weight-decay is implemented for --optimizer sgd only (tables and MLPs)")
+    if table_opt == name:
+        return _optimizer(name, params, lr, weight_decay)
+    groups = list(params)
+    if not (groups and isinstance(groups[0], dict) and groups[0].get("tables")):
+        raise ValueError("--embedding-optimizer: the parameters must come as param_groups lays them out, tables first")
+    return SplitOptimizer(
+        _optimizer(table_opt, groups[:1], lr, weight_decay), _optimizer(name, groups[1:], lr, weight_decay)
+    )
+
+
+_OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")
+
+
+def _optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return SGD(params, lr=lr, weight_decay=weight_decay)
-    if weight_decay:
-        raise NotImplementedError("--weight-decay is implemented for --optimizer sgd only")
-    if name in ("adagrad", "rwsadagrad"):
-        if config.embedding_grad == EmbeddingGrad.FUSED:
-            raise NotImplementedError(f"--optimizer {name} with --embedding-grad fused: fused updates are SGD only")
-        return Adagrad(params, lr=lr, row_wise_tables=name == "rwsadagrad")
-    raise ValueError(f"--optimizer {name!r}: allowed: sgd, adagrad, rwsadagrad")
+    return Adagrad(params, lr=lr, row_wise_tables=name == "rwsadagrad")
 
 
 def param_groups(model: torch.nn.Module, table_lr: float) -> list[dict[str, Any]]:
@@ -151,7 +176,9 @@ def warm_up(config: DLRMConfig, train: TrainConfig, device: torch.device) -> flo
             model.eval()(batch.dense, batch.indices, batch.offsets)
     else:
         groups = param_groups(model, emb_lr)  # as run() does: rwsadagrad's row-wise tables, their own rate
-        optimizer = make_optimizer(train.optimizer, groups, train.learning_rate, tiny, train.weight_decay)
+        optimizer = make_optimizer(
+            train.optimizer, groups, train.learning_rate, tiny, train.weight_decay, train.embedding_optimizer
+        )
         loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels).backward()
         optimizer.step()
     _sync(device)
@@ -267,7 +294,9 @@ def run(
     emb_lr = train.embedding_learning_rate or train.learning_rate
     model.embeddings.fused_lr = emb_lr
     groups = param_groups(model, emb_lr)
-    optimizer = make_optimizer(train.optimizer, groups, train.learning_rate, config, train.weight_decay)
+    optimizer = make_optimizer(
+        train.optimizer, groups, train.learning_rate, config, train.weight_decay, train.embedding_optimizer
+    )
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule scales each group's rate
     ema = WeightEMA(model.parameters(), train.ema_decay) if train.ema_decay else None
 

@@ -239,3 +239,49 @@ def test_adagrad_tables_of_different_sizes_stepped_in_turn_match_torch():
         out[name] = [t.detach() for t in tables]
     for ours, ref in zip(out["ours"], out["torch"], strict=True):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("tables", "rest"), [("sgd", "adagrad"), ("adagrad", "sgd"), ("rwsadagrad", "sgd")])
+def test_embedding_optimizer_steps_the_tables_and_the_rest_each_with_its_own_rule(tables, rest):
+    from model.config import DLRMConfig
+    from model.train import make_optimizer
+
+    reference = {
+        "sgd": lambda ps, lr: torch.optim.SGD(ps, lr=lr),
+        "adagrad": lambda ps, lr: torch.optim.Adagrad(ps, lr=lr),
+        "rwsadagrad": lambda ps, lr: Adagrad([{"params": ps, "tables": True}], lr=lr, row_wise_tables=True),
+    }
+    gen = torch.Generator().manual_seed(4)
+    table0, w0 = torch.randn(60, 4, generator=gen), torch.randn(6, 3, generator=gen)
+    steps = [(torch.randint(0, 60, (90,), generator=gen), torch.randn(90, 4, generator=gen),
+              torch.randn(6, 3, generator=gen)) for _ in range(3)]  # fmt: skip
+    cfg = DLRMConfig(4, (60,), (3, 4), (4, 1))
+    out = {}
+    for who in ("split", "reference"):
+        table, w = table0.clone().requires_grad_(), w0.clone().requires_grad_()
+        if who == "split":
+            opt = make_optimizer(rest, [{"params": [table], "lr": 0.3, "tables": True}, {"params": [w]}], 0.05, cfg,
+                                 embedding=tables)  # fmt: skip
+            opts = [opt]
+        else:
+            opts = [reference[tables]([table], 0.3), reference[rest]([w], 0.05)]
+        for k, (rows, grads, dw) in enumerate(steps):
+            if k == 2:  # a schedule halves every rate: it must reach both parts
+                for o in opts:
+                    for g in o.param_groups:
+                        g["lr"] /= 2
+            table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape)
+            w.grad = dw.clone()
+            for o in opts:
+                o.step()
+        out[who] = (table.detach(), w.detach())
+    torch.testing.assert_close(out["split"], out["reference"])
+
+
+def test_embedding_optimizer_from_the_cli_and_its_refusals(capsys):
+    base = ["train", "--num-batches=3", "--mini-batch-size=4", "--optimizer=adagrad"]
+    assert main([*base, "--embedding-optimizer=sgd", "--embedding-grad=fused"]) == 0  # fused SGD on the tables
+    assert main([*base, "--embedding-optimizer=adagrad", "--embedding-grad=fused"]) == 2
+    assert "--embedding-optimizer adagrad with --embedding-grad fused" in capsys.readouterr().err
+    assert main([*base, "--embedding-optimizer=sgd", "--weight-decay=0.1"]) == 2
+    assert "--weight-decay is implemented for --optimizer sgd only" in capsys.readouterr().err
