@@ -1,7 +1,7 @@
 """DLRM against one-hot logistic regression by K-fold cross-validation on the training rows (issue #6).
 
     python scripts/criteo_cv.py [--raw-data-file F] [--rows 6400] [--folds 5] [--seeds 1,2,3] \
-        [--json-out cv.json] -- [dlrmbench train flags]
+        [--scheme kfold|forward] [--json-out cv.json] -- [dlrmbench train flags]
 
 One held-out split of 1,600 rows measures AUC to about +-0.012 (one standard error), more
 than the differences between the settings worth comparing; seeds move DLRM by as much again.
@@ -13,6 +13,10 @@ folds only), fits the baseline of tests/test_real_data.py on the same rows, and 
 fold and overall: DLRM's mean over seeds, the seeds' spread, the mean of the seeds'
 predictions (an ensemble), the baseline, and the paired difference, with its standard error
 over folds. Without train flags it uses the README's Criteo command.
+
+`--scheme forward` validates as the held-out split tests, forward in time (Criteo's rows are in
+time order): fold k (k >= 1) is predicted from the rows before it only, never from later ones.
+Values that first appear late in the training rows, seen only a few times, matter more then.
 """
 
 from __future__ import annotations
@@ -50,9 +54,11 @@ def paired(diffs: np.ndarray | list[float]) -> dict[str, float]:
     return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(len(d)))}
 
 
-def fold_lines(lines: list[str], folds: int, k: int) -> list[str]:
-    """The rows with fold k moved to the end."""
+def fold_lines(lines: list[str], folds: int, k: int, scheme: str = "kfold") -> list[str]:
+    """The rows split k trains and tests on, fold k last: kfold, all rows; forward, those before the fold."""
     lo, hi = fold_bounds(len(lines), folds, k)
+    if scheme == "forward":
+        return lines[:hi]
     return lines[:lo] + lines[hi:] + lines[lo:hi]
 
 
@@ -86,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=6400, help="the first this many rows are cross-validated")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seeds", default="1,2,3", help="DLRM seeds (--numpy-rand-seed) per fold")
+    p.add_argument(
+        "--scheme",
+        choices=("kfold", "forward"),
+        default="kfold",
+        help="kfold: train on all other folds; forward: on the folds before only (fold 0 is not tested)",
+    )
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(ours)
     flags = flags or list(CRITEO_SAMPLE_FLAGS)
@@ -96,18 +108,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.raw_data_file.is_file():
         p.error(f"--raw-data-file {args.raw_data_file}: no such file")
     lines = args.raw_data_file.read_text().splitlines(keepends=True)[: args.rows]
-    if args.folds < 2 or len(lines) < 10 * args.folds:
-        p.error(f"{len(lines)} rows in {args.folds} folds: need --folds >= 2 and 10 rows a fold")
+    least = 3 if args.scheme == "forward" else 2  # forward tests folds 1.. only; a standard error needs two
+    if args.folds < least or len(lines) < 10 * args.folds:
+        p.error(f"{len(lines)} rows in {args.folds} folds: need --folds >= {least} ({args.scheme}) and 10 rows a fold")
     record: dict = {"raw_data_file": str(args.raw_data_file), "rows": len(lines), "folds": [], "flags": flags,
-                    "seeds": seeds}  # fmt: skip
+                    "seeds": seeds, "scheme": args.scheme}  # fmt: skip
     print(f"{'fold':>4} {'rows':>11} {'DLRM auc':>9} {'(seeds)':>15} {'ens auc':>8} {'LR auc':>7} {'d auc':>7} "
           f"{'DLRM ll':>8} {'ens ll':>7} {'LR ll':>7} {'d ll':>7}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="dlrmbench-cv-") as tmp:
-        for k in range(args.folds):
+        for k in range(1 if args.scheme == "forward" else 0, args.folds):
             raw = Path(tmp) / f"fold{k}.txt"
-            raw.write_text("".join(fold_lines(lines, args.folds, k)))
+            split = fold_lines(lines, args.folds, k, args.scheme)
+            raw.write_text("".join(split))
             lo, hi = fold_bounds(len(lines), args.folds, k)
-            frac = (hi - lo) / len(lines)  # exactly this fold's rows: split_rows rounds n * frac
+            frac = (hi - lo) / len(split)  # exactly this fold's rows: split_rows rounds n * frac
             runs, scores = [], []
             for seed in seeds:
                 labels, s = _dlrm_scores(["train", "--data-generation=dataset", f"--raw-data-file={raw}",

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from model import criteo_cache
 from model.criteo import EMPTY_ROW, UNSEEN_ROW, CategoryIndex, CriteoData, split_rows
 from model.criteo_cache import preprocess
 from profiler.cli import main
@@ -156,6 +157,27 @@ def test_vocabulary_of_every_table_matches_a_count_by_hand(tmp_path):
             assert vocab[t].tolist() == sorted(v for v, n in counts.items() if n >= min_count), (t, min_count)
 
 
+def test_vocabulary_counted_in_many_chunks_matches_np_unique(tmp_path, monkeypatch):
+    monkeypatch.setattr(criteo_cache, "_VOCAB_CHUNK_ROWS", 16)  # 190 training rows: 12 chunks, the last of 14
+    monkeypatch.setattr(criteo_cache, "_TRANSPOSE_ROWS", 5)  # blocks that straddle chunk ends
+    rng = np.random.default_rng(11)
+    sizes = [1 + t * t // 2 for t in range(26)]  # 1 to 313 distinct: chunks that repeat values, chunks of new ones
+    ids = rng.integers(-1, sizes, size=(220, 26))  # -1: empty
+    ids[:, 25] = -1  # a table never seen
+    values = (ids * 2654435761 + np.arange(26)) % 2**32  # spread over the 32-bit range, tables differ
+    rows = [[f"{v:x}" if i >= 0 else "" for i, v in zip(r, vs, strict=True)] for r, vs in zip(ids, values, strict=True)]
+    rows[3][0] = "ffffffff"
+    cache, _ = preprocess(_write(tmp_path / "t.txt", [_line("0", None, r) for r in rows]), tmp_path / "c")
+    cats, empty = cache.cats[:190], cache.cat_empty[:190]
+    for min_count in (1, 3):
+        vocab = cache.vocabulary(190, min_count)
+        for t in range(26):
+            seen, counts = np.unique(cats[(empty >> t) & 1 == 0, t], return_counts=True)
+            assert vocab[t].dtype == np.uint32
+            np.testing.assert_array_equal(vocab[t], seen[counts >= min_count], err_msg=f"{t} {min_count}")
+        assert len(vocab[25]) == 0 and (0xFFFFFFFF in vocab[0]) == (min_count == 1)
+
+
 def test_vocabulary_and_modulo_rows(tmp_path):
     lines = [_line("0", None, [f"{v:x}"] + [""] * 25) for v in (7, 9, 7)] + [_line("1", None, ["5"] + [""] * 25)]
     cache, _ = preprocess(_write(tmp_path / "t.txt", lines), tmp_path / "c")
@@ -280,6 +302,7 @@ def test_criteo_cv_holds_out_each_fold_once(tmp_path, capsys):
     assert cv.fold_lines(lines, 3, 0) == [lines[i] for i in (2, 3, 4, 5, 6, 0, 1)]
     assert cv.fold_lines(lines, 3, 1) == [lines[i] for i in (0, 1, 5, 6, 2, 3, 4)]
     assert cv.fold_lines(lines, 3, 2) == lines
+    assert cv.fold_lines(lines, 3, 1, "forward") == lines[:5]  # only the rows before fold 1, then it
     rng = np.random.default_rng(1)
     rows = []
     for _ in range(60):
@@ -306,3 +329,16 @@ def test_criteo_cv_holds_out_each_fold_once(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cv.main([f"--raw-data-file={raw}", "--", "--numpy-rand-seed=3"])
     assert "sets the data, seed and output flags itself" in capsys.readouterr().err
+    forward = tmp_path / "fw.json"
+    argv = [
+        f"--raw-data-file={raw}",
+        "--rows=60",
+        "--folds=3",
+        "--seeds=1",
+        "--scheme=forward",
+        f"--json-out={forward}",
+    ]
+    assert cv.main([*argv, "--", *flags]) == 0
+    record = json.loads(forward.read_text())
+    assert [f["rows"] for f in record["folds"]] == [[21, 40], [41, 60]] and record["scheme"] == "forward"
+    assert [f["baseline"]["samples"] for f in record["folds"]] == [20, 20]
