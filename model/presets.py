@@ -33,9 +33,10 @@ class Preset:
 # The README's Criteo command less its data and output flags: the settings for the bundled 8000-row
 # sample, chosen on validation rows (issue #6). tests/test_real_data.py and scripts/criteo_cv.py run them.
 CRITEO_SAMPLE_FLAGS: tuple[str, ...] = (
-    "--min-category-count=5", "--arch-sparse-feature-size=8", "--arch-mlp-bot=13-128-64-32-8",
+    "--min-category-count=1", "--arch-sparse-feature-size=8", "--arch-mlp-bot=13-128-64-32-8",
     "--arch-mlp-top=64-1", "--arch-interaction-op=cat", "--mini-batch-size=256", "--optimizer=adagrad",
-    "--learning-rate=0.002", "--nepochs=20", "--data-shuffle", "--output-bias-init=prior",
+    "--learning-rate=0.002", "--embedding-optimizer=sgd", "--embedding-learning-rate=0.5", "--nepochs=20",
+    "--data-shuffle", "--output-bias-init=prior",
 )  # fmt: skip
 
 PRESETS: dict[str, Preset] = {
