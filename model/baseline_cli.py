@@ -12,9 +12,12 @@ import argparse
 import math
 from dataclasses import replace
 
+import psutil
+
 from model.baseline import fit_logistic_cv
 from model.criteo import CriteoData
 from model.criteo_cache import BadLinePolicy
+from model.criteo_format import NUM_CAT, NUM_DENSE
 from model.data_cli import criteo_sources
 from model.quality import quality
 from model.train import write_predictions
@@ -24,6 +27,9 @@ __all__ = ["add_commands", "baseline_command"]
 
 _L2_GRID = (1e-3, 3e-3, 1e-2)
 _BATCH = 512  # training rows per batch, as tests/test_real_data.py has always fitted it
+# full-batch L-BFGS: float64 dense + int64 rows + label per row, with the logits, gradients and
+# L-BFGS's temporaries about three times that
+_BYTES_PER_ROW = 3 * 8 * (NUM_DENSE + NUM_CAT + 1)
 
 
 def baseline_command(args: argparse.Namespace) -> int:
@@ -46,10 +52,17 @@ def baseline_command(args: argparse.Namespace) -> int:
     if sources.test is None:
         raise ValueError("the baseline needs test rows: give --test-fraction F or --test-raw-data-file PATH")
     assert sources.table_rows is not None and isinstance(sources.train, CriteoData)
+    need = sources.train.samples * _BYTES_PER_ROW
+    free = psutil.virtual_memory().available
+    if need > free:
+        raise ValueError(
+            f"the baseline fits all {sources.train.samples:,} training rows at once (about {need / 2**30:.1f} GiB); "
+            f"{free / 2**30:.1f} GiB is free. Fit it on fewer rows (a smaller file or --test-raw-data-file)"
+        )
     # fit_logistic_cv holds back whole batches: at least ten of them, so a small file keeps some back
     batch = min(_BATCH, -(-sources.train.samples // 10))
     train = list(replace(sources.train, batch_size=batch))
-    model, held_back = fit_logistic_cv(train, sources.table_rows, 13, l2_grid=grid)
+    model, held_back = fit_logistic_cv(train, sources.table_rows, NUM_DENSE, l2_grid=grid)
     for l2, loss in held_back.items():
         print(f"l2 {l2:g}: log loss {loss:.5f} on the last fifth of the training rows")
     labels, probs = model.predict(sources.test)

@@ -161,3 +161,19 @@ def test_quality_refuses_files_of_different_rows(tmp_path, capsys):
     assert f"{c}: 3 rows, but {a} has 4" in capsys.readouterr().err
     assert main(["quality", str(tmp_path / "none.csv")]) == 2
     assert "none.csv: no such file" in capsys.readouterr().err
+
+
+def test_baseline_refuses_more_rows_than_memory_holds(tmp_path, capsys, monkeypatch):
+    import psutil
+
+    raw, _ = _criteo_file(tmp_path)
+
+    class Tiny:
+        available = 1000  # bytes: 90 training rows need more
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny())
+    assert (
+        main(["baseline", f"--raw-data-file={raw}", "--test-fraction=0.25", f"--processed-data-file={tmp_path / 'c'}"])
+        == 2
+    )
+    assert "fits all 90 training rows at once" in capsys.readouterr().err
