@@ -44,6 +44,8 @@ __all__ = ["CACHE_VERSION", "BadLinePolicy", "CriteoCache", "default_cache_dir",
 CACHE_VERSION = 1  # 1: labels/dense/cats/cat_empty .npy + manifest.json
 _CHUNK_LINES = 65536  # lines parsed between two writes to the memmaps (per-line parser)
 _CHUNK_BYTES = 8 << 20  # raw bytes parsed between two appends to the .npy files (compiled parser)
+_VOCAB_CHUNK_ROWS = 1 << 21  # rows per step of the vocabulary's pass: (2M, 26) uint32 = 208 MB
+_TRANSPOSE_ROWS = 1 << 15  # rows transposed at once, 3.3 MB: in cache, ~8x faster than a whole chunk
 _MAX_EXAMPLES = 5  # bad lines quoted in the manifest
 _FILES = ("labels.npy", "dense.npy", "cats.npy", "cat_empty.npy")
 _DTYPES = (np.float32, np.float32, np.uint32, np.uint32)
@@ -108,22 +110,78 @@ class CriteoCache:
         path = self.folder / f"{key}.npy"
         offsets = self.manifest.get("vocab", {}).get(key)
         if offsets is None or not path.exists():
-            empty = np.asarray(self.cat_empty[:n_train])
-
-            def kept(t: int) -> np.ndarray:
-                values = np.asarray(self.cats[:n_train, t])[((empty >> np.uint32(t)) & 1) == 0]
-                uniq, counts = np.unique(values, return_counts=True)
-                return uniq[counts >= min_count]
-
-            # numpy's masking and sorting release the GIL: tables in parallel, a few at a time (memory)
-            with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
-                tables = list(pool.map(kept, range(NUM_CAT)))
+            counted = _value_counts(self.cats, self.cat_empty, n_train, _VOCAB_CHUNK_ROWS)
+            tables = [values[counts >= min_count] for values, counts in counted]
             offsets = np.cumsum([0, *(len(v) for v in tables)]).tolist()
             _save_atomic(path, np.concatenate(tables).astype(np.uint32))
             self.manifest.setdefault("vocab", {})[key] = offsets
             _write_manifest(self.folder, self.manifest)
         flat = np.load(path, allow_pickle=False)
         return [flat[a:b] for a, b in itertools.pairwise(offsets)]
+
+
+def _value_counts(
+    cats: np.ndarray, cat_empty: np.ndarray, n_rows: int, chunk_rows: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Sorted distinct non-empty values of each table in rows [0, n_rows), and how often each is seen.
+
+    One sequential pass over the rows in chunks: reading a table's column strided would touch every page
+    of `cats` once per table, 26 reads of the file when it does not fit in the page cache. Each chunk is
+    transposed so that a table's values are contiguous and counted by np.unique into a run; a table's runs
+    are merged once they hold as many values as its merged run, so memory follows the distinct values,
+    not the rows. numpy's copies and sorts release the GIL: blocks and tables go to a few threads, the
+    largest tables first so that the threads finish together.
+    """
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        runs = _chunk_runs(pool, cats, cat_empty, n_rows, chunk_rows)  # its chunk buffer gone before the last merges
+        order = _largest_first(runs)
+        merged = dict(zip(order, pool.map(_merge_runs, [runs[t] for t in order]), strict=True))
+    return [merged[t] for t in range(NUM_CAT)]
+
+
+def _chunk_runs(
+    pool: ThreadPoolExecutor, cats: np.ndarray, cat_empty: np.ndarray, n_rows: int, chunk_rows: int
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    runs: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(NUM_CAT)]  # merged run first
+    columns = np.empty((NUM_CAT, min(chunk_rows, n_rows)), np.uint32)  # (T, rows)
+
+    def transpose(start: int, first: int, stop: int) -> None:
+        end = min(stop, start + _TRANSPOSE_ROWS)
+        columns[:, start - first : end - first] = cats[start:end].T
+
+    def count(t: int, empty: np.ndarray) -> None:
+        values = columns[t, : len(empty)][((empty >> np.uint32(t)) & 1) == 0]
+        table = runs[t]
+        table.append(np.unique(values, return_counts=True))
+        if sum(len(v) for v, _ in table[1:]) >= len(table[0][0]):
+            table[:] = [_merge_runs(table)]
+
+    for first in range(0, n_rows, chunk_rows):
+        stop = min(n_rows, first + chunk_rows)
+        starts = range(first, stop, _TRANSPOSE_ROWS)
+        list(pool.map(transpose, starts, itertools.repeat(first), itertools.repeat(stop)))
+        empty = np.asarray(cat_empty[first:stop])
+        list(pool.map(count, _largest_first(runs), itertools.repeat(empty)))
+    return runs
+
+
+def _largest_first(runs: list[list[tuple[np.ndarray, np.ndarray]]]) -> list[int]:
+    return sorted(range(NUM_CAT), key=lambda t: -sum(len(v) for v, _ in runs[t]))
+
+
+def _merge_runs(runs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, counts) runs of one table into one."""
+    if len(runs) == 1:
+        return runs[0]
+    values = np.concatenate([v for v, _ in runs])
+    counts = np.concatenate([c for _, c in runs])
+    order = np.argsort(values, kind="stable")  # sorted runs: timsort merges them
+    values, counts = values[order], counts[order]
+    first = np.empty(len(values), bool)
+    first[:1] = True
+    np.not_equal(values[1:], values[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    return values[starts], np.add.reduceat(counts, starts) if len(starts) else counts
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from model import criteo_cache
 from model.criteo import EMPTY_ROW, UNSEEN_ROW, CategoryIndex, CriteoData, split_rows
 from model.criteo_cache import preprocess
 from profiler.cli import main
@@ -154,6 +155,27 @@ def test_vocabulary_of_every_table_matches_a_count_by_hand(tmp_path):
                 if r[t]:
                     counts[int(r[t], 16)] = counts.get(int(r[t], 16), 0) + 1
             assert vocab[t].tolist() == sorted(v for v, n in counts.items() if n >= min_count), (t, min_count)
+
+
+def test_vocabulary_counted_in_many_chunks_matches_np_unique(tmp_path, monkeypatch):
+    monkeypatch.setattr(criteo_cache, "_VOCAB_CHUNK_ROWS", 16)  # 190 training rows: 12 chunks, the last of 14
+    monkeypatch.setattr(criteo_cache, "_TRANSPOSE_ROWS", 5)  # blocks that straddle chunk ends
+    rng = np.random.default_rng(11)
+    sizes = [1 + t * t // 2 for t in range(26)]  # 1 to 289 distinct: chunks that repeat values, chunks of new ones
+    ids = rng.integers(-1, sizes, size=(220, 26))  # -1: empty
+    ids[:, 25] = -1  # a table never seen
+    values = (ids * 2654435761 + np.arange(26)) % 2**32  # spread over the 32-bit range, tables differ
+    rows = [[f"{v:x}" if i >= 0 else "" for i, v in zip(r, vs, strict=True)] for r, vs in zip(ids, values, strict=True)]
+    rows[3][0] = "ffffffff"
+    cache, _ = preprocess(_write(tmp_path / "t.txt", [_line("0", None, r) for r in rows]), tmp_path / "c")
+    cats, empty = cache.cats[:190], cache.cat_empty[:190]
+    for min_count in (1, 3):
+        vocab = cache.vocabulary(190, min_count)
+        for t in range(26):
+            seen, counts = np.unique(cats[(empty >> t) & 1 == 0, t], return_counts=True)
+            assert vocab[t].dtype == np.uint32
+            np.testing.assert_array_equal(vocab[t], seen[counts >= min_count], err_msg=f"{t} {min_count}")
+        assert len(vocab[25]) == 0 and (0xFFFFFFFF in vocab[0]) == (min_count == 1)
 
 
 def test_vocabulary_and_modulo_rows(tmp_path):
