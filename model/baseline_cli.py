@@ -18,7 +18,7 @@ from model.baseline import fit_logistic_cv
 from model.criteo import CriteoData
 from model.criteo_cache import BadLinePolicy
 from model.criteo_format import NUM_CAT, NUM_DENSE
-from model.data_cli import criteo_sources
+from model.data_cli import criteo_flags, criteo_sources
 from model.quality import quality
 from model.train import write_predictions
 from profiler.store import write_json_atomic
@@ -36,17 +36,7 @@ def baseline_command(args: argparse.Namespace) -> int:
     grid = tuple(float(x) for x in args.l2_grid.split(","))
     if not grid or any(not (math.isfinite(x) and x >= 0) for x in grid):
         raise ValueError(f"--l2-grid {args.l2_grid!r}: give non-negative numbers, comma-separated")
-    sources = criteo_sources(
-        args.raw_data_file,
-        test_raw_data_file=args.test_raw_data_file,
-        test_fraction=args.test_fraction,
-        processed_data_file=args.processed_data_file,
-        on_bad_line=args.on_bad_line,
-        min_category_count=args.min_category_count,
-        max_ind_range=args.max_ind_range,
-        batch_size=_BATCH,
-        test_batch_size=1024,
-    )
+    sources = criteo_sources(**criteo_flags(args), batch_size=_BATCH, test_batch_size=1024)
     for note in sources.notes:
         print(note)
     if sources.test is None:

@@ -15,7 +15,7 @@ from model.criteo_format import NUM_CAT, NUM_DENSE
 from model.data import Batch, RandomData
 from model.synthetic import SyntheticData, parse_locality
 
-__all__ = ["DataSources", "add_data_arguments", "build_sources", "criteo_sources", "fit_tables"]
+__all__ = ["DataSources", "add_data_arguments", "build_sources", "criteo_flags", "criteo_sources", "fit_tables"]
 
 _GENERATIONS = ("random", "synthetic", "dataset")
 
@@ -100,15 +100,18 @@ def add_data_arguments(p: argparse.ArgumentParser, flag_bool: Any) -> None:
     )
 
 
+_CRITEO_FLAGS = ("test_raw_data_file", "test_fraction", "processed_data_file", "on_bad_line", "min_category_count",
+                 "max_ind_range")  # fmt: skip
+
+
+def criteo_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """criteo_sources' file, split and vocabulary arguments from the flags of the same names."""
+    return {"raw_data_file": args.raw_data_file, **{k: getattr(args, k) for k in _CRITEO_FLAGS}}
+
+
 def _criteo(args: argparse.Namespace) -> DataSources:
     return criteo_sources(
-        args.raw_data_file,
-        test_raw_data_file=args.test_raw_data_file,
-        test_fraction=args.test_fraction,
-        processed_data_file=args.processed_data_file,
-        on_bad_line=args.on_bad_line,
-        min_category_count=args.min_category_count,
-        max_ind_range=args.max_ind_range,
+        **criteo_flags(args),
         batch_size=args.mini_batch_size,
         test_batch_size=args.test_mini_batch_size if args.test_mini_batch_size > 0 else args.mini_batch_size,
         shuffle=bool(args.data_shuffle),

@@ -112,10 +112,7 @@ def run_point(
                 "processes (DLRM across processes: torchrun ... dlrmbench train --dist-backend gloo)"
             )
         with _deadline(timeout_s):
-            if point.target == "all_to_all":  # its ranks' collectives need the budget too, not only this process
-                m, cost, extra = _run_all_to_all(point, ws, timing or {}, timeout_s)
-            else:
-                m, cost, extra = _RUNS[point.target](point, ws, timing or {})
+            m, cost, extra = _RUNS[point.target](point, ws, timing or {}, timeout_s)
     except (
         ValueError,
         NotImplementedError,
@@ -174,7 +171,10 @@ def _timed(fn: Callable[[], object], point: Point, timing: dict[str, float]) -> 
     )
 
 
-def _run_bag(point: Point, ws: int | None, timing: dict[str, float]) -> tuple[Any, Cost, dict[str, Any]]:
+def _run_bag(
+    point: Point, ws: int | None, timing: dict[str, float], timeout_s: float
+) -> tuple[Any, Cost, dict[str, Any]]:
+    del timeout_s  # in-process: run_point's alarm bounds it
     if point.mode not in ("forward", "backward"):
         raise ValueError(f"mode={point.mode!r} is not valid for embedding_bag; allowed: forward, backward")
     entry = kernels.get(point.kernel, torch.device(point.device).type)
@@ -203,7 +203,10 @@ def _run_bag(point: Point, ws: int | None, timing: dict[str, float]) -> tuple[An
     return m, cost, extra
 
 
-def _run_dlrm(point: Point, ws: int | None, timing: dict[str, float]) -> tuple[Any, Cost, dict[str, Any]]:
+def _run_dlrm(
+    point: Point, ws: int | None, timing: dict[str, float], timeout_s: float
+) -> tuple[Any, Cost, dict[str, Any]]:
+    del timeout_s  # in-process: run_point's alarm bounds it
     from model.config import DLRMConfig, EmbeddingGrad, parse_sizes
     from model.data import RandomData
     from model.dlrm import DLRM
@@ -257,11 +260,12 @@ def _run_dlrm(point: Point, ws: int | None, timing: dict[str, float]) -> tuple[A
 
 
 def _run_all_to_all(
-    point: Point, ws: int | None, timing: dict[str, float], timeout_s: float = 0.0
+    point: Point, ws: int | None, timing: dict[str, float], timeout_s: float
 ) -> tuple[Any, Cost, dict[str, Any]]:
     """The model's all-to-all on point.world_size gloo processes; [timing]'s ms budgets do not apply (counts do).
 
-    timeout_s (--point-timeout; 0: the collective's default) bounds the launch and each rank's collectives.
+    timeout_s (--point-timeout; 0: the collective's default) bounds the launch and each rank's collectives:
+    run_point's alarm interrupts only this process.
     """
     from profiler.collective import all_to_all_bytes, time_all_to_all
 
@@ -288,7 +292,8 @@ def _run_all_to_all(
     return m, Cost(sent, received, 0), extra
 
 
-_RUNS: dict[str, Callable[[Point, int | None, dict[str, float]], tuple[Any, Cost, dict[str, Any]]]] = {
+# (point, working set, [timing], --point-timeout s) -> (measurement, cost, derived extras)
+_RUNS: dict[str, Callable[[Point, int | None, dict[str, float], float], tuple[Any, Cost, dict[str, Any]]]] = {
     "embedding_bag": _run_bag,
     "dlrm": _run_dlrm,
     "all_to_all": _run_all_to_all,
