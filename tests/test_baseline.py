@@ -99,6 +99,8 @@ def test_baseline_command_needs_test_rows_and_a_good_grid(tmp_path, capsys):
     assert "the baseline needs test rows" in capsys.readouterr().err
     assert main(["baseline", f"--raw-data-file={raw}", "--test-fraction=0.2", "--l2-grid=0.1,-1"]) == 2
     assert "--l2-grid '0.1,-1'" in capsys.readouterr().err
+    assert main(["baseline", f"--raw-data-file={raw}", "--test-fraction=0.2", "--l2-grid=0.1,x"]) == 2
+    assert "--l2-grid '0.1,x': give non-negative numbers" in capsys.readouterr().err
 
 
 def _csv(path: Path, y, p) -> Path:
