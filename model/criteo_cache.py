@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from enum import StrEnum, unique
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +36,6 @@ from model.criteo_format import (
     iter_lines,
     open_raw,
     parse_line,
-    read_failed,
 )
 
 __all__ = ["CACHE_VERSION", "BadLinePolicy", "CriteoCache", "default_cache_dir", "preprocess"]
@@ -207,22 +206,6 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, folder / "manifest.json")
 
 
-def _count_lines(raw: Path) -> int:
-    with open_raw(raw) as f:
-        n, last = 0, b"\n"
-        while chunk := _read(f, raw):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-    return n + (last != b"\n")
-
-
-def _read(f: BinaryIO, raw: Path) -> bytes:
-    try:
-        return f.read(1 << 20)
-    except (OSError, EOFError) as exc:
-        raise read_failed(raw, exc) from None
-
-
 def preprocess(raw_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str], on_bad_line: str = "error") -> (
     tuple[CriteoCache, bool]
 ):  # fmt: skip
@@ -311,6 +294,8 @@ def _parse_into(raw: Path, tmp: Path, on_bad_line: str, compiled: bool, chunk_by
         rows, lines = _fill_compiled(raw, tmp, layout, bad, chunk_bytes)
     else:
         layout, rows, lines = _fill_per_line(raw, tmp, bad)
+    if rows == 0:
+        raise ValueError(f"{raw}: no valid sample ({bad.count} bad line(s))")
     labels = np.load(tmp / "labels.npy", mmap_mode="r")
     return {
         "cache_version": CACHE_VERSION,
@@ -324,20 +309,15 @@ def _parse_into(raw: Path, tmp: Path, on_bad_line: str, compiled: bool, chunk_by
 
 
 def _fill_per_line(raw: Path, tmp: Path, bad: _BadLines) -> tuple[Layout, int, int]:
-    """The reference: criteo_format.parse_line on every line, into memmaps sized by a first pass counting lines."""
-    lines = _count_lines(raw)
-    open_mm = np.lib.format.open_memmap
-    arrays = {
-        "labels.npy": open_mm(tmp / "labels.npy", "w+", np.float32, (lines,)),
-        "dense.npy": open_mm(tmp / "dense.npy", "w+", np.float32, (lines, NUM_DENSE)),
-        "cats.npy": open_mm(tmp / "cats.npy", "w+", np.uint32, (lines, NUM_CAT)),
-        "cat_empty.npy": open_mm(tmp / "cat_empty.npy", "w+", np.uint32, (lines,)),
-    }
-    rows = 0
+    """The reference: criteo_format.parse_line on every line, rows appended to the files in one pass."""
+    rows = lines = 0
     layout = None
     chunk: list[tuple] = []
-    with open_raw(raw) as f:
+    with contextlib.ExitStack() as stack:
+        out = _appenders(stack, tmp)
+        f = stack.enter_context(open_raw(raw))
         for lineno, line in iter_lines(f, raw):
+            lines = lineno
             if layout is None:
                 layout = detect_layout(line, raw)
                 if layout.has_header:
@@ -349,34 +329,29 @@ def _fill_per_line(raw: Path, tmp: Path, bad: _BadLines) -> tuple[Layout, int, i
                 continue
             chunk.append((s.label, s.dense, s.cats))
             if len(chunk) == _CHUNK_LINES:
-                rows = _flush(arrays, rows, chunk)
-    rows = _flush(arrays, rows, chunk)
-    if rows == 0:
-        raise ValueError(f"{raw}: no valid sample ({bad.count} bad line(s))")
-    for arr in arrays.values():
-        arr.flush()
-    if rows < lines:  # header or skipped lines: write arrays of the exact length
-        for name, arr in arrays.items():
-            np.save(tmp / f"exact-{name}", arr[:rows], allow_pickle=False)
-            del arr
-        arrays.clear()
-        for name in _FILES:
-            os.replace(tmp / f"exact-{name}", tmp / name)
+                rows += _append(out, _columns(chunk))
+                chunk.clear()
+        if chunk:
+            rows += _append(out, _columns(chunk))
     assert layout is not None
     return layout, rows, lines
 
 
-def _flush(arrays: dict[str, np.ndarray], rows: int, chunk: list[tuple]) -> int:
-    if not chunk:
-        return rows
-    labels, dense_raw, cats, cat_empty = _columns(chunk)
-    n = len(chunk)
-    arrays["labels.npy"][rows : rows + n] = labels
-    arrays["dense.npy"][rows : rows + n] = _dense(dense_raw)
-    arrays["cats.npy"][rows : rows + n] = cats
-    arrays["cat_empty.npy"][rows : rows + n] = cat_empty
-    chunk.clear()
-    return rows + n
+def _appenders(stack: contextlib.ExitStack, tmp: Path) -> list[_NpyAppender]:
+    """The cache's four .npy files, open for appending until `stack` closes."""
+    shapes = ((), (NUM_DENSE,), (NUM_CAT,), ())
+    return [
+        stack.enter_context(_NpyAppender(tmp / name, dtype, row_shape))
+        for name, dtype, row_shape in zip(_FILES, _DTYPES, shapes, strict=True)
+    ]
+
+
+def _append(out: list[_NpyAppender], block: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> int:
+    """Append (labels, raw dense, cats, empty bits) rows, the dense transformed; returns how many."""
+    labels, dense_raw, cats, cat_empty = block
+    for appender, values in zip(out, (labels, _dense(dense_raw), cats, cat_empty), strict=True):
+        appender.append(values)
+    return len(labels)
 
 
 def _columns(chunk: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -416,10 +391,7 @@ def _fill_compiled(raw: Path, tmp: Path, layout: Layout, bad: _BadLines, chunk_b
     rows = lines = 0  # lines: before the chunk
     header = layout.has_header
     with contextlib.ExitStack() as stack:
-        out = [
-            stack.enter_context(_NpyAppender(tmp / name, dtype, row_shape))
-            for name, dtype, row_shape in zip(_FILES, _DTYPES, ((), (NUM_DENSE,), (NUM_CAT,), ()), strict=True)
-        ]
+        out = _appenders(stack, tmp)
         f = stack.enter_context(open_raw(raw))
         chunks = criteo_fast.prefetch(criteo_fast.read_chunks(f, chunk_bytes, raw))
         stack.callback(chunks.close)  # the reading thread stops before f closes
@@ -449,13 +421,8 @@ def _fill_compiled(raw: Path, tmp: Path, layout: Layout, bad: _BadLines, chunk_b
             block = (c.labels, c.dense, c.cats, c.cat_empty)
             if not keep.all():
                 block = tuple(a[keep] for a in block)
-            labels, dense_raw, cats, cat_empty = block
-            for appender, values in zip(out, (labels, _dense(dense_raw), cats, cat_empty), strict=True):
-                appender.append(values)
-            rows += len(labels)
+            rows += _append(out, block)
             lines += len(keep)
-        if rows == 0:
-            raise ValueError(f"{raw}: no valid sample ({bad.count} bad line(s))")
     return rows, lines
 
 
