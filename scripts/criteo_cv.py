@@ -33,6 +33,7 @@ import numpy as np
 
 from model.presets import CRITEO_SAMPLE_FLAGS
 from model.quality import quality
+from model.quality_cli import read_predictions
 from profiler.cli import main as dlrmbench
 from profiler.store import write_json_atomic
 
@@ -68,8 +69,7 @@ def _dlrm_scores(argv: list[str], predictions: Path) -> tuple[np.ndarray, np.nda
         code = dlrmbench([*argv, f"--test-predictions-out={predictions}"])
     if code != 0:
         raise SystemExit(f"dlrmbench train {' '.join(argv)} failed ({code}):\n{out.getvalue()[-2000:]}")
-    table = np.loadtxt(predictions, delimiter=",", skiprows=1, ndmin=2)
-    return table[:, 0], table[:, 1]
+    return read_predictions(predictions)
 
 
 def _baseline(raw: Path, cache_dir: Path, test_fraction: float, out: Path) -> dict:

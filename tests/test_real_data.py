@@ -19,6 +19,7 @@ import pytest
 from model.criteo_cache import preprocess
 from model.presets import CRITEO_SAMPLE_FLAGS
 from model.quality import log_loss
+from model.quality_cli import read_predictions
 from profiler.cli import main
 
 RAW = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "criteo" / "wide-resdnn" / "train.txt"
@@ -49,7 +50,7 @@ def results(tmp_path_factory):
                  f"--json-out={lr_out}", f"--test-predictions-out={lr_preds}"]) == 0  # fmt: skip
     lr = json.loads(lr_out.read_text())
     baseline = lr["test"]
-    labels = np.loadtxt(lr_preds, delimiter=",", skiprows=1)[:, 0]
+    labels, _ = read_predictions(lr_preds)
     n_train = lr["data"]["train_rows"]
     prior = np.asarray(preprocess(RAW, cache)[0].labels[:n_train]).mean()
     constant = log_loss(labels, np.full_like(labels, prior))
