@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import psutil
 
-from model.baseline import fit_logistic_cv
+from model.baseline import DEFAULT_L2_GRID, fit_logistic_cv
 from model.criteo import CriteoData
 from model.criteo_cache import BadLinePolicy
 from model.criteo_format import NUM_CAT, NUM_DENSE
@@ -25,7 +25,6 @@ from profiler.store import write_json_atomic
 
 __all__ = ["add_commands", "baseline_command"]
 
-_L2_GRID = (1e-3, 3e-3, 1e-2)
 _BATCH = 512  # training rows per batch; the L2 strength is picked on the last fifth of the batches
 # full-batch L-BFGS: float64 dense + int64 rows + label per row, with the logits, gradients and
 # L-BFGS's temporaries about three times that
@@ -58,6 +57,8 @@ def baseline_command(args: argparse.Namespace) -> int:
     model, held_back = fit_logistic_cv(train, sources.table_rows, NUM_DENSE, l2_grid=grid)
     for l2, loss in held_back.items():
         print(f"l2 {l2:g}: log loss {loss:.5f} on the last fifth of the training rows")
+    if len(grid) > 1 and model.l2 in (min(grid), max(grid)):
+        print(f"note: the chosen l2 {model.l2:g} is at the edge of --l2-grid; a wider grid may fit better")
     labels, probs = model.predict(sources.test)
     q = quality(labels.numpy(), probs.numpy())
     print(f"logistic regression (l2 {model.l2:g}) test: {q.line()}")
@@ -85,7 +86,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-bad-line", default="error", choices=[str(x) for x in BadLinePolicy])
     p.add_argument("--min-category-count", type=int, default=1, help="rarer values share the unseen row")
     p.add_argument("--max-ind-range", type=int, default=-1, help="ids modulo N instead of a vocabulary")
-    p.add_argument("--l2-grid", default=",".join(f"{x:g}" for x in _L2_GRID), help="L2 strengths to pick from")
+    p.add_argument("--l2-grid", default=",".join(f"{x:g}" for x in DEFAULT_L2_GRID), help="L2 strengths to pick from")
     p.add_argument("--test-predictions-out", default="", help="write labels and probabilities (CSV) here")
     p.add_argument("--json-out", default="", help="write the test metrics and the chosen l2 as JSON")
     p.set_defaults(func=baseline_command)

@@ -83,7 +83,9 @@ def test_baseline_command_writes_the_test_rows_predictions(tmp_path, capsys):
     argv = ["baseline", f"--raw-data-file={raw}", "--test-fraction=0.25", f"--processed-data-file={tmp_path / 'c'}",
             "--l2-grid=0.001,0.01", f"--test-predictions-out={preds}", f"--json-out={out}"]  # fmt: skip
     assert main(argv) == 0
-    assert "logistic regression (l2 " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "logistic regression (l2 " in printed
+    assert "is at the edge of --l2-grid" in printed  # a two-value grid: either choice is an edge
     y, p = _read_csv(preds)
     assert y.tolist() == labels[90:]  # the last quarter, in file order
     record = json.loads(out.read_text())
