@@ -80,21 +80,30 @@ def run_sweep(
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     from tqdm import tqdm
 
-    bar = tqdm(points, desc=spec.name, unit="pt", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    for point in bar:
+    # A bar redraws one line with carriage returns: on a terminal only. Piped into a log (CI, nohup,
+    # a batch job) each point gets one plain line instead, as it finishes.
+    plain = progress and not sys.stderr.isatty()
+    bar = tqdm(points, desc=spec.name, unit="pt", disable=not progress or plain, file=sys.stderr, dynamic_ncols=True)
+    for i, point in enumerate(bar, 1):
         key = point.key()
+        label = point.label(list(spec.axes))
         if key in done:
             counts["skipped"] += 1
+            if plain:
+                print(f"[{i}/{len(points)}] {label}: already stored", flush=True)
             continue
-        bar.set_postfix_str(point.label(list(spec.axes))[:80])
+        bar.set_postfix_str(label[:80])
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         from profiler.runner import run_point
 
+        t0 = time.perf_counter()
         rec = run_point(point, fingerprint=fp, ceilings=ceilings, timing=spec.timing, timeout_s=point_timeout_s)
         store.append({"key": key, "point": point.to_dict(), "started": started, **rec})
         counts[rec["status"]] += 1
+        if plain:
+            print(f"[{i}/{len(points)}] {label}: {rec['status']} ({time.perf_counter() - t0:.1f} s)", flush=True)
         if rec["status"] == "failed":
-            bar.write(f"failed: {point.label(list(spec.axes))}: {rec['reason']}")
+            bar.write(f"failed: {label}: {rec['reason']}")
     bar.close()
     print(
         f"{spec.name}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already stored -> {store.path}"
@@ -129,5 +138,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="re-measure points already stored")
     p.add_argument("--results-dir", default="results", help="replaces results/")
     p.add_argument("--point-timeout", type=float, default=300.0, help="seconds before a point is abandoned")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (or, when stderr is not a terminal, no line per point)",
+    )
     p.set_defaults(func=_cmd)

@@ -96,3 +96,17 @@ def test_kill_9_loses_at_most_the_point_in_flight(tmp_path):
     assert counts["skipped"] == len(before) and counts["ok"] + counts["failed"] == 12 - len(before)
     keys = [r["key"] for r in _records(results)]
     assert len(keys) == len(set(keys)) == 12
+
+
+def test_sweep_into_a_log_prints_a_plain_line_per_point(tmp_path, capsys):
+    spec, results = _spec(tmp_path), tmp_path / "results"
+    run_sweep(spec, results_dir=results, filters=["num_tables=1"])  # pytest's stderr is no terminal
+    out = capsys.readouterr()
+    lines = [line for line in out.out.splitlines() if line.startswith("[")]
+    assert [line.split("]")[0] for line in lines] == ["[1/3", "[2/3", "[3/3"]
+    assert sum(": ok (" in line for line in lines) == 2 and sum(": failed (" in line for line in lines) == 1
+    assert "\r" not in out.err + out.out  # no bar redrawn into the log
+    run_sweep(spec, results_dir=results, filters=["num_tables=1"])
+    assert capsys.readouterr().out.count(": already stored") == 3
+    run_sweep(spec, results_dir=results, filters=["num_tables=1"], progress=False)
+    assert "[1/3]" not in capsys.readouterr().out
