@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from profiler import ceilings
 from profiler.ceilings import Ceiling, derived_ceilings, level_working_sets
@@ -66,3 +67,26 @@ def test_skewed_arrays_sit_at_distinct_page_offsets() -> None:
     assert offsets == [0, 1024, 2048]
     ends = [(a.ctypes.data, a.ctypes.data + a.nbytes) for a in arrays]
     assert all(ends[i][1] <= ends[i + 1][0] for i in range(len(ends) - 1))  # no overlap
+
+
+def test_gather_ceiling_times_kernels_on_cache_line_aligned_rows(monkeypatch) -> None:
+    """numpy starts a large array 16 bytes into a page: every 256-byte row then spans five cache lines.
+
+    Timed on such rows the kernels ran up to 2x slower than on the aligned tables sweeps use, so
+    sweep points exceeded their own roof. The probe sees the table each kernel is timed on.
+    """
+    import types
+
+    import kernels
+
+    seen = []
+
+    def probe(table, idx, offsets):
+        seen.append((table.data_ptr() % 64, float(table.sum()), table.numel()))
+        return torch.ops.aten.embedding_bag(table, idx, offsets, False, 0)[0]  # torch's own, for a timing
+
+    entry = types.SimpleNamespace(name="probe", available=True, devices=("cpu",), fn=probe)
+    monkeypatch.setattr(kernels, "list_kernels", lambda: [entry])
+    c = ceilings._gather_ceiling(64, 1 << 20, 1, {"warmup_ms": 1.0, "rep_ms": 2.0})  # mmap-sized: 16 mod 64 unaligned
+    assert seen and all(s == (0, 4096.0 * 64, 4096 * 64) for s in seen)  # aligned, every row of 64 ones
+    assert c.shape == (4096, 64, 32) and c.gbps > 0 and "kernel probe" in c.method
