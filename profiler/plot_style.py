@@ -12,6 +12,8 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
 
+from profiler.sweep_spec import format_bytes  # re-exported: the figures' byte labels
+
 __all__ = [
     "AXIS_NAMES",
     "BYTE_FIELDS",
@@ -84,15 +86,6 @@ def machine_tags(skus: list[str], names: dict[str, str]) -> tuple[dict[str, str]
         return {skus[0]: ""}, names.get(skus[0], skus[0])
     tags = {s: chr(65 + i) if i < 26 else f"M{i}" for i, s in enumerate(skus)}
     return tags, "; ".join(f"{tags[s]} = {names.get(s, s)}" for s in skus)
-
-
-def format_bytes(n: float) -> str:
-    """32768 -> '32 KiB', 3e7 -> '28.6 MiB'."""
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            v = n / size
-            return f"{v:.3g} {unit}" if abs(v) < 100 else f"{v:.0f} {unit}"
-    return f"{n:.0f} B"
 
 
 def use_byte_ticks(axis: Any) -> None:

@@ -22,7 +22,7 @@ import kernels
 from profiler.ceilings import Ceiling
 from profiler.collective import CollectiveFailure
 from profiler.metrics import Cost, embedding_bag_cost, mlp_cost, rates
-from profiler.sweep_spec import Point, resolve_bytes
+from profiler.sweep_spec import Point, format_bytes, resolve_bytes
 from profiler.timer import measure
 from profiler.workload import check_memory, hot_rows, make_bag_inputs
 
@@ -102,8 +102,19 @@ def run_point(
     """Measure `point`; returns {status, reason, measurement, derived, elapsed_s} (status ok|failed)."""
     t0 = time.perf_counter()
     caches = cache_sizes(fingerprint)
+    notes: list[str] = []
+    requested: dict[str, int] = {}
     try:
         ws = resolve_bytes(point.working_set, caches)
+        table_bytes = point.num_tables * point.num_rows * point.embedding_dim * 4
+        if ws is not None and ws > table_bytes and point.target == "embedding_bag":
+            # The hot set cannot hold more rows than the tables have: record what was measured.
+            notes.append(
+                f"working_set {point.working_set} is {format_bytes(ws)}, more than the tables' "
+                f"{format_bytes(table_bytes)}: the hot set is every row, recorded as {format_bytes(table_bytes)}"
+            )
+            requested["working_set_requested_bytes"] = ws
+            ws = table_bytes
         if point.target not in _RUNS:
             raise ValueError(f"target={point.target!r}; allowed: {', '.join(_RUNS)}")
         if point.world_size != 1 and point.target != "all_to_all":
@@ -129,7 +140,6 @@ def run_point(
     ceiling: Ceiling | None = None
     if point.target != "all_to_all":
         # "all": the whole tables are the working set (they may still fit in a cache)
-        table_bytes = point.num_tables * point.num_rows * point.embedding_dim * 4
         level = _level_of(ws if ws is not None else table_bytes, caches)
         ceiling = pick_ceiling(ceilings, level=level, dim=point.embedding_dim, threads=threads, compute=compute_bound)
     r = rates(
@@ -142,6 +152,7 @@ def run_point(
         **cost.to_dict(),
         **r.to_dict(),
         "working_set_bytes": ws,
+        **requested,
         "memory_level": level,
         "ceiling": ceiling.key if ceiling else None,
         "ceiling_value": ceiling.value if ceiling else None,
@@ -155,7 +166,7 @@ def run_point(
         "median_s": m.median_s,
         "iqr_s": m.iqr_s,
         "derived": derived,
-        "warnings": list(m.warnings),
+        "warnings": [*notes, *m.warnings],
         "elapsed_s": time.perf_counter() - t0,
     }
 

@@ -104,6 +104,8 @@ def run_sweep(
             print(f"[{i}/{len(points)}] {label}: {rec['status']} ({time.perf_counter() - t0:.1f} s)", flush=True)
         if rec["status"] == "failed":
             bar.write(f"failed: {label}: {rec['reason']}")
+        for warning in rec.get("warnings", []):
+            bar.write(f"note: {label}: {warning}")
     bar.close()
     print(
         f"{spec.name}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already stored -> {store.path}"

@@ -29,7 +29,7 @@ from enum import StrEnum, unique
 from pathlib import Path
 from typing import Any, Self
 
-__all__ = ["Point", "SweepSpec", "Target", "expand", "load_spec", "parse_spec", "resolve_bytes"]
+__all__ = ["Point", "SweepSpec", "Target", "expand", "format_bytes", "load_spec", "parse_spec", "resolve_bytes"]
 
 
 @unique
@@ -173,6 +173,15 @@ def _check_value(key: str, value: Any, where: str) -> None:
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]i?B?)?", re.I)
 _MULT = re.compile(r"(\d+(?:\.\d+)?)\s*\*\s*(L1d?|L2|L3|LLC)", re.I)
+
+
+def format_bytes(n: float) -> str:
+    """32768 -> '32 KiB', 3e7 -> '28.6 MiB'."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            v = n / size
+            return f"{v:.3g} {unit}" if abs(v) < 100 else f"{v:.0f} {unit}"
+    return f"{n:.0f} B"
 
 
 def resolve_bytes(expr: str, caches: dict[str, int], *, where: str = "working_set") -> int | None:

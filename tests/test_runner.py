@@ -110,3 +110,19 @@ def test_sweep_into_a_log_prints_a_plain_line_per_point(tmp_path, capsys):
     assert capsys.readouterr().out.count(": already stored") == 3
     run_sweep(spec, results_dir=results, filters=["num_tables=1"], progress=False)
     assert "[1/3]" not in capsys.readouterr().out
+
+
+def test_a_hot_set_larger_than_the_tables_is_recorded_as_the_tables(tmp_path, capsys):
+    spec = _spec(tmp_path, SPEC.replace('kernel = ["torch", "torch_naive", "no_such_kernel"]', 'kernel = ["torch"]')
+                 .replace("num_tables = [1, 2]", 'num_tables = [2]\nworking_set = ["64K", "256"]'))  # fmt: skip
+    run_sweep(spec, results_dir=tmp_path / "r", progress=False)
+    capped, inside = sorted(_records(tmp_path / "r"), key=lambda r: -r["derived"]["working_set_bytes"])
+    tables = 2 * 50 * 4 * 4  # T x E x D x 4 bytes = 1600
+    assert (
+        capped["derived"]["working_set_bytes"] == tables and capped["derived"]["working_set_requested_bytes"] == 65536
+    )
+    assert capped["derived"]["hot_rows"] == 50
+    assert any("more than the tables'" in w for w in capped["warnings"])
+    assert "working_set 64K is 64 KiB, more than the tables' 1.56 KiB" in capsys.readouterr().out
+    assert inside["derived"]["working_set_bytes"] == 256 and "working_set_requested_bytes" not in inside["derived"]
+    assert inside["derived"]["hot_rows"] == 256 // (2 * 4 * 4)  # 8 rows per table
