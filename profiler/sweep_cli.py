@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.store import ResultFile
-from profiler.sweep_spec import Point, expand, load_spec
+from profiler.sweep_spec import Point, SweepSpec, expand, load_spec
 
 __all__ = ["add_commands", "load_machine", "matches", "run_sweep"]
 
@@ -62,6 +62,7 @@ def run_sweep(
     import kernels
 
     spec = load_spec(spec_path)
+    _check_kernel_names(spec_path, spec, {e.name for e in kernels.list_kernels()})
     available = [e.name for e in kernels.list_kernels() if e.available]
     points = [p for p in expand(spec, available) if matches(p, filters or [])]
     if dry_run:
@@ -111,6 +112,19 @@ def run_sweep(
         f"{spec.name}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already stored -> {store.path}"
     )
     return counts
+
+
+def _check_kernel_names(spec_path: str, spec: SweepSpec, registered: set[str]) -> None:
+    """A kernel no build of dlrmbench has is a typo: refuse it before any point runs. One registered
+    but unavailable here (no GPU, no fbgemm) stays a point that fails with its reason."""
+    for where, values in (("[fixed] kernel", [spec.fixed["kernel"]] if "kernel" in spec.fixed else []),
+                          ("[axes] kernel", list(spec.axes.get("kernel", [])))):  # fmt: skip
+        unknown = [str(v) for v in values if v != "all" and not str(v).endswith("*") and v not in registered]
+        if unknown:
+            raise ValueError(
+                f"{spec_path}: {where}: unknown kernel {', '.join(map(repr, unknown))}; "
+                f"registered: {', '.join(sorted(registered))} (or 'all', or a prefix ending in '*')"
+            )
 
 
 def _cmd(args: argparse.Namespace) -> int:

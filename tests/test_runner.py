@@ -24,12 +24,24 @@ num_rows = 50
 embedding_dim = 4
 pooling_factor = 3
 [axes]
-kernel = ["torch", "torch_naive", "no_such_kernel"]
+kernel = ["torch", "torch_naive", "unbuilt_kernel"]
 num_tables = [1, 2]
 [timing]
 warmup_ms = 1
 rep_ms = 5
 """
+
+
+@pytest.fixture(autouse=True)
+def _unbuilt_kernel():
+    """A kernel registered as unavailable (as fbgemm is where it is not installed): its points fail."""
+    import kernels
+    from kernels import registry
+
+    kernels.list_kernels()  # load the real ones first
+    registry.register_unavailable("unbuilt_kernel", backend=registry.Backend.TORCH, reason="not built here (test)")
+    yield
+    registry._REGISTRY.pop("unbuilt_kernel", None)
 
 
 def _spec(tmp_path: Path, text: str = SPEC) -> str:
@@ -49,7 +61,7 @@ def test_sweep_records_derived_rates_and_failures_then_resumes(tmp_path, capsys)
     assert counts == {"ok": 4, "failed": 2, "skipped": 0}
     recs = _records(results)
     failed = [r for r in recs if r["status"] == "failed"]
-    assert all("unknown kernel 'no_such_kernel'" in r["reason"] for r in failed)
+    assert all("kernel 'unbuilt_kernel' is unavailable here: not built here (test)" in r["reason"] for r in failed)
     for r in (r for r in recs if r["status"] == "ok"):
         p = Point.from_dict(r["point"])
         bags, n, D = p.batch_size * p.num_tables, p.batch_size * p.num_tables * p.pooling_factor, p.embedding_dim
@@ -79,6 +91,7 @@ def test_dry_run_lists_points(tmp_path, capsys):
 
 def test_kill_9_loses_at_most_the_point_in_flight(tmp_path):
     slow = SPEC.replace("rep_ms = 5", "rep_ms = 400").replace("num_tables = [1, 2]", "num_tables = [1, 2, 3, 4]")
+    slow = slow.replace('"unbuilt_kernel"', '"numba_w4"')  # a subprocess: the test's registration is not there
     spec, results = _spec(tmp_path, slow), tmp_path / "results"
     cmd = [sys.executable, "-m", "profiler.cli", "sweep", spec, "--results-dir", str(results), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -113,7 +126,7 @@ def test_sweep_into_a_log_prints_a_plain_line_per_point(tmp_path, capsys):
 
 
 def test_a_hot_set_larger_than_the_tables_is_recorded_as_the_tables(tmp_path, capsys):
-    spec = _spec(tmp_path, SPEC.replace('kernel = ["torch", "torch_naive", "no_such_kernel"]', 'kernel = ["torch"]')
+    spec = _spec(tmp_path, SPEC.replace('kernel = ["torch", "torch_naive", "unbuilt_kernel"]', 'kernel = ["torch"]')
                  .replace("num_tables = [1, 2]", 'num_tables = [2]\nworking_set = ["64K", "256"]'))  # fmt: skip
     run_sweep(spec, results_dir=tmp_path / "r", progress=False)
     capped, inside = sorted(_records(tmp_path / "r"), key=lambda r: -r["derived"]["working_set_bytes"])
@@ -126,3 +139,16 @@ def test_a_hot_set_larger_than_the_tables_is_recorded_as_the_tables(tmp_path, ca
     assert "working_set 64K is 64 KiB, more than the tables' 1.56 KiB" in capsys.readouterr().out
     assert inside["derived"]["working_set_bytes"] == 256 and "working_set_requested_bytes" not in inside["derived"]
     assert inside["derived"]["hot_rows"] == 256 // (2 * 4 * 4)  # 8 rows per table
+
+
+def test_a_kernel_no_build_has_is_refused_before_any_point_runs(tmp_path):
+    spec = _spec(tmp_path, SPEC.replace('"unbuilt_kernel"', '"numba_w16x"'))
+    for dry_run in (True, False):
+        with pytest.raises(ValueError, match=r"tiny.toml: \[axes\] kernel: unknown kernel 'numba_w16x'; registered: "):
+            run_sweep(spec, results_dir=tmp_path / "r", progress=False, dry_run=dry_run)
+    assert not (tmp_path / "r").exists()  # nothing measured, nothing written
+    fixed = SPEC.replace('kernel = ["torch", "torch_naive", "unbuilt_kernel"]\n', "").replace(
+        "[fixed]", '[fixed]\nkernel = "trch"'
+    )
+    with pytest.raises(ValueError, match=r"\[fixed\] kernel: unknown kernel 'trch'"):
+        run_sweep(_spec(tmp_path, fixed), results_dir=tmp_path / "r", progress=False)
