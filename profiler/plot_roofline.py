@@ -23,7 +23,15 @@ from profiler.ceilings import Ceiling
 from profiler.plot_style import AXIS_NAMES, color, machine_tags, marker, new_figure, roof_color
 from profiler.results import Machine, group_by, point_label, varying_fields
 
-__all__ = ["DEFAULT_TOLERANCE", "RoofCheck", "above_roof", "point_roof_gflops", "roofline_figure", "roofs_for"]
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "RoofCheck",
+    "above_roof",
+    "missing_ceilings",
+    "point_roof_gflops",
+    "roofline_figure",
+    "roofs_for",
+]
 
 DEFAULT_TOLERANCE = 0.05  # a point within 5% of its roof is measurement noise, not an accounting error
 _LEVELS = ("L1d", "L2", "L3", "DRAM")
@@ -134,6 +142,12 @@ def _draw_roofs(ax: Any, roofs: list[Ceiling], x_lo: float, x_hi: float, tint: s
                         color=col)  # fmt: skip
 
 
+def missing_ceilings(rows: list[dict[str, Any]], machines: dict[str, Machine]) -> list[str]:
+    """SKU ids among `rows` whose machine has no ceilings (no machine.json, or one without --ceilings)."""
+    skus = dict.fromkeys(r["sku_id"] for r in rows)
+    return [s for s in skus if not (machines.get(s) and machines[s].ceilings)]
+
+
 def roofline_figure(
     rows: list[dict[str, Any]],
     machines: dict[str, Machine],
@@ -171,6 +185,11 @@ def roofline_figure(
         if m and m.ceilings:
             sku_rows = [r for r in pts if r["sku_id"] == sku]
             _draw_roofs(ax, roofs_for(m, sku_rows), x_lo, x_hi, color(s) if multi else None, tags[sku])
+    bare = missing_ceilings(pts, machines)
+    if bare:  # points without roofs read as a finished roofline unless the figure says otherwise
+        who = ", ".join(tags[s] for s in bare) if multi else "this machine"
+        ax.text(0.01, 0.99, f"no measured ceilings for {who}: roofs not drawn (dlrmbench machine --ceilings)",
+                transform=ax.transAxes, va="top", fontsize=8, color="firebrick")  # fmt: skip
     shown = {sweep: varying_fields(group, exclude=["kernel"]) for (sweep,), group in group_by(pts, ["sweep"]).items()}
     for s, sku in enumerate(skus):
         for k, kernel in enumerate(kernels):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from profiler.plot_roofline import DEFAULT_TOLERANCE, roofline_figure
+from profiler.plot_roofline import DEFAULT_TOLERANCE, missing_ceilings, roofline_figure
 from profiler.plot_style import save_figure
 from profiler.plot_throughput import throughput_figure
 from profiler.results import Machine, load_results, select, varying_fields
@@ -111,6 +111,11 @@ def make_plot(
     result = PlotOutput([])
     if kind == "roofline":
         fig, flagged = roofline_figure(rows, machines, labels=labels, title=title, tolerance=tolerance)
+        result.notes = [
+            f"{sku} has no measured ceilings: the roofline shows its points without roofs; "
+            f"run `dlrmbench machine --ceilings` on that machine"
+            for sku in missing_ceilings([r for r in rows if r.get("status") == "ok"], machines)
+        ]
         result.flagged = [
             f"{f.row['kernel']} {f.row['key']} ({f.row['sweep']}): {f.row['gflops']:.3g} GFLOP/s is "
             f"{f.ratio:.2f}x its roof {f.roof_gflops:.3g} GFLOP/s ({f.ceiling}): accounting error"

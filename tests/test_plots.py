@@ -178,3 +178,23 @@ def test_compare_names_the_backend_of_all_to_all_points(tmp_path):
     text = format_ratio_tables(aligned, skus, {k: v for s in sets for k, v in s.machines.items()})
     row = next(line for line in text.splitlines() if "2.00x" in line and "geomean" not in line)
     assert "gloo" in row and "torch" not in row
+
+
+def test_a_roofline_without_ceilings_says_so_in_the_figure_and_on_stderr(tmp_path, capsys):
+    bare = write_sku(tmp_path, "sku-a", "CPU", [(bag_point(working_set="8K"), 1e-6, None)], ceilings=[])
+    out = tmp_path / "roof.png"
+    assert main(["plot", str(bare), "--kind", "roofline", "--out", str(out)]) == 0
+    assert (
+        "note: sku-a has no measured ceilings: the roofline shows its points without roofs" in capsys.readouterr().err
+    )
+    rs = load_results(bare)
+    fig, _ = roofline_figure(rs.rows, rs.machines)
+    (text,) = fig.axes[0].texts
+    assert text.get_text().startswith("no measured ceilings for this machine: roofs not drawn")
+    assert fig.axes[0].get_lines() == []  # no roof line at all
+    measured = write_sku(tmp_path / "m", "sku-b", "CPU", [(bag_point(working_set="8K"), 1e-6, TRIAD_L1)])
+    rs = load_results(measured)
+    fig, _ = roofline_figure(rs.rows, rs.machines)
+    assert fig.axes[0].get_lines() and not any("no measured" in t.get_text() for t in fig.axes[0].texts)
+    assert main(["plot", str(measured), "--kind", "roofline", "--out", str(out)]) == 0
+    assert "no measured ceilings" not in capsys.readouterr().err
