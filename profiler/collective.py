@@ -221,7 +221,7 @@ def _time_worker(rank: int, world_size: int, job: dict[str, Any]) -> dict[str, A
     return {
         "samples_s": slowest.tolist(),
         "clock_overhead_s": clock_overhead_s(time.perf_counter),
-        "contention": assess(before, after, threads=world_size).to_dict(),
+        "contention": assess(before, after, threads=world_size, processes=world_size).to_dict(),
     }
 
 

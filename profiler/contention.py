@@ -59,6 +59,7 @@ class Contention:
     waited_s: float = 0.0  # time spent in wait_for_quiet before measuring
     contended: bool = False
     reasons: list[str] = field(default_factory=list)
+    not_judged: list[str] = field(default_factory=list)  # signals left out of the verdict, and why
 
     def validate(self) -> Contention:
         if self.cpus < 1 or self.threads < 1:
@@ -72,6 +73,7 @@ class Contention:
     def from_dict(cls, d: dict[str, Any]) -> Contention:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         known["reasons"] = list(known.get("reasons", []))
+        known["not_judged"] = list(known.get("not_judged", []))
         return cls(**known).validate()
 
 
@@ -132,7 +134,13 @@ def _cpus() -> int:
 
 
 def assess(
-    before: Snapshot, after: Snapshot, *, threads: int = 1, cpus: int | None = None, waited_s: float = 0.0
+    before: Snapshot,
+    after: Snapshot,
+    *,
+    threads: int = 1,
+    cpus: int | None = None,
+    waited_s: float = 0.0,
+    processes: int = 1,
 ) -> Contention:
     """Turn two snapshots into a Contention record with its verdict.
 
@@ -141,6 +149,10 @@ def assess(
         threads: threads the measured code ran (its own load is not held against it).
         cpus: CPUs this process may use; default: its affinity mask.
         waited_s: time already spent waiting for quiet, recorded as is.
+        processes: processes the measured code ran (an all-to-all: one per rank). When they are at
+            least as many as the CPUs, their own helper threads (gloo's) wait for CPUs and the
+            previous points' ranks still weigh in the 1-minute load: pressure and load then measure
+            the measurement itself, are recorded but not judged, and only steal is.
     Returns:
         A Contention; `contended` is True when PSI pressure, steal or a neighbour's load passed its limit.
     """
@@ -155,12 +167,14 @@ def assess(
         if d_total > 0:
             steal = max(0.0, (after.steal_ticks - before.steal_ticks) / d_total)  # type: ignore[operator]
     reasons = []
-    if pressure is not None and pressure > PRESSURE_LIMIT:
+    own = processes > 1 and processes >= cpus
+    not_judged = [f"cpu pressure and load average ({processes} processes on {cpus} cpus)"] if own else []
+    if not own and pressure is not None and pressure > PRESSURE_LIMIT:
         reasons.append(f"cpu pressure {pressure:.0%} > {PRESSURE_LIMIT:.0%}")
     if steal is not None and steal > STEAL_LIMIT:
         reasons.append(f"steal {steal:.0%} > {STEAL_LIMIT:.0%}")
     # The 1-min load lags, so only the 'before' value judges others' work: more runnable tasks than CPUs.
-    if before.loadavg_1m is not None and before.loadavg_1m > cpus + LOADAVG_MARGIN:
+    if not own and before.loadavg_1m is not None and before.loadavg_1m > cpus + LOADAVG_MARGIN:
         reasons.append(f"load average {before.loadavg_1m:.2f} > {cpus} cpus")
     return Contention(
         pressure_frac=pressure,
@@ -173,6 +187,7 @@ def assess(
         waited_s=waited_s,
         contended=bool(reasons),
         reasons=reasons,
+        not_judged=not_judged,
     ).validate()
 
 

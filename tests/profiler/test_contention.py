@@ -45,6 +45,22 @@ def test_each_signal_flags(after: Snapshot, before_load: float, reason: str) -> 
     assert Contention.from_dict(c.to_dict()) == c
 
 
+@pytest.mark.parametrize("processes", [2, 4])
+def test_ranks_filling_the_cpus_are_judged_by_steal_alone(processes: int) -> None:
+    """W ranks on C <= W cpus: 30% pressure and a load of 3 are their own; 20% steal is not."""
+    before = Snapshot(0.0, 0, None, 0, 0, 3.0)
+    own = assess(before, Snapshot(1.0, 300_000, None, 0, 100, 3.0), threads=processes, cpus=2, processes=processes)
+    assert not own.contended and own.pressure_frac == pytest.approx(0.3)
+    assert own.not_judged == [f"cpu pressure and load average ({processes} processes on 2 cpus)"]
+    stolen = assess(before, Snapshot(1.0, 300_000, None, 20, 100, 3.0), threads=processes, cpus=2, processes=processes)
+    assert stolen.contended and stolen.reasons == ["steal 20% > 5%"]
+    assert Contention.from_dict(own.to_dict()) == own
+    one_fewer = assess(
+        before, Snapshot(1.0, 300_000, None, 0, 100, 3.0), threads=1, cpus=processes + 1, processes=processes
+    )
+    assert one_fewer.contended and one_fewer.not_judged == []  # a free cpu: pressure is a neighbour's
+
+
 def test_missing_sources_give_none_not_errors() -> None:
     c = assess(Snapshot(0.0), Snapshot(1.0), cpus=2)
     assert c.pressure_frac is None and c.steal_frac is None and not c.contended
