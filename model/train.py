@@ -20,6 +20,7 @@ from model.distributed import DistContext
 from model.dlrm import DLRM
 from model.optim import SGD, Adagrad, LRSchedule, SplitOptimizer, WeightEMA
 from model.quality import Quality, quality
+from profiler.contention import assess, snapshot
 from profiler.store import replace_atomic, write_json_atomic, write_text_atomic
 
 __all__ = [
@@ -331,6 +332,7 @@ def run(
 
     nbatches = len(data) if train.num_batches == 0 else train.num_batches  # type: ignore[arg-type]
     warmup_s = warm_up(config, train, device)
+    neighbours = snapshot()  # CPU pressure, steal and load around the timed loop (profiler.contention)
     wall0 = time.perf_counter()
     for epoch in range(train.nepochs):
         t_data = time.perf_counter()
@@ -389,6 +391,8 @@ def run(
     wall_s = time.perf_counter() - wall0 - test_s
     if iters == 0:
         raise ValueError("no batches were run: check --num-batches, --data-size and --mini-batch-size")
+    processes = dist_ctx.world_size if dist_ctx is not None else 1
+    contention = assess(neighbours, snapshot(), threads=torch.get_num_threads() * processes, processes=processes)
 
     result = {
         "mode": mode,
@@ -403,6 +407,7 @@ def run(
         "data_ms_per_iter": 1000.0 * data_s / iters,
         "wall_s": wall_s,
         "warmup_s": warmup_s,
+        "contention": contention.to_dict(),
         "train_loss": losses,
         **_test_record(history, test_s),
         "config": config.to_dict(),
@@ -428,6 +433,11 @@ def run(
         f"(data {result['data_ms_per_iter']:.2f} ms/it), kernel {config.kernel}, {device}, "
         f"{result['threads']} threads; untimed warm-up of a 4-row copy {warmup_s:.2f} s"
     )
+    if contention.contended:
+        log(
+            f"warning: the timed loop ran under contention ({'; '.join(contention.reasons)}): other work "
+            "competed for the CPUs, so these rates understate this machine"
+        )
     if train.profile_trace and not train.inference_only:
         from profiler.breakdown import profile_training_step
 
