@@ -2,15 +2,19 @@
 
 Points are aligned by their point key (a hash of every Point field but the sweep name), so a
 point matches only the identical measurement on another SKU. The first folder is the reference:
-each other SKU gets the ratio time_A / time_X per point (> 1: X is faster), and the roofline and
-throughput plots overlay all SKUs, each labelled with its CPU (and GPU) name.
+each other side X gets the ratio tA/tX = time on A / time on X per point (> 1: X is faster), and
+the roofline and throughput plots overlay all sides, each labelled with its CPU (and GPU) name.
+Two folders of the same SKU (before and after a change, two VMs of one type) are told apart by
+their folder, as given, in tables and plot titles.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,17 +26,76 @@ from profiler.results import (
     group_by,
     kernel_label,
     load_results,
+    machine_name,
     point_label,
     select,
     varying_fields,
 )
 
-__all__ = ["Aligned", "add_commands", "align", "format_ratio_tables", "write_comparison"]
+__all__ = ["Aligned", "add_commands", "align", "format_ratio_tables", "label_sides", "write_comparison"]
+
+
+@dataclass(frozen=True)
+class _Side(Machine):
+    """A machine as seen through one results folder, when another folder of the comparison has its SKU."""
+
+    source: str = ""  # the folder (or .jsonl) as given on the command line
+
+    @property
+    def name(self) -> str:
+        return f"{machine_name(self.fingerprint, self.sku_id)} from {self.source}"
+
+
+def _only_sku(s: ResultSet) -> str:
+    ids = list(s.machines)
+    if len(ids) != 1:
+        raise ValueError(f"each compare argument must hold one machine's results; found {len(ids)}: {ids}")
+    return ids[0]
+
+
+def label_sides(sets: list[ResultSet], sources: list[str] | None = None) -> list[ResultSet]:
+    """The sets keyed so that each side of a comparison has its own label (rows' sku_id, machines' key).
+
+    Distinct SKUs keep their sku id, so sets of different machines come back unchanged. Sets whose SKU
+    repeats (two runs on one machine type) are keyed 'sku_id @ source' instead, and their machine is
+    named '<CPU> from <source>', which tables, plot legends and titles show.
+
+    Args:
+        sets: one ResultSet per side, the reference first.
+        sources: the folder or .jsonl each set was read from, as given; default: the folder its files share.
+    Returns:
+        One ResultSet per side, in input order.
+    Raises:
+        ValueError: a set holds several machines, or two sets were read from the same files.
+    """
+    sources = sources or [os.path.commonpath([str(f.parent) for f in s.files]) if s.files else "" for s in sets]
+    if len(sources) != len(sets):
+        raise ValueError(f"{len(sources)} sources for {len(sets)} result sets")
+    seen: dict[frozenset[Path], str] = {}
+    for s, src in zip(sets, sources, strict=True):
+        files = frozenset(f.resolve() for f in s.files)
+        if files and files in seen:
+            twice = f"{src} is given twice" if src == seen[files] else f"{seen[files]} and {src} are the same folder"
+            raise ValueError(f"{twice}; compare needs two different results folders")
+        seen.setdefault(files, src)
+    skus = [_only_sku(s) for s in sets]
+    counts = Counter(skus)
+    out = []
+    for s, sku, src in zip(sets, skus, sources, strict=True):
+        if counts[sku] == 1:
+            out.append(s)
+            continue
+        side = f"{sku} @ {src}"
+        m = s.machines[sku]
+        machine = _Side(m.sku_id, m.fingerprint, m.ceilings, source=src)
+        rows = [{**r, "sku_id": side, "machine_name": machine.name} for r in s.rows]
+        out.append(ResultSet(rows, {side: machine}, s.files, s.torn_lines, s.excluded_contended))
+    return out
 
 
 @dataclass(frozen=True)
 class Aligned:
-    """One point key and its ok row on each SKU that measured it (sku_id -> row)."""
+    """One point key and its ok row on each side that measured it (side key, the sku id, -> row)."""
 
     key: str
     rows: dict[str, dict[str, Any]]
@@ -47,18 +110,17 @@ def align(sets: list[ResultSet]) -> tuple[list[Aligned], list[str]]:
     """Points measured (status ok) on at least two of the SKUs, matched by point key.
 
     Args:
-        sets: one ResultSet per machine, the reference first.
+        sets: one ResultSet per side, the reference first, keyed apart by label_sides() when SKUs repeat.
     Returns:
-        The aligned points in the reference's order (then the others'), and the sku ids in input order.
+        The aligned points in the reference's order (then the others'), and the side keys (sku ids) in
+        input order.
     """
     skus: list[str] = []
     for s in sets:
-        ids = list(s.machines)
-        if len(ids) != 1:
-            raise ValueError(f"each compare argument must hold one machine's results; found {len(ids)}: {ids}")
-        if ids[0] in skus:
-            raise ValueError(f"SKU {ids[0]} is given twice; compare needs different machines")
-        skus.append(ids[0])
+        sku = _only_sku(s)
+        if sku in skus:
+            raise ValueError(f"SKU {sku} is given twice; key the result sets apart with label_sides() first")
+        skus.append(sku)
     by_key: dict[str, dict[str, dict[str, Any]]] = {}
     for sku, s in zip(skus, sets, strict=True):
         for r in s.rows:
@@ -69,14 +131,23 @@ def align(sets: list[ResultSet]) -> tuple[list[Aligned], list[str]]:
 
 
 def format_ratio_tables(aligned: list[Aligned], skus: list[str], machines: dict[str, Machine]) -> str:
-    """One text table per sweep: per point and kernel, the reference's time and GB/s, each other SKU's
-    time and its speed ratio over the reference, and a geometric-mean line."""
+    """One text table per sweep: per point and kernel, the reference's time and GB/s, each other side's
+    time and the ratio tA/tX = time on A / time on X (> 1: X is faster), and a geometric-mean line.
+
+    Args:
+        aligned, skus: from align().
+        machines: side key -> Machine (the sets' machines after label_sides()).
+    """
     if not aligned:
         return "no point was measured on more than one of these machines"
     ref = skus[0]
-    names = {s: machines[s].name if s in machines else s for s in skus}
-    lines = [f"{chr(65 + i)} = {names[s]} [{s}]" for i, s in enumerate(skus)]
-    lines.append(f"ratio = time on A / time on the other (> 1: faster than A); {len(aligned)} aligned points")
+    lines = [f"{chr(65 + i)} = {_describe(s, machines.get(s))}" for i, s in enumerate(skus)]
+    if len(skus) == 2:
+        ratio = "tA/tB = time on A / time on B (> 1: B is faster than A)"
+    else:
+        others = ", ".join(chr(66 + i) for i in range(len(skus) - 1))
+        ratio = f"tA/tX = time on A / time on X, for X in {others} (> 1: X is faster than A)"
+    lines.append(f"{ratio}; {len(aligned)} aligned points")
     first = [next(iter(a.rows.values())) for a in aligned]
     for (sweep,), group_rows in group_by(first, ["sweep"]).items():
         keys = {r["key"] for r in group_rows}
@@ -85,7 +156,7 @@ def format_ratio_tables(aligned: list[Aligned], skus: list[str], machines: dict[
         labels = [point_label(next(iter(a.rows.values())), shown, short=True) for a in group]
         label_w = max(10, *(len(x) for x in labels)) + 2
         head = f"{'point':<{label_w}}{'kernel':<14}{'A ms':>10}{'A GB/s':>9}"
-        head += "".join(f"{chr(66 + i) + ' ms':>10}{chr(66 + i) + '/A':>7}" for i in range(len(skus) - 1))
+        head += "".join(f"{chr(66 + i) + ' ms':>10}{'tA/t' + chr(66 + i):>7}" for i in range(len(skus) - 1))
         lines += ["", f"sweep {sweep}", head]
         for a, label in zip(group, labels, strict=True):
             r0 = a.rows.get(ref)
@@ -105,14 +176,25 @@ def format_ratio_tables(aligned: list[Aligned], skus: list[str], machines: dict[
     return "\n".join(lines)
 
 
+def _describe(side: str, m: Machine | None) -> str:
+    """'AMD EPYC (2 cpus) [sku-id]', plus ' from <folder>' when another side has the same SKU."""
+    if m is None:
+        return side
+    text = f"{machine_name(m.fingerprint, m.sku_id)} [{m.sku_id}]"
+    return text + (f" from {m.source}" if isinstance(m, _Side) else "")
+
+
 def write_comparison(
     sets: list[ResultSet], out_dir: str | Path, *, spec_dir: str | Path = "sweeps"
 ) -> tuple[list[Path], list[str]]:
     """Overlaid roofline (all aligned points) and one throughput plot per sweep, written under out_dir.
 
+    Args:
+        sets: one ResultSet per side, the reference first (passed through label_sides() here).
     Returns:
         The files written and notes (roofline flags, panels left out, plots skipped and why).
     """
+    sets = label_sides(sets)
     aligned, _skus = align(sets)
     if not aligned:
         raise ValueError("no point was measured on more than one of these machines; nothing to overlay")
@@ -140,12 +222,13 @@ def write_comparison(
 
 def _cmd(args: argparse.Namespace) -> int:
     if len(args.results) < 2:
-        raise ValueError("compare needs at least two results folders (one per machine)")
+        raise ValueError("compare needs at least two results folders (one per machine or run)")
     filters = [f for part in args.filter for f in part.split(",") if f]
     sets = []
     for path in args.results:
         s = load_results(path, include_contended=not args.exclude_contended)
         sets.append(ResultSet(select(s.rows, filters), s.machines, s.files, s.torn_lines, s.excluded_contended))
+    sets = label_sides(sets, list(args.results))
     aligned, skus = align(sets)
     machines = {k: v for s in sets for k, v in s.machines.items()}
     print(format_ratio_tables(aligned, skus, machines))
@@ -160,10 +243,11 @@ def _cmd(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare",
-        help="the same points on several machines: ratio tables and overlaid roofline / throughput plots",
-        description="Align points by key across results/<sku-id>/ folders of different machines. The first "
-        "folder is the reference. Prints ratio tables; with --out, writes overlaid plots (PNG and SVG). "
-        "Exit status 1 when no point was measured on two machines.",
+        help="the same points on several machines or runs: ratio tables and overlaid roofline / throughput plots",
+        description="Align points by key across results/<sku-id>/ folders of different machines, or of runs "
+        "on the same machine type (labelled by their folder then). The first folder is the reference. Prints "
+        "ratio tables; with --out, writes overlaid plots (PNG and SVG). Exit status 1 when no point was "
+        "measured on two sides.",
     )
     p.add_argument("results", nargs="+", metavar="RESULTS", help="results/<sku-id>/ folders, reference first")
     p.add_argument("--out", default="", metavar="DIR", help="write compare_*.png / .svg here")

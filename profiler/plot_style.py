@@ -55,6 +55,9 @@ _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:
            "tab:cyan", "tab:gray")  # fmt: skip
 
 
+_TITLE_CHARS = 80  # about what a one-panel figure's title holds at 10-11 pt before it is clipped
+
+
 def marker(i: int) -> str:
     """The i-th marker shape (kernels keep their shape across figures when given in the same order)."""
     return _MARKERS[i % len(_MARKERS)]
@@ -78,14 +81,17 @@ def machine_tags(skus: list[str], names: dict[str, str]) -> tuple[dict[str, str]
 
     Args:
         skus: sku ids in plotting order.
-        names: sku id -> machine name (CPU, GPU).
+        names: sku id -> machine name (CPU, GPU; compare adds the folder when two sides share a SKU).
     Returns:
-        ({sku: tag}, 'A = AMD EPYC (64 cpus); B = ...'); with one machine, ({sku: ''}, its name).
+        ({sku: tag}, 'A = AMD EPYC (64 cpus); B = ...'); with one machine, ({sku: ''}, its name). Names
+        that would not fit on one title line go one per line instead.
     """
     if len(skus) == 1:
         return {skus[0]: ""}, names.get(skus[0], skus[0])
     tags = {s: chr(65 + i) if i < 26 else f"M{i}" for i, s in enumerate(skus)}
-    return tags, "; ".join(f"{tags[s]} = {names.get(s, s)}" for s in skus)
+    parts = [f"{tags[s]} = {names.get(s, s)}" for s in skus]
+    line = "; ".join(parts)
+    return tags, line if len(line) <= _TITLE_CHARS else "\n".join(parts)
 
 
 def use_byte_ticks(axis: Any) -> None:

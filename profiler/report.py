@@ -42,6 +42,18 @@ def _num(value: float | None, fmt: str = ".3g") -> str:
     return format(value, fmt) if value is not None else "-"
 
 
+def _count(n: Any, noun: str) -> str:
+    """'1 socket', '2 sockets': the noun singular for exactly one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _shown_path(path: str | Path) -> str:
+    """A file's path for the page: relative to the current directory when it lies under it (a repository's
+    sweeps/x.toml), else its name alone, so a page made in one checkout names no absolute path of it."""
+    p, here = Path(path).resolve(), Path.cwd().resolve()
+    return p.relative_to(here).as_posix() if p.is_relative_to(here) else p.name
+
+
 def _working_set(row: dict[str, Any]) -> str:
     ws, level = row.get("working_set_bytes"), row.get("memory_level")
     if row.get("target") != "embedding_bag" or not ws:
@@ -53,7 +65,8 @@ def machine_lines(machine: Machine) -> list[str]:
     """A short summary of a fingerprint: CPU, cores, frequency, ISA, caches, memory, GPUs, versions."""
     fp = machine.fingerprint
     out = [f"SKU id: `{machine.sku_id}`", f"CPU: {machine.name}"]
-    cores = [f"{fp[k]} {k.replace('_', ' ')}" for k in ("logical_cpus", "physical_cores", "sockets") if k in fp]
+    nouns = {"logical_cpus": "logical cpu", "physical_cores": "physical core", "sockets": "socket"}
+    cores = [_count(fp[k], noun) for k, noun in nouns.items() if k in fp]
     if cores:
         out.append("Cores: " + ", ".join(cores) + (f"; {fp['cpu_mhz']:.0f} MHz" if fp.get("cpu_mhz") else ""))
     if fp.get("isa_flags"):
@@ -63,10 +76,12 @@ def machine_lines(machine: Machine) -> list[str]:
     if caches:
         out.append("Caches: " + ", ".join(caches))
     if fp.get("memory_bytes"):
-        out.append(f"Memory: {fp['memory_bytes'] / (1 << 30):.1f} GiB, {fp.get('numa_nodes', '?')} NUMA node(s)")
+        numa = f", {_count(fp['numa_nodes'], 'NUMA node')}" if fp.get("numa_nodes") else ""
+        out.append(f"Memory: {fp['memory_bytes'] / (1 << 30):.1f} GiB{numa}")
     for gpu in fp.get("gpus", []) or []:
         mem = f", {gpu['memory_bytes'] / (1 << 30):.0f} GiB" if gpu.get("memory_bytes") else ""
-        out.append(f"GPU: {gpu.get('name', '?')}, {gpu.get('sm_count', '?')} SMs{mem}")
+        sms = f", {_count(gpu['sm_count'], 'SM')}" if gpu.get("sm_count") else ""
+        out.append(f"GPU: {gpu.get('name', '?')}{sms}{mem}")
     if fp.get("versions"):
         out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in fp["versions"].items()))
     if fp.get("git_commit"):
@@ -116,7 +131,7 @@ def _sweep_blocks(
     if spec and spec.description:
         blocks.append(("p", spec.description))
     contended = sum(bool(r.get("contended")) for r in ok)
-    source = f"sweep file {spec.source}" if spec else "defaults (no sweep file found)"
+    source = f"sweep file {_shown_path(spec.source)}" if spec else "defaults (no sweep file found)"
     blocks.append(("p", f"{len(ok)} ok, {len(rows) - len(ok)} failed, {contended} measured under contention. "
                         f"Plot settings: {source}."))  # fmt: skip
     headers, table = sweep_table(rows)
@@ -177,7 +192,7 @@ def write_report(
     else:
         blocks.append(("p", "No ceilings stored; run `dlrmbench machine --ceilings` for the roofline."))
     if results.torn_lines:
-        blocks.append(("p", f"Skipped {results.torn_lines} torn line(s) (a crash mid-write)."))
+        blocks.append(("p", f"Skipped {_count(results.torn_lines, 'torn line')} (a crash mid-write)."))
     paths: list[Path] = []
     for sweep in dict.fromkeys(r["sweep"] for r in rows):
         sweep_blocks, sweep_paths = _sweep_blocks(

@@ -78,7 +78,7 @@ def machine_name(fingerprint: dict[str, Any], sku_id: str = "") -> str:
     """'AMD EPYC (2 cpus)', plus ' + NVIDIA H100' per GPU: the label a SKU gets in tables and legends."""
     cpu = str(fingerprint.get("cpu_brand") or fingerprint.get("cpu_vendor") or sku_id or "unknown machine")
     cpus = fingerprint.get("affinity_cpus") or fingerprint.get("logical_cpus")
-    name = f"{cpu} ({cpus} cpus)" if cpus else cpu
+    name = f"{cpu} ({cpus} cpu{'' if cpus == 1 else 's'})" if cpus else cpu
     gpus = [str(g.get("name", "GPU")) for g in fingerprint.get("gpus", []) or []]
     return name + "".join(f" + {g}" for g in dict.fromkeys(gpus))
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from synthetic_results import CEILINGS, bag_point, write_sku
 
 from profiler.cli import main
-from profiler.report import render_html, render_markdown, write_report
+from profiler.report import machine_lines, render_html, render_markdown, write_report
+from profiler.results import Machine
 
 TRIAD_L1, _, _, GATHER, _, _ = CEILINGS
 
@@ -68,3 +71,45 @@ def test_renderers_escape_their_input():
 def test_report_of_a_missing_folder_is_an_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "no such results" in capsys.readouterr().err
+
+
+_SPEC = 'name = "synth"\ntarget = "embedding_bag"\n[axes]\nkernel = ["torch"]\n[plot]\nkinds = ["throughput"]\n'
+
+
+def test_report_names_the_header_sweep_file_relative_to_here_or_by_its_name(tmp_path, monkeypatch):
+    clone = tmp_path / "ci_clone"  # where the sweep ran: its header stores the spec file's absolute path
+    (clone / "sweeps").mkdir(parents=True)
+    (clone / "sweeps" / "synth.toml").write_text(_SPEC)
+    folder = _folder(tmp_path)
+    jsonl = folder / "synth.jsonl"
+    header, *records = jsonl.read_text().splitlines(keepends=True)
+    header = json.dumps({**json.loads(header), "spec_file": str(clone / "sweeps" / "synth.toml")}) + "\n"
+    jsonl.write_text(header + "".join(records))
+    monkeypatch.chdir(clone)
+    write_report(folder, tmp_path / "r1", spec_dir=tmp_path / "no-sweeps")
+    md = (tmp_path / "r1" / "index.md").read_text()
+    assert "Plot settings: sweep file sweeps/synth.toml." in md
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    write_report(folder, tmp_path / "r2", spec_dir=tmp_path / "no-sweeps")
+    md = (tmp_path / "r2" / "index.md").read_text()
+    assert "Plot settings: sweep file synth.toml." in md
+    assert str(clone) not in md and str(clone) not in (tmp_path / "r2" / "index.html").read_text()
+
+
+def test_machine_lines_say_one_socket_not_one_sockets():
+    one = {"cpu_brand": "CPU", "logical_cpus": 1, "physical_cores": 1, "sockets": 1, "memory_bytes": 1 << 30,
+           "numa_nodes": 1, "gpus": [{"name": "G", "sm_count": 1, "memory_bytes": 1 << 30}]}  # fmt: skip
+    lines = machine_lines(Machine("s", one))
+    assert "CPU: CPU (1 cpu) + G" in lines
+    assert "Cores: 1 logical cpu, 1 physical core, 1 socket" in lines
+    assert "Memory: 1.0 GiB, 1 NUMA node" in lines
+    assert "GPU: G, 1 SM, 1 GiB" in lines
+    two = {**one, "logical_cpus": 4, "physical_cores": 2, "sockets": 2, "numa_nodes": 2,
+           "gpus": [{"name": "G", "sm_count": 132}]}  # fmt: skip
+    lines = machine_lines(Machine("s", two))
+    assert "CPU: CPU (4 cpus) + G" in lines
+    assert "Cores: 4 logical cpus, 2 physical cores, 2 sockets" in lines
+    assert "Memory: 1.0 GiB, 2 NUMA nodes" in lines
+    assert "GPU: G, 132 SMs" in lines

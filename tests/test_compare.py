@@ -1,0 +1,113 @@
+"""`dlrmbench compare`: two runs of one SKU are told apart by folder, the same folder twice is refused,
+and the ratio column is named for what it holds (time on A / time on B)."""
+
+from __future__ import annotations
+
+import pytest
+from synthetic_results import CEILINGS, bag_point, write_sku
+
+from profiler.cli import main
+from profiler.compare import align, format_ratio_tables, label_sides, write_comparison
+from profiler.plot_roofline import roofline_figure
+from profiler.plot_throughput import throughput_figure
+from profiler.results import load_results
+
+TRIAD_L1, _, _, GATHER, _, _ = CEILINGS
+
+
+def _run(root, sku, cpu, t_8k, t_256m):
+    """One run of torch at an 8 KiB and a 256 MiB working set, with the given median times."""
+    pts = [
+        (bag_point("torch", working_set="8K"), t_8k, TRIAD_L1),
+        (bag_point("torch", working_set="256M"), t_256m, GATHER),
+    ]
+    return write_sku(root, sku, cpu, pts)
+
+
+def test_two_runs_of_one_sku_are_compared_and_labelled_by_folder(tmp_path, capsys):
+    before = _run(tmp_path / "before", "sku-a", "Synthetic CPU A", 1e-5, 2e-4)
+    after = _run(tmp_path / "after", "sku-a", "Synthetic CPU A", 5e-6, 5e-5)  # 2x and 4x faster
+    out = tmp_path / "cmp"
+    assert main(["compare", str(before), str(after), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"A = Synthetic CPU A (2 cpus) [sku-a] from {before}\n" in text
+    assert f"B = Synthetic CPU A (2 cpus) [sku-a] from {after}\n" in text
+    assert "tA/tB = time on A / time on B (> 1: B is faster than A); 2 aligned points" in text
+    lines = text.splitlines()
+    head = next(line for line in lines if line.startswith("point"))
+    assert head.split() == ["point", "kernel", "A", "ms", "A", "GB/s", "B", "ms", "tA/tB"]
+    row_8k = next(line for line in lines if line.startswith("ws=8K"))
+    assert row_8k.split()[1:3] == ["torch", "0.010"] and row_8k.split()[-2:] == ["0.005", "2.00x"]
+    assert "4.00x" in text
+    assert sorted(p.name for p in out.iterdir()) == [
+        "compare_roofline.png", "compare_roofline.svg", "compare_synth_throughput.png",
+        "compare_synth_throughput.svg",
+    ]  # fmt: skip
+
+
+def test_plots_of_one_sku_twice_name_each_folder(tmp_path):
+    before = _run(tmp_path / "before", "sku-a", "Synthetic CPU A", 1e-5, 2e-4)
+    after = _run(tmp_path / "after", "sku-a", "Synthetic CPU A", 5e-6, 5e-5)
+    sets = label_sides([load_results(before), load_results(after)], ["runs/before", "runs/after"])
+    assert [list(s.machines) for s in sets] == [["sku-a @ runs/before"], ["sku-a @ runs/after"]]
+    machines = {k: v for s in sets for k, v in s.machines.items()}
+    aligned, _skus = align(sets)
+    rows = [r for a in aligned for r in a.rows.values()]
+    # one machine per title line: on one line the two names would be 91 characters, clipped in the figure
+    names = "A = Synthetic CPU A (2 cpus) from runs/before\nB = Synthetic CPU A (2 cpus) from runs/after"
+    fig, _ = roofline_figure(rows, machines)
+    assert fig.axes[0].get_title() == f"Roofline: {names}"
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "A: torch" in legend and "B: torch" in legend
+    fig, _ = throughput_figure(rows, machines, x="working_set_bytes", y="gbps")
+    assert fig._suptitle.get_text().endswith(f"\n{names}")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][-2:] == ["A: torch", "B: torch"]
+    # write_comparison labels raw sets itself, by the folder their files share
+    paths, _ = write_comparison([load_results(before), load_results(after)], tmp_path / "cmp")
+    assert {p.name for p in paths} >= {"compare_roofline.png", "compare_synth_throughput.png"}
+
+
+def test_distinct_skus_keep_their_plain_labels(tmp_path):
+    a = _run(tmp_path, "sku-a", "Synthetic CPU A", 1e-5, 2e-4)
+    b = _run(tmp_path, "sku-b", "Synthetic CPU B", 5e-6, 5e-5)
+    raw = [load_results(a), load_results(b)]
+    sets = label_sides(raw)
+    assert sets == raw
+    aligned, skus = align(sets)
+    assert skus == ["sku-a", "sku-b"]
+    machines = {k: v for s in sets for k, v in s.machines.items()}
+    fig, _ = roofline_figure([r for x in aligned for r in x.rows.values()], machines)
+    assert fig.axes[0].get_title() == "Roofline: A = Synthetic CPU A (2 cpus); B = Synthetic CPU B (2 cpus)"
+    text = format_ratio_tables(aligned, skus, machines)
+    assert text.splitlines()[:3] == [
+        "A = Synthetic CPU A (2 cpus) [sku-a]",
+        "B = Synthetic CPU B (2 cpus) [sku-b]",
+        "tA/tB = time on A / time on B (> 1: B is faster than A); 2 aligned points",
+    ]
+    head = next(line for line in text.splitlines() if line.startswith("point"))
+    assert head.split()[-3:] == ["B", "ms", "tA/tB"]  # the column the definition names: 1e-5 / 5e-6 below
+    assert next(line for line in text.splitlines() if line.startswith("ws=8K")).endswith("0.005  2.00x")
+
+
+def test_three_sides_define_each_ratio_column(tmp_path):
+    folders = [_run(tmp_path / f"r{i}", "sku-a", "CPU", 1e-5 / (i + 1), 2e-4) for i in range(3)]
+    sets = label_sides([load_results(f) for f in folders])
+    aligned, skus = align(sets)
+    text = format_ratio_tables(aligned, skus, {k: v for s in sets for k, v in s.machines.items()})
+    assert "tA/tX = time on A / time on X, for X in B, C (> 1: X is faster than A)" in text
+    head = next(line for line in text.splitlines() if line.startswith("point"))
+    assert head.split()[-4:] == ["tA/tB", "C", "ms", "tA/tC"]
+    row_8k = next(line for line in text.splitlines() if line.startswith("ws=8K"))
+    assert row_8k.split()[-3:] == ["2.00x", "0.003", "3.00x"]
+
+
+def test_the_same_folder_given_twice_is_refused(tmp_path, capsys, monkeypatch):
+    folder = _run(tmp_path, "sku-a", "Synthetic CPU A", 1e-5, 2e-4)
+    assert main(["compare", str(folder), str(folder)]) == 2
+    assert f"error: {folder} is given twice; compare needs two different results folders" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "sku-a", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: sku-a and {folder} are the same folder; compare needs two different results folders" in err
+    with pytest.raises(ValueError, match="same folder"):
+        label_sides([load_results(folder), load_results(folder / "synth.jsonl")], ["sku-a", "sku-a/synth.jsonl"])
