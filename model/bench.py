@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from kernels import get as get_kernel
 from model.config import DLRMConfig, EmbeddingGrad, parse_sizes
 from model.data import RandomData
 from model.dlrm import DLRM
 from model.train import LossFunction, make_loss, make_optimizer, param_groups
+from profiler.bench_bag_cli import parse_choice_list, parse_int_list, parse_list
 from profiler.store import write_json_atomic
 from profiler.timer import Measurement
 
@@ -25,10 +27,6 @@ __all__ = ["add_bench_targets", "bench_dlrm"]
 
 
 _REFERENCE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}  # what the reference-style run uses
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def bench_dlrm(
@@ -143,8 +141,11 @@ def _cmd(args: argparse.Namespace) -> int:
         bottom_mlp=parse_sizes(args.arch_mlp_bot, "--arch-mlp-bot"),
         top_mlp=parse_sizes(args.arch_mlp_top, "--arch-mlp-top"),
     ).validate()
-    grads = [EmbeddingGrad(g) for g in _csv(args.embedding_grad)]
-    batch_sizes = [int(float(b)) for b in _csv(args.batch_size)]
+    for name in args.kernels:
+        try:
+            get_kernel(name)
+        except ValueError as exc:
+            raise ValueError(f"--kernels: {exc}") from None
     print(
         f"DLRM training step: {config.num_tables} tables x {config.table_rows[0]:,} rows, D={config.embedding_dim}, "
         f"bottom {args.arch_mlp_bot}, top {'-'.join(map(str, config.top_mlp_full))}, L={args.num_indices_per_lookup}"
@@ -153,9 +154,9 @@ def _cmd(args: argparse.Namespace) -> int:
         f"optimizer {args.optimizer}"
     )
     records = bench_dlrm(
-        config, batch_sizes, _csv(args.kernels), grads, pooling_factor=args.num_indices_per_lookup,
-        fixed=args.num_indices_per_lookup_fixed, steps=args.steps, warmup=args.warmup,
-        reference_style=args.reference_style, optimizer=args.optimizer,
+        config, args.batch_size, args.kernels, [EmbeddingGrad(g) for g in args.embedding_grad],
+        pooling_factor=args.num_indices_per_lookup, fixed=args.num_indices_per_lookup_fixed, steps=args.steps,
+        warmup=args.warmup, reference_style=args.reference_style, optimizer=args.optimizer,
     )  # fmt: skip
     _print_table(records)
     if args.json_out:
@@ -172,9 +173,11 @@ def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
         description="Time DLRM training steps (random data as the reference generates it), configurations "
         "interleaved step by step. Defaults: the Kaggle shape with 100k rows per table.",
     )
-    p.add_argument("--kernels", default="torch,torch_naive", help="comma-separated registry names")
-    p.add_argument("--batch-size", default="128,2048", help="comma-separated")
-    p.add_argument("--embedding-grad", default="sparse", help="comma-separated: sparse, dense, fused")
+    p.add_argument("--kernels", type=parse_list, default=["torch", "torch_naive"],
+                   help="comma-separated registry names (default torch,torch_naive)")  # fmt: skip
+    p.add_argument("--batch-size", type=parse_int_list, default=[128, 2048], help="comma-separated (default 128,2048)")
+    p.add_argument("--embedding-grad", type=parse_choice_list(str(g) for g in EmbeddingGrad), default=["sparse"],
+                   help="comma-separated: sparse, dense, fused (default sparse)")  # fmt: skip
     p.add_argument("--arch-sparse-feature-size", type=int, default=16)
     p.add_argument("--arch-embedding-size", default="100000x26")
     p.add_argument("--arch-mlp-bot", default="13-512-256-64-16")

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from profiler.bench_bag_cli import parse_int_list
 from profiler.store import write_json_atomic
 
 __all__ = ["add_bench_targets", "bench_dist"]
@@ -62,13 +63,12 @@ def bench_dist(
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    worlds = [int(w) for w in args.nprocs.split(",")]
     train_args = [
         "train", f"--arch-sparse-feature-size={args.dim}", f"--arch-embedding-size={args.rows}x{args.tables}",
         f"--arch-mlp-bot=13-512-256-64-{args.dim}", "--arch-mlp-top=512-256-1",
         f"--mini-batch-size={args.batch_size}", f"--num-batches={args.num_batches}", "--print-freq=1000000",
     ]  # fmt: skip
-    records = bench_dist(worlds, train_args, threads=args.threads, timeout_s=args.timeout)
+    records = bench_dist(args.nprocs, train_args, threads=args.threads, timeout_s=args.timeout)
     print(f"hybrid-parallel DLRM training, {args.tables} tables x {args.rows:,} rows, D={args.dim}, "
           f"global batch {args.batch_size}, gloo on this machine ({os.cpu_count()} CPUs)")  # fmt: skip
     head = (f"{'procs':>5} {'threads':>7} {'step ms':>8} {'compute':>8} {'all-to-all':>10} {'all-reduce*':>11} "
@@ -88,7 +88,8 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
     p = bench_sub.add_parser("dist", help="hybrid-parallel training on 1, 2, 4 processes: compute vs communication")
-    p.add_argument("--nprocs", default="1,2,4", help="comma-separated world sizes (the first is the baseline)")
+    p.add_argument("--nprocs", type=parse_int_list, default=[1, 2, 4],
+                   help="comma-separated world sizes, the first the baseline (default 1,2,4)")  # fmt: skip
     p.add_argument("--tables", type=int, default=26)
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=16)

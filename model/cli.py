@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import psutil
 
+from kernels import get as get_kernel
 from model.config import DLRMConfig, EmbeddingGrad, Interaction, parse_sizes
 from model.data_cli import add_data_arguments, build_sources, fit_tables
 from model.presets import PRESETS, get_preset, scale_rows
@@ -202,6 +203,10 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--use-gpu conflicts with --device cpu")
     resolve_device(device)
     cfg, pooling, notes = _model_config(args)
+    try:
+        get_kernel(cfg.kernel)
+    except ValueError as exc:
+        raise ValueError(f"--kernel: {exc}") from None
     state = None
     if args.load_model:
         import torch
@@ -222,6 +227,11 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     weights = parse_sizes_float(args.loss_weights)
     sources = build_sources(args, cfg, pooling)
     notes += sources.notes
+    if sources.pooling_factor is not None:
+        if args.num_indices_per_lookup not in (None, sources.pooling_factor):
+            notes.append(f"--num-indices-per-lookup {args.num_indices_per_lookup} ignored: the data has "
+                         f"{sources.pooling_factor} lookup(s) per bag")  # fmt: skip
+        pooling = sources.pooling_factor
     if sources.table_rows is not None:
         cfg, note = fit_tables(cfg, sources.table_rows, bool(args.arch_embedding_size or args.load_model))
         notes.append(note)
@@ -235,7 +245,8 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         f"({_gib(cfg.table_bytes())}), bottom {'-'.join(map(str, cfg.bottom_mlp))}, "
         f"top {'-'.join(map(str, cfg.top_mlp_full))}, interaction {cfg.interaction}"
         f"{' with self terms' if cfg.interaction_itself else ''}, {cfg.num_parameters():,} parameters, "
-        f"L={pooling}{' fixed' if args.num_indices_per_lookup_fixed else ''}, kernel {cfg.kernel}"
+        f"L={pooling}{' fixed' if args.num_indices_per_lookup_fixed or sources.pooling_factor else ''}, "
+        f"kernel {cfg.kernel}"
     )
     train = TrainConfig(
         learning_rate=args.learning_rate,

@@ -27,6 +27,7 @@ class DataSources:
     table_rows: tuple[int, ...] | None  # what the data needs (dataset only)
     notes: list[str] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)  # for --json-out
+    pooling_factor: int | None = None  # L when the data fixes it (Criteo: one lookup per bag), else the flag's
 
 
 def add_data_arguments(p: argparse.ArgumentParser, flag_bool: Any) -> None:
@@ -170,7 +171,7 @@ def criteo_sources(
         "test_rows": test.samples if test else 0,
         "cache": str(train_cache.folder),
     }
-    return DataSources(train, test, index.table_rows, notes, record)
+    return DataSources(train, test, index.table_rows, notes, record, pooling_factor=1)  # one value per feature
 
 
 def _open_cache(path: str, folder: Path, on_bad_line: str, notes: list[str]) -> CriteoCache:

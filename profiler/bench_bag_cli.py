@@ -11,11 +11,12 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from profiler.store import write_json_atomic
 
-__all__ = ["add_bench_targets", "add_commands", "parse_int_list", "parse_list"]
+__all__ = ["add_bench_targets", "add_commands", "parse_choice_list", "parse_int_list", "parse_list"]
 
 _ISA_MARK = "DLRMBENCH_ISA"  # set in the child so it runs instead of re-launching itself
 _DEFAULT_KERNELS = ("torch", "numba_w1", "numba_w4", "numba_w8", "numba_w16", "fbgemm")
@@ -30,7 +31,10 @@ def parse_list(text: str) -> list[str]:
 
 
 def parse_int_list(text: str) -> list[int]:
-    """'128,2048' or '1e4,1e6' or '10_000' -> ints; a value that is not a whole number >= 1 is an error."""
+    """'128,2048' or '1e4,1e6' or '10_000' -> ints; a value that is not a whole number >= 1 is an error.
+
+    The `type=` of every comma-separated count flag (argparse names the flag in the error).
+    """
     out = []
     for item in parse_list(text):
         try:
@@ -43,13 +47,29 @@ def parse_int_list(text: str) -> list[int]:
     return out
 
 
+def parse_choice_list(allowed: Iterable[str]) -> Callable[[str], list[str]]:
+    """A `type=` for a comma-separated list of names from `allowed`, e.g. 'sparse,fused'.
+
+    Args:
+        allowed: the valid names, in the order the error lists them.
+    Returns:
+        A parser raising argparse.ArgumentTypeError, as argparse's `choices` words it, on an unknown item.
+    """
+    names = tuple(allowed)
+    listed = ", ".join(map(repr, names))
+
+    def parse(text: str) -> list[str]:
+        items = parse_list(text)
+        for item in items:
+            if item not in names:
+                raise argparse.ArgumentTypeError(f"invalid choice: {item!r} (choose from {listed})")
+        return items
+
+    return parse
+
+
 def _parse_on_off(text: str) -> list[bool]:
-    values = {"on": True, "off": False}
-    items = parse_list(text)
-    for item in items:
-        if item not in values:
-            raise argparse.ArgumentTypeError(f"{item!r}: allowed: on, off")
-    return [values[i] for i in items]
+    return [item == "on" for item in parse_choice_list(("on", "off"))(text)]
 
 
 def _parse_distributions(text: str) -> list[str]:
@@ -112,8 +132,9 @@ def _cmd_asm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_s(s: float) -> str:
-    return f"{s * 1e6:.1f} us" if s < 1e-2 else f"{s * 1e3:.2f} ms"
+def _fmt_us(s: float) -> str:
+    """Seconds in microseconds, one decimal, thousands grouped: one unit for the whole column."""
+    return f"{s * 1e6:,.1f}"
 
 
 def _run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -137,7 +158,7 @@ def _run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     kernels, skipped = [], []
     for k in args.kernels:
         if k != GATHER_CEILING and k not in known:
-            raise ValueError(f"unknown kernel {k!r}; registered: {', '.join(known)}, and {GATHER_CEILING}")
+            raise ValueError(f"--kernels: unknown kernel {k!r}; registered: {', '.join(known)}, and {GATHER_CEILING}")
         if k in known and not known[k].available:
             skipped.append(f"{k} ({known[k].reason})")
         else:
@@ -217,7 +238,7 @@ def _same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _print_row(r: dict[str, Any], done: list[dict[str, Any]]) -> None:
     """Print one row, adding speedup_vs_torch and frac_of_gather from the point's reference rows."""
     if len(done) == 1:
-        print(f"{'kernel':<15} {'point':<44} {'median':>10} {'lookups/s':>10} {'GB/s':>7} {'vs torch':>8}  notes")
+        print(f"{'kernel':<15} {'point':<44} {'median us':>11} {'lookups/s':>10} {'GB/s':>7} {'vs torch':>8}  notes")
     ref = next((d for d in done if d["kernel"] == "torch" and _same_point(d, r)), None)
     r["speedup_vs_torch"] = ref["median_s"] / r["median_s"] if ref else None
     ceiling = next((d for d in done if d["kernel"] == "gather_ceiling" and _same_point(d, r)), None)
@@ -228,7 +249,7 @@ def _print_row(r: dict[str, Any], done: list[dict[str, Any]]) -> None:
         notes.append(f"prefetch {r['prefetch_rows']}")
     notes = "; ".join(notes + r["warnings"])[:90]
     print(
-        f"{r['kernel']:<15} {_point_label(r):<44} {_fmt_s(r['median_s']):>10} {r['lookups_per_s']:>10.3g} "
+        f"{r['kernel']:<15} {_point_label(r):<44} {_fmt_us(r['median_s']):>11} {r['lookups_per_s']:>10.3g} "
         f"{r['gbps']:>7.1f} {vs:>8}  {notes}",
         flush=True,
     )
@@ -293,7 +314,7 @@ def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distribution", type=_parse_distributions, default=["uniform"], help="uniform, zipf:1.15")
     p.add_argument("--threads", type=parse_int_list, default=[1], help="threads (torch and numba)")
     p.add_argument("--huge-pages", type=_parse_on_off, default=[False], help="table on transparent huge pages: on,off")
-    p.add_argument("--index-dtype", type=parse_list, default=["int64"], help="int64,int32")
+    p.add_argument("--index-dtype", type=parse_choice_list(("int64", "int32")), default=["int64"], help="int64,int32")
     p.add_argument("--backward", action="store_true", help="time forward + backward + SGD update")
     p.add_argument("--gather-ceiling", action="store_true", help="also time the profiler's plain gather loop")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate in --backward mode")

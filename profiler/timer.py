@@ -249,13 +249,23 @@ def _calls_per_sample(per_call_s: float, rep_s: float, min_reps: int, flush: boo
     return min(cps, _MAX_CALLS_PER_SAMPLE)
 
 
+def percent_over(ratio: float, limit: float) -> str:
+    """`ratio` in percent with the fewest decimals (up to 4) that print it above `limit` at the same
+    precision: 0.104 over 0.10 is '10.4%', never '10% > 10%'."""
+    for digits in range(5):
+        shown = f"{100 * ratio:.{digits}f}"
+        if float(shown) > float(f"{100 * limit:.{digits}f}"):
+            return f"{shown}%"
+    return f"{100 * ratio:.4f}%"
+
+
 def _spread_warnings(m: Measurement) -> list[str]:
     out = []
     med, mean = m.median_s, m.mean_s
     if med > 0 and m.iqr_s / med > SPREAD_LIMIT:
-        out.append(f"noisy: IQR/median = {m.iqr_s / med:.0%} > {SPREAD_LIMIT:.0%}")
+        out.append(f"noisy: IQR/median = {percent_over(m.iqr_s / med, SPREAD_LIMIT)} > {SPREAD_LIMIT:.0%}")
     if mean > 0 and m.stdev_s / mean > SPREAD_LIMIT:
-        out.append(f"noisy: stdev/mean = {m.stdev_s / mean:.0%} > {SPREAD_LIMIT:.0%}")
+        out.append(f"noisy: stdev/mean = {percent_over(m.stdev_s / mean, SPREAD_LIMIT)} > {SPREAD_LIMIT:.0%}")
     if m.overhead_frac > 0.01:
         out.append(f"clock overhead {m.overhead_frac:.1%} of a sample (call too short to time unblocked)")
     return out

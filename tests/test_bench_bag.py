@@ -18,8 +18,9 @@ from profiler.bench_bag import (
     parse_distribution,
     point_cost,
 )
-from profiler.bench_bag_cli import parse_int_list, parse_list
+from profiler.bench_bag_cli import _print_row, parse_choice_list, parse_int_list, parse_list
 from profiler.cli import build_parser, main
+from profiler.timer import percent_over
 
 
 def test_int_lists_accept_scientific_and_underscores():
@@ -29,6 +30,15 @@ def test_int_lists_accept_scientific_and_underscores():
         with pytest.raises(argparse.ArgumentTypeError):
             parse_int_list(bad)
     assert parse_list("torch, numba_w16") == ["torch", "numba_w16"]
+
+
+def test_choice_lists_name_the_allowed_values():
+    parse = parse_choice_list(("sparse", "dense", "fused"))
+    assert parse("sparse, fused") == ["sparse", "fused"]
+    with pytest.raises(argparse.ArgumentTypeError, match=r"invalid choice: 'spares' \(choose from 'sparse', 'dense', "):
+        parse("spares")
+    with pytest.raises(argparse.ArgumentTypeError, match="empty item"):
+        parse("sparse,")
 
 
 def test_distributions():
@@ -124,3 +134,31 @@ def test_isa_child_gets_the_same_command_line():
     args = build_parser().parse_args(argv)
     again = build_parser().parse_args(_bench_argv(args))
     assert {k: v for k, v in vars(again).items() if k != "func"} == {k: v for k, v in vars(args).items() if k != "func"}
+
+
+def _row(kernel: str, median_s: float, iqr_s: float, warnings: list[str]) -> dict:
+    point = {"batch_size": 128, "num_rows": 10_000, "embedding_dim": 64, "pooling_factor": 20, "threads": 2,
+             "distribution": "uniform", "huge_pages": False, "backward": False, "index_dtype": "int64"}  # fmt: skip
+    samples = [median_s - iqr_s / 2, median_s, median_s + iqr_s / 2]
+    return {**point, "kernel": kernel, "median_s": median_s, "iqr_s": iqr_s, "samples_s": samples,
+            "lookups_per_s": 1e9, "gbps": 10.0, "warnings": warnings}  # fmt: skip
+
+
+def test_percent_over_the_limit_never_prints_equal_to_it():
+    assert percent_over(0.25, 0.10) == "25%"
+    assert percent_over(0.104, 0.10) == "10.4%"  # 10% > 10% at whole percents
+    assert percent_over(0.1004, 0.10) == "10.04%"
+    assert percent_over(0.1099, 0.10) == "11%"  # rounds up past the limit already
+
+
+def test_table_median_in_one_unit(capsys):
+    done: list[dict] = []
+    for r in (_row("torch", 5433.9e-6, 0.0, []),
+              _row("numba_w16", 11.17e-3, 0.104 * 11.17e-3, ["noisy: IQR/median = 10.4% > 10%"])):  # fmt: skip
+        done.append(r)
+        _print_row(r, done)
+    head, torch_line, numba_line = capsys.readouterr().out.splitlines()
+    assert "median us" in head and " ms" not in torch_line + numba_line and " us " not in torch_line + numba_line
+    assert "   5,433.9 " in torch_line and "  11,170.0 " in numba_line
+    assert torch_line.index("5,433.9") + 7 == numba_line.index("11,170.0") + 8  # right-aligned in one column
+    assert "noisy: IQR/median = 10.4% > 10%" in numba_line and "0.49x" in numba_line

@@ -61,11 +61,14 @@ def test_reference_architecture_flags(tmp_path, capsys):
             "--num-batches=3", "--learning-rate=0.5", "--loss-function=mse", "--kernel=torch_naive",
             f"--json-out={out}"]  # fmt: skip
     assert main(argv) == 0
-    cfg = json.loads(out.read_text())["config"]
+    record = json.loads(out.read_text())
+    cfg = record["config"]
     assert cfg["table_rows"] == [30, 20, 10, 5] and cfg["bottom_mlp"] == [7, 16, 8]
     assert cfg["top_mlp_input"] == 5 * 6 // 2 + 8  # n = 5 vectors, with self terms
     assert cfg["kernel"] == "torch_naive"
-    assert "3 it" in capsys.readouterr().out
+    assert record["pooling_factor"] == 3  # random data: the flag's L
+    text = capsys.readouterr().out
+    assert "3 it" in text and "L=3 fixed, kernel torch_naive" in text
 
 
 def test_cat_interaction_and_inference_only(tmp_path):
@@ -95,7 +98,7 @@ def test_save_then_load_model(tmp_path, capsys):
         (["--arch-embedding-size=10-x"], "--arch-embedding-size: 'x' in '10-x' is not an integer"),
         (["--arch-mlp-bot=4-3-5"], "--arch-mlp-bot ends in 5 but --arch-sparse-feature-size is 2"),
         (["--arch-mlp-top=4-2"], "--arch-mlp-top must end in 1"),
-        (["--kernel=fast"], "unknown kernel 'fast'"),
+        (["--kernel=fast"], "--kernel: unknown kernel 'fast'; registered kernels: torch, torch_naive"),
         (["--data-generation=dataset"], "--data-generation dataset needs --raw-data-file"),
         (["--scale=0.5"], "--scale must be >= 1"),
     ],
@@ -169,3 +172,44 @@ def test_bench_dlrm_runs_each_optimizer_beside_the_reference_style(tmp_path, cap
     assert "compare against it with scripts/vs_reference.py" in capsys.readouterr().err
     assert main([*small, "--optimizer=adagrad", "--embedding-grad=fused"]) == 2
     assert "fused updates are SGD only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "dlrm", "--embedding-grad", "spares"],
+         "argument --embedding-grad: invalid choice: 'spares' (choose from 'sparse', 'dense', 'fused')"),
+        (["bench", "dlrm", "--embedding-grad", "sparse,fussed"],
+         "argument --embedding-grad: invalid choice: 'fussed' (choose from 'sparse', 'dense', 'fused')"),
+        (["bench", "dlrm", "--batch-size", "128,2k"], "argument --batch-size: '2k' is not a number"),
+        (["bench", "dlrm", "--batch-size", "128.5"], "argument --batch-size: '128.5' is not a whole number >= 1"),
+        (["bench", "dist", "--nprocs", "1,two"], "argument --nprocs: 'two' is not a number"),
+        (["bench", "dist", "--nprocs", "1,0"], "argument --nprocs: '0' is not a whole number >= 1"),
+        (["bench", "embedding-bag", "--threads", "2,x"], "argument --threads: 'x' is not a number"),
+        (["bench", "embedding-bag", "--index-dtype", "int16"],
+         "argument --index-dtype: invalid choice: 'int16' (choose from 'int64', 'int32')"),
+    ],
+)  # fmt: skip
+def test_bench_list_flags_name_the_flag_and_the_bad_item(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "EmbeddingGrad" not in err
+
+
+def test_bench_list_flags_parse_to_lists():
+    parse = build_parser().parse_args
+    a = parse(["bench", "dlrm"])
+    assert (a.kernels, a.batch_size, a.embedding_grad) == (["torch", "torch_naive"], [128, 2048], ["sparse"])
+    a = parse(["bench", "dlrm", "--kernels=torch, numba_w8", "--batch-size=1e3,64", "--embedding-grad=dense,fused"])
+    assert (a.kernels, a.batch_size, a.embedding_grad) == (["torch", "numba_w8"], [1000, 64], ["dense", "fused"])
+    assert parse(["bench", "dist"]).nprocs == [1, 2, 4]
+    assert parse(["bench", "dist", "--nprocs=1,2"]).nprocs == [1, 2]
+
+
+def test_bench_dlrm_unknown_kernel_names_the_flag_before_timing(capsys):
+    assert main(["bench", "dlrm", "--kernels=torch,nope", "--arch-embedding-size=10x3", "--steps=1"]) == 2
+    out, err = capsys.readouterr()
+    assert "--kernels: unknown kernel 'nope'; registered kernels: torch, torch_naive" in err
+    assert "DLRM training step" not in out

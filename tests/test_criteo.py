@@ -216,13 +216,19 @@ def test_train_on_a_dataset_reports_test_metrics(tmp_path, capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "table sizes from the data" in text and "Testing at - it 5/10 of epoch 0: auc " in text
+    assert "L=1 fixed, kernel torch" in text  # one lookup per Criteo bag, not --num-indices-per-lookup's 10
     record = json.loads(out.read_text())
+    assert record["pooling_factor"] == 1
     assert set(record["test"]) == {"auc", "accuracy", "logloss", "samples"}
     assert record["test"]["samples"] == 50 and record["data"]["train_rows"] == 150
     assert record["test"]["auc"] > 0.8  # C1 gives the label away
     assert len(record["config"]["table_rows"]) == 26
     assert main([*argv, "--arch-embedding-size=3x26"]) == 2
     assert "omit --arch-embedding-size" in capsys.readouterr().err
+    assert main([*argv, "--nepochs=1", "--num-indices-per-lookup=5"]) == 0
+    text = capsys.readouterr().out
+    assert "--num-indices-per-lookup 5 ignored: the data has 1 lookup(s) per bag" in text and "L=1 fixed," in text
+    assert json.loads(out.read_text())["pooling_factor"] == 1
 
 
 def test_test_predictions_out_holds_every_test_row(tmp_path, capsys):

@@ -194,3 +194,11 @@ def test_bench_timer_writes_both_timings(tmp_path) -> None:
         sorted(row["overhead_per_round"])[0] / 2 + sorted(row["overhead_per_round"])[1] / 2
     )
     assert all(t > 0 for t in row["bare_s"] + row["timer_s"])
+
+
+def test_a_spread_just_over_the_limit_is_not_printed_equal_to_it() -> None:
+    samples = [0.9, 0.948, 1.0, 1.052, 1.1]  # quartiles 0.948 and 1.052: IQR/median 10.4%, stdev/mean 8%
+    ratio = (np.percentile(samples, 75) - np.percentile(samples, 25)) / np.median(samples)
+    assert ratio == pytest.approx(0.104)
+    assert timer._spread_warnings(Measurement(samples)) == ["noisy: IQR/median = 10.4% > 10%"]  # was '10% > 10%'
+    assert timer.percent_over(0.25, 0.10) == "25%" and timer.percent_over(0.1004, 0.10) == "10.04%"
