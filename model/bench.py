@@ -20,6 +20,7 @@ from model.data import RandomData
 from model.dlrm import DLRM
 from model.train import LossFunction, make_loss, make_optimizer, param_groups
 from profiler.bench_bag_cli import parse_choice_list, parse_int_list, parse_list
+from profiler.contention import assess, snapshot
 from profiler.store import write_json_atomic
 from profiler.timer import Measurement
 
@@ -76,6 +77,7 @@ def bench_dlrm(
                 opt = make_optimizer(optimizer, param_groups(model, learning_rate), learning_rate, cfg)
                 runs.append((kernel, grad, model, opt, []))
         data_s = []
+        before = snapshot()  # the configurations interleave: one contention verdict covers them all
         for i in range(steps + warmup):
             t0 = time.perf_counter()
             batch = data.batch(i)
@@ -89,9 +91,10 @@ def bench_dlrm(
                 opt.step()
                 if i >= warmup:
                     step_s.append(time.perf_counter() - t0)
+        verdict = assess(before, snapshot(), threads=torch.get_num_threads())
         data_m = Measurement(data_s, threads=torch.get_num_threads())
         for kernel, grad, _, _, step_s in runs:
-            step_m = Measurement(step_s, threads=torch.get_num_threads())
+            step_m = Measurement(step_s, threads=torch.get_num_threads(), contention=verdict)
             wall_m = Measurement([a + b for a, b in zip(step_s, data_s, strict=True)], threads=step_m.threads)
             records.append(
                 {
@@ -106,6 +109,7 @@ def bench_dlrm(
                     "data_share": data_m.median_s / wall_m.median_s,
                     "step_samples_per_s": B / step_m.median_s,
                     "samples_per_s": B / wall_m.median_s,
+                    "contended": step_m.contended,
                     "step": step_m.to_dict(),
                     "data": data_m.to_dict(),
                     "config": config.to_dict(),
@@ -129,7 +133,11 @@ def _print_table(records: list[dict[str, Any]]) -> None:
             f"{r['batch_size']:>5} {r['kernel']:<15} {r['embedding_grad']:<7} {r['step_ms']:>8.2f} "
             f"{r['step_iqr_ms']:>7.2f} {r['step_samples_per_s']:>15,.0f} {r['data_ms']:>8.2f} "
             f"{100 * r['data_share']:>5.1f}% {r['samples_per_s']:>15,.0f} {r['step_samples_per_s'] / first:>7.2f}x"
+            + ("  contended" if r.get("contended") else "")
         )
+    reasons = {r["batch_size"]: r["step"]["contention"]["reasons"] for r in records if r.get("contended")}
+    for B, why in reasons.items():
+        print(f"warning: B={B} ran under contention ({'; '.join(why)}): its times understate this machine")
 
 
 def _cmd(args: argparse.Namespace) -> int:
