@@ -110,6 +110,9 @@ def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
         status = "ok" + (" (contended)" if r.get("contended") else "") if r["status"] == "ok" else r["status"]
         if r.get("reason"):
             status += f": {r['reason']}"
+        notes = [w for w in r.get("warnings", []) if not w.startswith("contended")]  # that one is said above
+        if notes:
+            status += "; " + "; ".join(notes)  # noisy samples, a capped working set, clock overhead
         frac = r.get("frac_of_ceiling")
         out.append([
             point_label(r, shown, short=True) or "-", kernel_label(r), _working_set(r), _ms(r.get("median_s")),

@@ -113,3 +113,16 @@ def test_machine_lines_say_one_socket_not_one_sockets():
     assert "Cores: 4 logical cpus, 2 physical cores, 2 sockets" in lines
     assert "Memory: 1.0 GiB, 2 NUMA nodes" in lines
     assert "GPU: G, 132 SMs" in lines
+
+
+def test_point_warnings_show_in_the_status_column():
+    from profiler.report import sweep_table
+
+    base = {"status": "ok", "kernel": "torch", "target": "embedding_bag", "sweep": "s", "median_s": 1e-3}
+    rows = [
+        {**base, "batch_size": 1, "warnings": ["noisy: IQR/median = 10.4% > 10%"]},
+        {**base, "batch_size": 2, "contended": True, "warnings": ["contended: cpu pressure 50% > 10%"]},
+        {**base, "batch_size": 3, "warnings": []},
+    ]
+    _, table = sweep_table(rows)
+    assert [row[-1] for row in table] == ["ok; noisy: IQR/median = 10.4% > 10%", "ok (contended)", "ok"]
