@@ -62,8 +62,9 @@ def run_sweep(
     import kernels
 
     spec = load_spec(spec_path)
-    _check_kernel_names(spec_path, spec, {e.name for e in kernels.list_kernels()})
-    available = [e.name for e in kernels.list_kernels() if e.available]
+    entries = kernels.list_kernels()
+    _check_kernel_names(spec_path, spec, {e.name for e in entries})
+    available = [e.name for e in entries if e.available]
     points = [p for p in expand(spec, available) if matches(p, filters or [])]
     if dry_run:
         for i, p in enumerate(points, 1):
