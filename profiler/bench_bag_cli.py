@@ -152,8 +152,14 @@ def _run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         record,
         step_fn,
     )
-    from profiler.timer import measure
+    from profiler.timer import measure, usable_cpus
 
+    cpus = usable_cpus()
+    if max(args.threads) > cpus:
+        raise ValueError(
+            f"--threads {max(args.threads)}: this process may use {cpus} CPUs. More threads than CPUs time the "
+            "scheduler, and numba kernels stop at the CPU count while torch does not"
+        )
     known = {e.name: e for e in list_kernels()}
     kernels, skipped = [], []
     for k in args.kernels:
@@ -168,6 +174,12 @@ def _run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     kernels.sort(key=lambda k: (k != "torch", k != GATHER_CEILING))  # references first: later rows compare to them
     for s in skipped:
         print(f"skipping unavailable kernel {s}", file=sys.stderr)
+    if not kernels:
+        raise ValueError(f"--kernels: nothing to run here, every kernel asked is unavailable: {'; '.join(skipped)}")
+    if GATHER_CEILING in kernels and (args.backward or set(args.index_dtype) != {"int64"}):
+        print(f"note: {GATHER_CEILING} times int64 forward bags only: no ceiling row for"
+              f"{' --backward' if args.backward else ''}{' int32 indices' if 'int32' in args.index_dtype else ''}",
+              file=sys.stderr)  # fmt: skip
     points = expand(
         kernels,
         batch_size=args.batch_size,

@@ -37,6 +37,7 @@ bounded, for a quiet window.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import sys
 import time
@@ -46,7 +47,16 @@ from typing import Any
 
 from profiler.contention import Contention, assess, snapshot, wait_for_quiet
 
-__all__ = ["SPREAD_LIMIT", "Measurement", "clock_overhead_s", "from_samples", "llc_flush_bytes", "measure"]
+__all__ = [
+    "SPREAD_LIMIT",
+    "Measurement",
+    "clock_overhead_s",
+    "from_samples",
+    "llc_flush_bytes",
+    "measure",
+    "percent_over",
+    "usable_cpus",
+]
 
 SPREAD_LIMIT = 0.10  # IQR/median or stdev/mean above this: the measurement is noisy (TB and pyperf use 10%)
 _BLOCK_S = 1e-3  # target duration of one timed block on CPU: clock overhead <0.01% of it
@@ -190,6 +200,14 @@ def llc_flush_bytes(factor: int = 2, fallback_bytes: int = 256 << 20) -> int:
     return factor * max(sizes) if sizes else fallback_bytes
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; all CPUs where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _set_threads(threads: int | None) -> tuple[int, Callable[[], None]]:
     """Set the thread count; return the count in force and an undo."""
     import torch
@@ -201,9 +219,19 @@ def _set_threads(threads: int | None) -> tuple[int, Callable[[], None]]:
         return old, lambda: None
     if threads < 1:
         raise ValueError(f"threads={threads}: expected >= 1 or None (leave as is)")
+    cpus = usable_cpus()
+    if threads > cpus:
+        # torch would run them all, numba stops at NUMBA_NUM_THREADS (the CPU count): a kernel
+        # comparison at such a count compares different thread counts, and both time the scheduler.
+        raise ValueError(f"threads={threads}: this process may use {cpus} CPUs; time at most {cpus} threads")
     torch.set_num_threads(threads)
     if numba is not None:
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        if threads > numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(
+                f"threads={threads}: numba runs at most NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}; "
+                "raise it (environment) or time fewer threads"
+            )
+        numba.set_num_threads(threads)
 
     def undo() -> None:
         torch.set_num_threads(old)

@@ -162,3 +162,37 @@ def test_table_median_in_one_unit(capsys):
     assert "   5,433.9 " in torch_line and "  11,170.0 " in numba_line
     assert torch_line.index("5,433.9") + 7 == numba_line.index("11,170.0") + 8  # right-aligned in one column
     assert "noisy: IQR/median = 10.4% > 10%" in numba_line and "0.49x" in numba_line
+
+
+def test_more_threads_than_cpus_is_refused_before_timing(monkeypatch, capsys):
+    import profiler.timer
+
+    monkeypatch.setattr(profiler.timer, "usable_cpus", lambda: 2)
+    assert main(["bench", "embedding-bag", "--kernels", "torch", "--threads", "1,3"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads 3: this process may use 2 CPUs" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="threads=3: this process may use 2 CPUs"):
+        profiler.timer.measure(lambda: None, threads=3, warmup_ms=0, rep_ms=0)
+
+
+def test_only_unavailable_kernels_is_an_error_not_an_empty_table(capsys):
+    from kernels import registry
+
+    registry.list_kernels()
+    registry.register_unavailable("unbuilt_kernel", backend=registry.Backend.TORCH, reason="not built here (test)")
+    try:
+        assert main(["bench", "embedding-bag", "--kernels", "unbuilt_kernel"]) == 2
+    finally:
+        registry._REGISTRY.pop("unbuilt_kernel", None)
+    err = capsys.readouterr().err
+    assert "--kernels: nothing to run here, every kernel asked is unavailable: unbuilt_kernel (not built here" in err
+
+
+def test_the_gather_ceiling_says_when_it_has_no_row(capsys):
+    argv = ["bench", "embedding-bag", "--kernels", "torch", "--gather-ceiling", "--backward", "--batch-size", "8",
+            "--num-rows", "100", "--embedding-dim", "4", "--pooling-factor", "2",
+            "--warmup-ms", "1", "--rep-ms", "2"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "note: gather_ceiling times int64 forward bags only: no ceiling row for --backward" in out.err
+    assert "gather_ceiling " not in out.out  # no row for it
