@@ -90,3 +90,19 @@ def test_gather_ceiling_times_kernels_on_cache_line_aligned_rows(monkeypatch) ->
     c = ceilings._gather_ceiling(64, 1 << 20, 1, {"warmup_ms": 1.0, "rep_ms": 2.0})  # mmap-sized: 16 mod 64 unaligned
     assert seen and all(s == (0, 4096.0 * 64, 4096 * 64) for s in seen)  # aligned, every row of 64 ones
     assert c.shape == (4096, 64, 32) and c.gbps > 0 and "kernel probe" in c.method
+
+
+def test_a_many_thread_ceiling_below_fewer_threads_takes_their_value() -> None:
+    def bw(level: str, threads: int, gbps: float, dtype: str = "float32") -> Ceiling:
+        return Ceiling("copy", "bandwidth", "measured", level=level, threads=threads, dtype=dtype, gbps=gbps)
+
+    gemm2 = Ceiling("gemm", "compute", "measured", threads=2, gflops=50.7, shape=(1024, 1024, 1024))
+    gemm1 = Ceiling("gemm", "compute", "measured", threads=1, gflops=83.7, shape=(1024, 1024, 1024))
+    peak = Ceiling("fma_peak", "compute", "derived", threads=2, gflops=10.0)
+    given = [bw("L1d", 2, 8.4), bw("L1d", 1, 235.2), bw("L1d", 4, 300.0), bw("L2", 2, 200.0), bw("L2", 1, 115.0),
+             bw("L1d", 2, 5.0, "bfloat16"), gemm2, gemm1, peak]  # fmt: skip
+    out = ceilings.monotone_in_threads(given)
+    assert [c.key for c in out] == [c.key for c in given]  # same order, same ceilings
+    assert [c.value for c in out] == [235.2, 235.2, 300.0, 200.0, 115.0, 5.0, 83.7, 83.7, 10.0]
+    assert out[0].warnings == ["measured 8.4 at 2 threads, below 235 at 1: a slowed run; the 1-thread value stands"]
+    assert out[6].warnings and not any(c.warnings for i, c in enumerate(out) if i not in (0, 6))
