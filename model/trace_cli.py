@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,16 @@ def trace_generate(args: argparse.Namespace) -> int:
     if args.count < 1 or args.rows < 1:
         raise ValueError("--count and --rows must be >= 1")
     prof = StackDistanceProfile.read(args.profile)
-    rows = LRUStream(prof.distances, prof.normalized_cdf(), args.rows, args.seed).take(args.count)
+    cdf = prof.normalized_cdf()
+    first = float(cdf[0]) if prof.distances[0] == 0 else 0.0  # share of first accesses (distance 0)
+    needed = math.ceil(first * args.count)
+    if needed > args.rows:
+        print(
+            f"note: the profile makes {first:.1%} of accesses first ones, {needed:,} new rows in {args.count:,} "
+            f"accesses, but --rows is {args.rows:,}: once every row is out, a first access reuses the least "
+            f"recently used row and the stream's distances depart from the profile. Give --rows >= {needed:,}"
+        )
+    rows = LRUStream(prof.distances, cdf, args.rows, args.seed).take(args.count)
     _write_trace(args.out, rows)
     print(f"wrote {args.count:,} accesses over {args.rows:,} rows to {args.out}")
     return 0

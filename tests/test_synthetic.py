@@ -133,6 +133,11 @@ def test_trace_cli_profile_write_and_replay(tmp_path, capsys):
     assert main(["trace", "generate", str(tmp_path / "p.log"), "--rows=100000", "--count=20000",
                  f"--out={tmp_path / 'g.log'}"]) == 0  # fmt: skip
     assert _max_cdf_gap(prof, read_trace(tmp_path / "g.log")) <= CDF_TOLERANCE
+    assert "note: the profile makes" not in capsys.readouterr().out
+    # 6 of 11 accesses are first ones: 20,000 accesses need about 10,910 rows, not 100
+    assert main(["trace", "generate", str(tmp_path / "p.log"), "--rows=100", "--count=20000",
+                 f"--out={tmp_path / 'g.log'}"]) == 0  # fmt: skip
+    assert "note: the profile makes 54.5% of accesses first ones, 10,910 new rows in 20,000" in capsys.readouterr().out
     assert main(["trace", "profile", str(tmp_path / "missing.log")]) == 2
     assert "no such file" in capsys.readouterr().err
 
