@@ -104,4 +104,5 @@ def isa_in_force() -> dict[str, str]:
 
     cpu = numba.config.CPU_NAME or binding.get_host_cpu_name()
     features = numba.config.CPU_FEATURES
-    return {"numba_cpu_name": cpu, "numba_cpu_features": "host" if features is None else (features or "cpu default")}
+    shown = "host" if features is None else (features or "that cpu model's default features")
+    return {"numba_cpu_name": cpu, "numba_cpu_features": shown}

@@ -194,6 +194,8 @@ def _run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     points = [p for p in points if not (p.kernel == GATHER_CEILING and (p.backward or p.index_dtype != "int64"))]
     isa = {"isa": args.isa, **isa_in_force()}
+    print(f"numba kernels compiled for {isa['numba_cpu_name']} ({isa['numba_cpu_features']})"
+          + (f", --isa {args.isa}" if args.isa else ""))  # fmt: skip
     table_key, table, inputs_key, inputs, hp_bytes = None, None, None, None, None
     records: list[dict[str, Any]] = []
     for p in points:

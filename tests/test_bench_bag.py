@@ -196,3 +196,4 @@ def test_the_gather_ceiling_says_when_it_has_no_row(capsys):
     out = capsys.readouterr()
     assert "note: gather_ceiling times int64 forward bags only: no ceiling row for --backward" in out.err
     assert "gather_ceiling " not in out.out  # no row for it
+    assert out.out.startswith("numba kernels compiled for ")  # the ISA in force, before the table
