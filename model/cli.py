@@ -14,14 +14,13 @@ import psutil
 from kernels import get as get_kernel
 from model.config import DLRMConfig, EmbeddingGrad, Interaction, parse_sizes
 from model.data_cli import add_data_arguments, build_sources, fit_tables
-from model.presets import PRESETS, get_preset, scale_rows
+from model.presets import MEMORY_FRACTION, PRESETS, get_preset, scale_rows, scale_to_fit
 from model.train import LossFunction, TrainConfig, load_checkpoint, resolve_device, run
 
 __all__ = ["add_commands", "add_train_arguments", "parse_bool", "print_presets", "train_main"]
 
 _ARCH_FLAGS = ("arch_sparse_feature_size", "arch_embedding_size", "arch_mlp_bot", "arch_mlp_top",
                "arch_interaction_op", "arch_interaction_itself")  # fmt: skip
-_MEMORY_FRACTION = 0.8  # of available memory the tables may take before we refuse
 
 
 def parse_bool(text: str) -> bool:
@@ -185,10 +184,11 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def _check_memory(cfg: DLRMConfig) -> None:
+def _check_memory(cfg: DLRMConfig, scaled_by: float) -> None:
+    """Refuse tables past MEMORY_FRACTION of available memory, suggesting the --scale `dlrmbench presets` shows."""
     need, avail = cfg.table_bytes(), psutil.virtual_memory().available
-    if need > _MEMORY_FRACTION * avail:
-        scale = math.ceil(need / (0.5 * avail))
+    if need > MEMORY_FRACTION * avail:
+        scale = f"{scaled_by * scale_to_fit(cfg, avail):g}"  # cfg's rows are already divided by scaled_by
         raise ValueError(
             f"the embedding tables need {_gib(need)} but only {_gib(avail)} of memory is available: "
             f"run it scaled down, e.g. --scale {scale} (rows divided by {scale})"
@@ -211,7 +211,12 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     if args.load_model:
         import torch
 
-        ckpt = load_checkpoint(args.load_model, torch.device("cpu"))
+        try:
+            ckpt = load_checkpoint(args.load_model, torch.device("cpu"))
+        except ValueError as exc:  # "PATH: not a dlrmbench checkpoint: why"
+            raise ValueError(f"--load-model {exc}") from None
+        except OSError as exc:
+            raise ValueError(f"--load-model {args.load_model}: {exc.strerror or exc}") from None
         saved = DLRMConfig.from_dict(ckpt["config"])
         given = {f for f in _ARCH_FLAGS if getattr(args, f) not in (None, "")}
         if given and (saved.to_dict() | {"kernel": 0, "embedding_grad": 0}) != (
@@ -235,7 +240,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     if sources.table_rows is not None:
         cfg, note = fit_tables(cfg, sources.table_rows, bool(args.arch_embedding_size or args.load_model))
         notes.append(note)
-    _check_memory(cfg)
+    _check_memory(cfg, args.scale)
     output_bias = _output_bias(args, sources.train, notes)
     say = print if not args.dist_backend or os.environ.get("RANK", "0") == "0" else (lambda *_a: None)
     for note in notes:
@@ -356,15 +361,13 @@ def print_presets() -> None:
     print("-" * len(header))
     for p in PRESETS.values():
         c = p.config
-        fits = (
-            "yes"
-            if c.table_bytes() <= _MEMORY_FRACTION * avail
-            else (f"no: --scale {math.ceil(c.table_bytes() / (0.5 * avail))}")
-        )
+        scale = scale_to_fit(c, avail)
+        fits = "yes" if scale == 1 else f"no: --scale {scale}"
         print(
             f"{p.name:<8} {c.num_tables:>3} {c.embedding_dim:>4} {p.pooling_factor:>4} {sum(c.table_rows):>14,} "
             f"{c.num_parameters():>15,} {_gib(c.table_bytes()):>10}  {fits}"
         )
+    print(f"fits here: tables within {MEMORY_FRACTION:.0%} of the {_gib(avail)} of memory available now")
     print()
     for p in PRESETS.values():
         c = p.config

@@ -7,7 +7,9 @@ from dataclasses import dataclass, replace
 
 from model.config import DLRMConfig
 
-__all__ = ["CRITEO_SAMPLE_FLAGS", "PRESETS", "Preset", "get_preset", "scale_rows"]
+__all__ = ["CRITEO_SAMPLE_FLAGS", "MEMORY_FRACTION", "PRESETS", "Preset", "get_preset", "scale_rows", "scale_to_fit"]
+
+MEMORY_FRACTION = 0.8  # of available memory the tables may take; the rest is for the MLPs, batches and the OS
 
 # Criteo Kaggle (Display Advertising Challenge) rows per categorical feature, as counted
 # by the reference's preprocessing of train.txt.
@@ -103,3 +105,16 @@ def scale_rows(config: DLRMConfig, scale: float) -> DLRMConfig:
     if scale == 1:
         return config
     return replace(config, table_rows=tuple(max(1, math.ceil(e / scale)) for e in config.table_rows))
+
+
+def scale_to_fit(config: DLRMConfig, available_bytes: int, fraction: float = MEMORY_FRACTION) -> int:
+    """The smallest whole --scale whose tables take at most `fraction` of `available_bytes` (1: they fit as is).
+
+    `dlrmbench presets` and `dlrmbench train`'s refusal both suggest this one number. It stops at the
+    largest table's row count (every table one row), which may still not fit.
+    """
+    budget = fraction * available_bytes
+    scale = max(1, math.ceil(config.table_bytes() / budget))  # a lower bound: scale_rows rounds rows up
+    while scale < max(config.table_rows) and scale_rows(config, scale).table_bytes() > budget:
+        scale += 1
+    return scale

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum, unique
@@ -78,14 +80,20 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in --json-out as given
 
 
+_DEVICE_FORM = re.compile(r"cpu|cuda(:[0-9]+)?")  # what --device's help promises
+
+
 def resolve_device(device: str) -> torch.device:
-    """'cpu' or 'cuda[:n]'; ValueError with the reason when CUDA is asked for but absent."""
+    """'cpu', 'cuda' or 'cuda:N'; ValueError with the reason for any other form, or a CUDA device that is absent."""
+    if not _DEVICE_FORM.fullmatch(device):
+        raise ValueError(f"--device {device!r}: expected cpu, cuda or cuda:N (N a CUDA device index, e.g. cuda:0)")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", built without CUDA")
         raise ValueError(f"--use-gpu / --device {device}: no CUDA device is visible ({build})")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: allowed: cpu, cuda")
+    count = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(f"--device {device}: {count} CUDA device(s) are visible, cuda:0 to cuda:{count - 1}")
     return dev
 
 
@@ -199,11 +207,38 @@ def save_checkpoint(model: DLRM, path: str | os.PathLike[str], *, iterations: in
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> dict[str, Any]:
-    """Read a --save-model file (weights_only: no pickled code is ever run)."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: not a dlrmbench checkpoint (version {CHECKPOINT_VERSION})")
-    return ckpt
+    """Read a --save-model file (weights_only: no pickled code is ever run).
+
+    Raises:
+        ValueError: "PATH: not a dlrmbench checkpoint: WHY" for a file save_checkpoint did not write.
+        OSError: the file cannot be opened (missing, a directory, no permission).
+    """
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except OSError:
+        raise
+    except Exception as exc:  # on a foreign file torch.load raises whatever its unpickler hit first
+        raise ValueError(f"{path}: not a dlrmbench checkpoint: {_unloadable_reason(path, exc)}") from exc
+    if not isinstance(ckpt, dict):
+        why = f"it holds a {type(ckpt).__name__}, not a dict"
+    elif ckpt.get("version") != CHECKPOINT_VERSION:
+        why = f"its version is {ckpt.get('version')!r}; this dlrmbench reads version {CHECKPOINT_VERSION}"
+    elif not {"config", "state_dict"} <= ckpt.keys():
+        why = "it lacks the config or the state_dict"
+    else:
+        return ckpt
+    raise ValueError(f"{path}: not a dlrmbench checkpoint: {why}")
+
+
+def _unloadable_reason(path: str | os.PathLike[str], exc: Exception) -> str:
+    """Why torch.load failed, in a few words (its own messages run to paragraphs)."""
+    if os.path.getsize(path) == 0:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path):
+        return "it is not the zip archive torch.save writes"
+    if type(exc).__name__ == "UnpicklingError":  # weights_only refusing a class (named, not imported: no pickle here)
+        return "it holds objects other than tensors and plain types, which weights_only loading refuses"
+    return f"torch.load cannot read it, truncated or damaged? ({type(exc).__name__})"
 
 
 @torch.no_grad()

@@ -1,0 +1,110 @@
+"""Bad `dlrmbench train` / `presets` inputs: one line naming the flag, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import model.cli
+from model.config import DLRMConfig
+from model.presets import scale_to_fit
+from model.train import resolve_device
+from profiler.cli import main
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+def _write(path, what):
+    if what == "text":
+        path.write_text("epoch 1 loss 0.51\n")
+    elif what == "empty":
+        path.write_bytes(b"")
+    elif what == "list":
+        torch.save([1, 2], path)
+    elif what == "old version":
+        torch.save({"version": 99, "config": {}, "state_dict": {}}, path)
+
+
+@pytest.mark.parametrize(
+    ("what", "why"),
+    [
+        ("text", "it is not the zip archive torch.save writes"),
+        ("empty", "the file is empty"),
+        ("list", "it holds a list, not a dict"),
+        ("old version", "its version is 99; this dlrmbench reads version 1"),
+    ],
+)
+def test_load_model_that_is_not_a_checkpoint_names_the_flag_and_why(tmp_path, capsys, what, why):
+    path = tmp_path / "d.log"
+    _write(path, what)
+    assert main(["train", "--num-batches", "5", "--load-model", str(path)]) == 2
+    err = _one_line_error(capsys)
+    assert f"--load-model {path}: not a dlrmbench checkpoint: {why}\n" in err
+
+
+def test_load_model_missing_file_names_the_flag(tmp_path, capsys):
+    path = tmp_path / "nosuch.pt"
+    assert main(["train", "--num-batches", "5", "--load-model", str(path)]) == 2
+    assert _one_line_error(capsys) == f"dlrmbench train: error: --load-model {path}: No such file or directory\n"
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "CPU", "cuda:-1"])
+def test_bad_device_form_names_the_flag_and_the_allowed_forms(capsys, device):
+    assert main(["train", "--preset", "tiny", "--num-batches", "3", "--device", device]) == 2
+    assert _one_line_error(capsys) == (
+        f"dlrmbench train: error: --device {device!r}: expected cpu, cuda or cuda:N "
+        "(N a CUDA device index, e.g. cuda:0)\n"
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present, so cuda:0 is valid")
+def test_device_cuda_without_gpu_keeps_its_message(capsys):
+    assert main(["train", "--preset", "tiny", "--num-batches", "3", "--device", "cuda:0"]) == 2
+    assert "--use-gpu / --device cuda:0: no CUDA device is visible" in _one_line_error(capsys)
+
+
+def test_device_index_past_the_last_gpu_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=re.escape("--device cuda:2: 2 CUDA device(s) are visible, cuda:0 to cuda:1")):
+        resolve_device("cuda:2")
+
+
+def test_scale_to_fit_rounds_rows_up():
+    # two tables of 5 rows, D=1: 10 rows x 4 bytes = 40 bytes. Available 15, so 0.8 x 15 = 12 bytes may be used.
+    # 40 / 12 = 3.3 -> 4, but ceil(5 / 4) = 2 rows each is 16 bytes; at 5 each table has 1 row: 8 bytes.
+    cfg = DLRMConfig(1, (5, 5), (4, 1), (2, 1))
+    assert scale_to_fit(cfg, 15) == 5
+    assert scale_to_fit(cfg, 50) == 1  # 40 <= 0.8 x 50
+    assert scale_to_fit(cfg, 49) == 2  # 40 > 39.2; halved: 3 + 3 rows = 24 bytes
+
+
+def test_presets_and_train_suggest_the_same_scale(monkeypatch, capsys):
+    # mlperf: 187,767,399 rows x D=128 x 4 bytes = 96,136,908,288 bytes (89.53 GiB). With 20 GiB available the
+    # tables may take 16 GiB = 17,179,869,184 bytes: 96.14e9 / 17.18e9 = 5.6, so --scale 6 (ceil adds at most 26
+    # rows: 31,294,593 x 512 bytes = 16.02e9, which fits). The old rule, need / half of available, said 9.
+    monkeypatch.setattr(model.cli.psutil, "virtual_memory", lambda: SimpleNamespace(available=20 * 2**30))
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^mlperf .* 89\.53 GiB  no: --scale 6$", out, re.M)
+    assert "fits here: tables within 80% of the 20.00 GiB of memory available now" in out
+    assert main(["train", "--preset", "mlperf"]) == 2
+    assert _one_line_error(capsys) == (
+        "dlrmbench train: error: the embedding tables need 89.53 GiB but only 20.00 GiB of memory is available: "
+        "run it scaled down, e.g. --scale 6 (rows divided by 6)\n"
+    )
+
+
+def test_train_scale_hint_counts_the_scale_already_given(monkeypatch, capsys):
+    # --scale 2 halves mlperf to 48.07e9 bytes; 3 more fit in 16 GiB (16.02e9), so the whole scale to ask for is 6
+    monkeypatch.setattr(model.cli.psutil, "virtual_memory", lambda: SimpleNamespace(available=20 * 2**30))
+    assert main(["train", "--preset", "mlperf", "--scale", "2"]) == 2
+    assert "e.g. --scale 6 (rows divided by 6)" in _one_line_error(capsys)
