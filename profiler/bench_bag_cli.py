@@ -16,7 +16,14 @@ from typing import Any
 
 from profiler.store import write_json_atomic
 
-__all__ = ["add_bench_targets", "add_commands", "parse_choice_list", "parse_int_list", "parse_list"]
+__all__ = [
+    "add_bench_targets",
+    "add_commands",
+    "parse_choice_list",
+    "parse_int_list",
+    "parse_list",
+    "parse_positive_int",
+]
 
 _ISA_MARK = "DLRMBENCH_ISA"  # set in the child so it runs instead of re-launching itself
 _DEFAULT_KERNELS = ("torch", "numba_w1", "numba_w4", "numba_w8", "numba_w16", "fbgemm")
@@ -45,6 +52,14 @@ def parse_int_list(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"{item!r} is not a whole number >= 1")
         out.append(int(value))
     return out
+
+
+def parse_positive_int(text: str) -> int:
+    """argparse `type=` for one count >= 1, worded as parse_int_list words its items."""
+    values = parse_int_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: one number expected, not a list")
+    return values[0]
 
 
 def parse_choice_list(allowed: Iterable[str]) -> Callable[[str], list[str]]:

@@ -6,26 +6,47 @@
 #   3. a short DLRM training on the GPU with --kernel cuda, then --kernel torch: samples/s.
 # Run from anywhere; nothing is installed (PYTHONPATH=repo root). About 3-5 minutes; each step is
 # capped so the whole stays under 8. Outputs go to ${OUT:-results/gpu_check}.
-# Without a GPU every step says so and skips; the script still exits 0 unless a step fails.
+# Without a GPU every step says so and skips; the script still exits 0 unless a step fails. The last
+# line counts the steps passed, skipped and failed. PYTHON (default python3) must import torch: else
+# the script stops at once, exit 2. A relative PYTHON is taken from the current folder if it is there.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
+case "$PY" in */*) [ -e "$PY" ] && PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac
+cd "$(dirname "$0")/.."
+if ! why=$("$PY" -c 'import torch' 2>&1); then
+  hint=.venv/bin/python; [ -x "$PWD/$hint" ] && hint="$PWD/$hint"
+  echo "gpu_check: PYTHON=$PY cannot import torch ($(printf '%s\n' "$why" | tail -n 1)); rerun with PYTHON=$hint or another Python that has PyTorch" >&2
+  exit 2
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT_DIR="${OUT:-results/gpu_check}"
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu_check.log"
+STEP_OUT="$OUT_DIR/.step.out"
 : >"$LOG"
-status=0
+passed=() skipped=() failed=()
 
 say() { echo "== $*" | tee -a "$LOG"; }
-step() {  # step NAME SECONDS CMD...: run with a time cap, log it, remember a failure
-  local name="$1" limit="$2"; shift 2
+skip() {  # skip NAME REASON
+  say "$1: skipped: $2"
+  skipped+=("$1")
+}
+step() {  # step NAME SECONDS SKIP_RE CMD...: run with a time cap, log it, count it; exit 0 with
+          # a line of output matching SKIP_RE (grep -E) counts as skipped, not passed
+  local name="$1" limit="$2" skip_re="$3"; shift 3
   say "$name (at most ${limit}s)"
   local t0=$SECONDS
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$STEP_OUT" | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
   say "$name: exit $rc after $((SECONDS - t0))s"
-  [ "$rc" -eq 0 ] || status=1
+  if [ "$rc" -ne 0 ]; then
+    failed+=("$name")
+  elif [ -n "$skip_re" ] && grep -Eq "$skip_re" "$STEP_OUT"; then
+    skipped+=("$name")
+  else
+    passed+=("$name")
+  fi
+  rm -f "$STEP_OUT"
 }
 
 say "gpu_check: $(date -u +%FT%TZ) in $PWD"
@@ -37,25 +58,26 @@ PY
 has_gpu=$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
 
 if "$PY" -c 'import pytest' 2>/dev/null; then
-  # -p no:cacheprovider: the tree may be read-only; the first test builds the extension
-  step "GPU tests" 300 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests
+  # -p no:cacheprovider: the tree may be read-only; the first test builds the extension.
+  # Skipped, not passed, when pytest's summary has no "passed" (every GPU test skipped, with its reason).
+  step "GPU tests" 300 '^(=+ )?[0-9]+ skipped' "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests
 else
-  say "GPU tests: skipped: pytest is not installed (the benchmark below still checks each kernel against torch)"
+  skip "GPU tests" "pytest is not installed (the benchmark below still checks each kernel against torch)"
 fi
 
-step "benchmark" 150 "$PY" scripts/gpu_bench.py --out "$OUT_DIR"
+step "benchmark" 150 '^gpu_bench: skipped' "$PY" scripts/gpu_bench.py --out "$OUT_DIR"
 
 if [ "$has_gpu" != 1 ]; then
-  say "DLRM training: skipped: no CUDA device visible"
+  skip "DLRM training" "no CUDA device visible"
 elif ! "$PY" -c 'import psutil' 2>/dev/null; then
-  say "DLRM training: skipped: psutil is not installed (dlrmbench's CLI needs it)"
+  skip "DLRM training" "psutil is not installed (dlrmbench's CLI needs it)"
 else
   # Kaggle-shaped model, tables scaled to 26 x 1e5 rows, D=64, L=20 fixed, B=2048
   train_args=(--arch-sparse-feature-size=64 --arch-mlp-bot=13-512-256-64 --arch-mlp-top=512-256-1
               --arch-embedding-size=100000x26 --mini-batch-size=2048 --num-batches=60
               --num-indices-per-lookup=20 --num-indices-per-lookup-fixed --print-freq=20 --print-time --use-gpu)
   for kernel in cuda torch; do
-    step "DLRM training, --kernel $kernel" 90 "$PY" -m profiler.cli train "${train_args[@]}" --kernel "$kernel" \
+    step "DLRM training (--kernel $kernel)" 90 "" "$PY" -m profiler.cli train "${train_args[@]}" --kernel "$kernel" \
       --json-out "$OUT_DIR/train_$kernel.json"
   done
   "$PY" - "$OUT_DIR" <<'PY' 2>&1 | tee -a "$LOG"
@@ -69,5 +91,17 @@ for kernel in ("cuda", "torch"):
 PY
 fi
 
-say "gpu_check: done in ${SECONDS}s, $([ $status -eq 0 ] && echo 'all steps passed' || echo 'a step FAILED'); log: $LOG"
-exit $status
+names() { local out="" name; for name in "$@"; do out+="${out:+, }$name"; done; echo "$out"; }
+p=$(names ${passed[@]+"${passed[@]}"}) s=$(names ${skipped[@]+"${skipped[@]}"}) f=$(names ${failed[@]+"${failed[@]}"})
+counts="${#passed[@]} passed${p:+ ($p)}, ${#skipped[@]} skipped${s:+ ($s)}, ${#failed[@]} failed${f:+ ($f)}"
+if [ ${#failed[@]} -gt 0 ]; then
+  verdict="a step FAILED: $counts"
+elif [ ${#passed[@]} -eq 0 ] && [ "$has_gpu" != 1 ]; then
+  verdict="nothing was checked, no CUDA device is visible: $counts"
+elif [ ${#passed[@]} -eq 0 ]; then
+  verdict="nothing was checked, every step skipped: $counts"
+else
+  verdict="$counts"
+fi
+say "gpu_check: done in ${SECONDS}s, $verdict; log: $LOG"
+[ ${#failed[@]} -eq 0 ] || exit 1

@@ -10,6 +10,8 @@ also warms its compiled kernels on a throwaway 4-row model before timing, the re
 such kernels) and prints the medians and their ratio. The reference is not part of this
 repository: pass a checkout (its module-level imports need mlperf_logging, sklearn and
 tensorboard; stubs are fine, they are used only by options this benchmark does not pass).
+Relative --reference-dir and --extra-pythonpath are taken from the current folder (the reference
+itself runs in its own). Every flag is checked, kernel names against the registry, before any run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kernels import get as get_kernel
+from profiler.bench_bag_cli import parse_int_list, parse_list, parse_positive_int
+
+OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")  # the reference's `opts` table; dlrmbench train takes the same
 FLAGS = [
     "--arch-sparse-feature-size=16",
     "--arch-mlp-bot=13-512-256-64-16",
@@ -44,6 +50,14 @@ def last_window_ms(out: str, what: str) -> float:
     return float(found[-1][2])
 
 
+def absolute_folder(flag: str, text: str) -> str:
+    """`text` made absolute against this process's current folder (the reference runs in its own)."""
+    path = Path(text).expanduser().absolute()
+    if not path.is_dir():
+        raise ValueError(f"{flag} {text}: no such folder (from {Path.cwd()})")
+    return str(path)
+
+
 def run(cmd: list[str], cwd: str | None, env: dict[str, str], what: str) -> float:
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if p.returncode != 0:
@@ -54,23 +68,33 @@ def run(cmd: list[str], cwd: str | None, env: dict[str, str], what: str) -> floa
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference-dir", required=True, help="folder holding dlrm_s_pytorch.py")
-    ap.add_argument("--batch-sizes", default="128,2048")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--kernels", default="torch,torch_naive", help="dlrmbench --kernel values to run")
-    ap.add_argument("--extra-pythonpath", default="", help="e.g. a folder of stub modules for the reference")
-    ap.add_argument("--optimizer", default="sgd", help="sgd, adagrad or rwsadagrad, passed to both (default sgd)")
+    ap.add_argument("--batch-sizes", type=parse_int_list, default=[128, 2048], help="comma-separated")
+    ap.add_argument("--rounds", type=parse_positive_int, default=3)
+    ap.add_argument("--threads", type=parse_positive_int, default=2)
+    ap.add_argument("--kernels", type=parse_list, default=["torch", "torch_naive"], help="dlrmbench --kernel values")
+    ap.add_argument("--extra-pythonpath", default="", help="folders for the reference's PYTHONPATH, e.g. its stubs")
+    ap.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="passed to both (default sgd)")
     args = ap.parse_args()
-    ref = Path(args.reference_dir)
+    # The reference runs with its own folder as working directory: relative paths must be made absolute here.
+    try:
+        ref = Path(absolute_folder("--reference-dir", args.reference_dir))
+        extra = [absolute_folder("--extra-pythonpath", p) for p in args.extra_pythonpath.split(os.pathsep) if p]
+    except ValueError as exc:
+        ap.error(str(exc))
     if not (ref / "dlrm_s_pytorch.py").is_file():
-        raise SystemExit(f"--reference-dir {ref}: no dlrm_s_pytorch.py there")
+        ap.error(f"--reference-dir {args.reference_dir}: no dlrm_s_pytorch.py in {ref}")
+    kernels = args.kernels
+    for k in kernels:
+        try:
+            get_kernel(k, "cpu")  # dlrmbench train runs on the CPU here, as the reference does
+        except ValueError as exc:
+            ap.error(f"--kernels: {exc}")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    ref_env = dict(env, PYTHONPATH=os.pathsep.join(p for p in (str(ref), args.extra_pythonpath) if p))
+    ref_env = dict(env, PYTHONPATH=os.pathsep.join([str(ref), *extra]))
     ours_bin = Path(sys.executable).with_name("dlrmbench")
-    kernels = args.kernels.split(",")
     print(f"{'B':>5} {'round':>5} {'reference':>10}" + "".join(f" {k:>12}" for k in kernels) + "   (ms/it)")
     summary = []
-    for B in (int(b) for b in args.batch_sizes.split(",")):
+    for B in args.batch_sizes:
         n = 60 if B <= 256 else 16
         common = [*FLAGS, f"--mini-batch-size={B}", f"--num-batches={n}", f"--print-freq={n // 2}",
                   f"--optimizer={args.optimizer}"]  # fmt: skip
