@@ -143,7 +143,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds a collective waits for a peer before the rank gives up",
     )
     _flag_bool(run_, "--profile", "after training, split a step into operators (table + Chrome trace)")
-    run_.add_argument("--profile-trace", default="results/dlrm_trace.json", help="where --profile writes its trace")
+    run_.add_argument("--profile-trace", default="results/dlrm_trace.json", help="--profile's trace (default %(default)s)")
 
 
 def _model_config(args: argparse.Namespace) -> tuple[DLRMConfig, int, list[str]]:
@@ -201,6 +201,8 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device or ("cuda" if args.use_gpu else "cpu")
     if args.use_gpu and device == "cpu":
         raise ValueError("--use-gpu conflicts with --device cpu")
+    if args.profile and args.inference_only:
+        raise ValueError("--profile splits a training step into operators; --inference-only runs none: drop one")
     resolve_device(device)
     cfg, pooling, notes = _model_config(args)
     try:

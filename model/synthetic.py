@@ -87,6 +87,8 @@ def parse_locality(text: str, num_tables: int) -> tuple[TableLocality, ...]:
                 s = float(arg) if arg else DEFAULT_ZIPF_EXPONENT
             except ValueError:
                 raise ValueError(f"--locality {spec!r}: the Zipf exponent {arg!r} is not a number") from None
+            if not (s >= 0 and math.isfinite(s)):
+                raise ValueError(f"--locality {spec!r}: the Zipf exponent must be a finite number >= 0 (0: uniform)")
             out.append(TableLocality(Locality.ZIPF, s).validate())
         elif kind == Locality.STACK_DISTANCE and arg:
             path = arg.replace("{t}", str(t))

@@ -108,3 +108,11 @@ def test_train_scale_hint_counts_the_scale_already_given(monkeypatch, capsys):
     monkeypatch.setattr(model.cli.psutil, "virtual_memory", lambda: SimpleNamespace(available=20 * 2**30))
     assert main(["train", "--preset", "mlperf", "--scale", "2"]) == 2
     assert "e.g. --scale 6 (rows divided by 6)" in _one_line_error(capsys)
+
+
+def test_locality_and_profile_mistakes_name_their_flags(capsys):
+    base = ["train", "--preset=tiny", "--num-batches=1"]
+    assert main([*base, "--data-generation=synthetic", "--locality=zipf:-1"]) == 2
+    assert "--locality 'zipf:-1': the Zipf exponent must be a finite number >= 0" in capsys.readouterr().err
+    assert main([*base, "--profile", "--inference-only"]) == 2  # it used to run and profile nothing, silently
+    assert "--profile splits a training step into operators; --inference-only runs none" in capsys.readouterr().err
