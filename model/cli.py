@@ -143,7 +143,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds a collective waits for a peer before the rank gives up",
     )
     _flag_bool(run_, "--profile", "after training, split a step into operators (table + Chrome trace)")
-    run_.add_argument("--profile-trace", default="results/dlrm_trace.json", help="--profile's trace (default %(default)s)")
+    run_.add_argument(
+        "--profile-trace", default="results/dlrm_trace.json", help="--profile's trace (default %(default)s)"
+    )
 
 
 def _model_config(args: argparse.Namespace) -> tuple[DLRMConfig, int, list[str]]:
