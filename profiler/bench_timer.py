@@ -45,6 +45,13 @@ def _sized_kernel(target_s: float) -> tuple[Any, int]:
         n *= 4
 
 
+def _calls(budget_s: float, target_s: float, per_call_s: float) -> int:
+    """Calls per timed stretch: the budget over the kernel's time, the longer of the target and what the
+    sized kernel really takes (a target below the smallest kernel, 1,024 floats, must not ask for
+    budget / target calls: 0.001 µs asked for 10^8 calls of a 1.5 µs kernel a round)."""
+    return max(20, int(budget_s / max(per_call_s, target_s)))
+
+
 def bench_timer(
     target_us: float = 100.0, rounds: int = 7, threads: int = 1, budget_ms: float = 100.0
 ) -> dict[str, Any]:
@@ -53,7 +60,10 @@ def bench_timer(
     _, undo = _set_threads(threads)  # put back after: the caller (a test, say) keeps its own count
     try:
         fn, n = _sized_kernel(target_us * 1e-6)
-        calls = max(20, int(budget_ms * 1e-3 / (target_us * 1e-6)))
+        t0 = time.perf_counter()
+        for _ in range(20):
+            fn()
+        calls = _calls(budget_ms * 1e-3, target_us * 1e-6, (time.perf_counter() - t0) / 20)
         per_block = calls // 20
         bare, timed, overhead_est = [], [], []
         for _ in range(rounds):

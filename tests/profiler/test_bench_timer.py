@@ -43,3 +43,11 @@ def test_run_prints_the_verdict_and_records_it(tmp_path, capsys):
     word = "within" if row["within_goal"] else "OVER"
     assert re.search(rf"^verdict, goal overhead < 1%: {word} at \d+\.\d µs \([+-]\d+\.\d\d%\)$",
                      capsys.readouterr().out, re.M)  # fmt: skip
+
+
+def test_calls_follow_the_kernels_real_time_when_the_target_is_below_it():
+    from profiler.bench_timer import _calls
+
+    assert _calls(0.1, 1e-9, 1.5e-6) == 66_666  # 0.1 s / 1.5 µs, not 0.1 s / 0.001 ns
+    assert _calls(0.1, 1e-4, 1e-6) == 1_000  # a kernel sized up to its target: the target counts
+    assert _calls(0.1, 1.0, 1.0) == 20  # at least 20
