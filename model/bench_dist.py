@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.bench_bag_cli import parse_int_list
+from profiler.contention import usable_cpus
 from profiler.store import write_json_atomic
 
 __all__ = ["add_bench_targets", "bench_dist"]
@@ -30,7 +31,7 @@ def bench_dist(
     from model.distributed import free_port  # torch: only when a benchmark runs
 
     records = []
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cpus()
     with tempfile.TemporaryDirectory() as tmp:
         for world in world_sizes:
             out = Path(tmp) / f"w{world}.json"

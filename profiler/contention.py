@@ -22,6 +22,7 @@ __all__ = [
     "Snapshot",
     "assess",
     "snapshot",
+    "usable_cpus",
     "wait_for_quiet",
 ]
 
@@ -126,7 +127,8 @@ def snapshot(*, clock: Callable[[], float] = time.monotonic) -> Snapshot:
     return Snapshot(clock(), psi_total, psi_avg10, steal, total, load)
 
 
-def _cpus() -> int:
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; all CPUs where there is none)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -156,7 +158,7 @@ def assess(
     Returns:
         A Contention; `contended` is True when PSI pressure, steal or a neighbour's load passed its limit.
     """
-    cpus = cpus or _cpus()
+    cpus = cpus or usable_cpus()
     dt_s = after.wall_s - before.wall_s
     pressure = None
     if before.psi_some_total_us is not None and after.psi_some_total_us is not None and dt_s > 0:

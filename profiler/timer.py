@@ -37,7 +37,6 @@ bounded, for a quiet window.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import sys
 import time
@@ -45,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from profiler.contention import Contention, assess, snapshot, wait_for_quiet
+from profiler.contention import Contention, assess, snapshot, usable_cpus, wait_for_quiet
 
 __all__ = [
     "SPREAD_LIMIT",
@@ -198,14 +197,6 @@ def llc_flush_bytes(factor: int = 2, fallback_bytes: int = 256 << 20) -> int:
 
     sizes = [c["size_bytes"] for c in sysfs_caches()]
     return factor * max(sizes) if sizes else fallback_bytes
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask; all CPUs where there is none)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _set_threads(threads: int | None) -> tuple[int, Callable[[], None]]:

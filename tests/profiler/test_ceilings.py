@@ -106,3 +106,11 @@ def test_a_many_thread_ceiling_below_fewer_threads_takes_their_value() -> None:
     assert [c.value for c in out] == [235.2, 235.2, 300.0, 200.0, 115.0, 5.0, 83.7, 83.7, 10.0]
     assert out[0].warnings == ["measured 8.4 at 2 threads, below 235 at 1: a slowed run; the 1-thread value stands"]
     assert out[6].warnings and not any(c.warnings for i, c in enumerate(out) if i not in (0, 6))
+
+
+def test_a_borrowed_value_names_the_run_it_came_from() -> None:
+    runs = [Ceiling("copy", "bandwidth", "measured", level="L2", threads=t, gbps=v) for t, v in ((1, 100.0), (2, 9.0),
+                                                                                               (4, 7.0))]  # fmt: skip
+    out = ceilings.monotone_in_threads(runs)
+    assert [c.value for c in out] == [100.0, 100.0, 100.0]
+    assert out[2].warnings == ["measured 7 at 4 threads, below 100 at 1: a slowed run; the 1-thread value stands"]
