@@ -81,6 +81,8 @@ def repeatability(previous_path: Path, record: dict[str, Any]) -> dict[str, Any]
         before = json.loads(previous_path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(before, dict) or not isinstance(before.get("ceilings", []), list):
+        return None  # not a machine record: this run replaces it
     if before.get("sku_id") != record["sku_id"] or before.get("mode") != record.get("mode"):
         return None
     old = {c["key"]: c for c in before.get("ceilings", []) if c.get("source") == "measured"}

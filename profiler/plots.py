@@ -150,7 +150,10 @@ def _cmd(args: argparse.Namespace) -> int:
     rows = _one_sweep(select(results.rows, [f for part in args.filter for f in part.split(",") if f]),
                       args.sweep, args.kind)  # fmt: skip
     if not rows:
-        raise ValueError(f"{args.results}: no points left after --filter / --exclude-contended")
+        if results.rows:
+            raise ValueError(f"{args.results}: no points left after --filter")
+        excluded = f" ({results.excluded_contended} contended, excluded)" if results.excluded_contended else ""
+        raise ValueError(f"{args.results}: no measured (status ok) points{excluded}")
     first = rows[0]
     single = len({r["sweep"] for r in rows}) == 1
     spec = find_spec(first["sweep"], first.get("spec_file", ""), args.spec_dir) if single else None
@@ -167,7 +170,7 @@ def _cmd(args: argparse.Namespace) -> int:
     for note in out.notes:
         print(f"note: {note}", file=sys.stderr)
     if results.torn_lines:
-        print(f"note: skipped {results.torn_lines} torn line(s) in {args.results}", file=sys.stderr)
+        print(f"note: skipped {results.torn_lines} torn or malformed line(s) in {args.results}", file=sys.stderr)
     if results.excluded_contended:
         print(f"note: left out {results.excluded_contended} contended point(s)", file=sys.stderr)
     print("wrote " + ", ".join(map(str, out.paths)))

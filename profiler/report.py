@@ -195,7 +195,8 @@ def write_report(
     else:
         blocks.append(("p", "No ceilings stored; run `dlrmbench machine --ceilings` for the roofline."))
     if results.torn_lines:
-        blocks.append(("p", f"Skipped {_count(results.torn_lines, 'torn line')} (a crash mid-write)."))
+        skipped = _count(results.torn_lines, "torn or malformed line")
+        blocks.append(("p", f"Skipped {skipped} (a crash mid-write, or an edit)."))
     paths: list[Path] = []
     for sweep in dict.fromkeys(r["sweep"] for r in rows):
         sweep_blocks, sweep_paths = _sweep_blocks(

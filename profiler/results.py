@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.ceilings import Ceiling
-from profiler.store import read_records
+from profiler.store import latest_per_key, read_records
 from profiler.sweep_spec import Point
 
 __all__ = [
@@ -112,8 +112,8 @@ def load_results(path: str | Path, *, include_contended: bool = True, include_fa
         torn += len(read.torn_lines)
         header = read.header or {}
         machine = _machine_for(f.parent, header, machines)
-        for rec in read.records:
-            if rec.get("kind", "point") != "point" or "point" not in rec:
+        for rec in latest_per_key(read.records):  # a point measured again: its last record
+            if rec.get("kind", "point") != "point":
                 continue
             row = _flatten(rec, header, machine, f)
             if row["status"] != "ok" and not include_failed:

@@ -290,6 +290,7 @@ def _run_all_to_all(
         raise ValueError(f"threads={point.threads}: all_to_all ranks run one thread each; leave threads at 0 or 1")
     if int(timing.get("flush_bytes", 0)):
         raise NotImplementedError("flush_bytes: the all-to-all is timed in its ranks, without a cache flush")
+    check_memory(point, 0)
     args = (point.world_size, point.batch_size, point.num_tables, point.embedding_dim)
     m = time_all_to_all(*args, mode=point.mode, **({"timeout_s": timeout_s} if timeout_s > 0 else {}))
     per_rank = all_to_all_bytes(*args, mode=point.mode)  # (sent, received) per rank

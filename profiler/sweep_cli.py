@@ -32,12 +32,23 @@ def load_machine(results_dir: Path, *, quick_ceilings: bool = False) -> tuple[di
     from profiler import fingerprint
     from profiler.ceilings import Ceiling
     from profiler.machine_cli import SCHEMA_VERSION
-    from profiler.store import write_json_atomic
+    from profiler.store import ensure_folder, write_json_atomic
 
     fp = fingerprint.collect()
     path = results_dir / fp["sku_id"] / "machine.json"
-    stored: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    ceilings = [Ceiling.from_dict(c) for c in stored.get("ceilings", [])]
+    ensure_folder(path.parent)
+    stored: dict[str, Any] = {}
+    ceilings: list[Any] = []
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+            if not isinstance(stored, dict) or not isinstance(stored.get("ceilings", []), list):
+                raise ValueError("expected an object whose 'ceilings' is a list")
+            ceilings = [Ceiling.from_dict(c) for c in stored.get("ceilings", [])]
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(
+                f"{path}: not a machine record ({exc}); delete it and run `dlrmbench machine --ceilings`"
+            ) from None
     if not ceilings and quick_ceilings:
         from profiler.ceilings import measure_ceilings
 
@@ -78,7 +89,27 @@ def run_sweep(
         results_dir / fp["sku_id"] / f"{spec.name}.jsonl",
         {"sweep": spec.name, "spec_file": spec.source, "sku_id": fp["sku_id"], "fingerprint": fp},
     )
-    done = set() if force else store.done_keys()
+    with store.exclusive(f"dlrmbench sweep {spec_path}"):
+        return _run_points(spec, points, store, fp, ceilings, force=force, point_timeout_s=point_timeout_s,
+                           progress=progress)  # fmt: skip
+
+
+def _run_points(
+    spec: SweepSpec,
+    points: list[Point],
+    store: ResultFile,
+    fp: dict[str, Any],
+    ceilings: list[Any],
+    *,
+    force: bool,
+    point_timeout_s: float,
+    progress: bool,
+) -> dict[str, int]:
+    status = {} if force else store.latest_status()
+    done = {k for k, v in status.items() if v == "ok"}
+    retry = sum(status.get(p.key()) not in (None, "ok") for p in points)
+    if retry:
+        print(f"note: measuring again {retry} point(s) stored as failed", flush=True)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     from tqdm import tqdm
 
@@ -101,6 +132,7 @@ def run_sweep(
         t0 = time.perf_counter()
         rec = run_point(point, fingerprint=fp, ceilings=ceilings, timing=spec.timing, timeout_s=point_timeout_s)
         store.append({"key": key, "point": point.to_dict(), "started": started, **rec})
+        done.add(key)
         counts[rec["status"]] += 1
         if plain:
             print(f"[{i}/{len(points)}] {label}: {rec['status']} ({time.perf_counter() - t0:.1f} s)", flush=True)
@@ -147,12 +179,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "sweep",
         help="run a sweep spec (sweeps/*.toml), appending each point to results/<sku-id>/<sweep>.jsonl",
         description="Expand a sweep file and measure each point. Finished points are appended one JSON line "
-        "each (flushed, fsynced, under a file lock); re-running skips stored points unless --force.",
+        "each (flushed, fsynced, under a file lock); re-running skips points stored as ok and measures failed "
+        "ones again; --force measures every point again (readers take each point's last record).",
     )
     p.add_argument("file", help="a sweep spec, e.g. sweeps/cache_footprint.toml")
     p.add_argument("--dry-run", action="store_true", help="list the points and exit")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE[,...]", help="run matching points")
-    p.add_argument("--force", action="store_true", help="re-measure points already stored")
+    p.add_argument("--force", action="store_true", help="measure again points already stored as ok")
     p.add_argument("--results-dir", default="results", help="replaces results/")
     p.add_argument("--point-timeout", type=float, default=300.0, help="seconds before a point is abandoned")
     p.add_argument(

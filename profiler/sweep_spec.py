@@ -129,6 +129,10 @@ class SweepSpec:
         for key, values in self.axes.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"{where}: axes.{key} must be a non-empty list")
+            seen = [_coerce(key, v) for v in values]
+            twice = sorted({str(v) for v in seen if seen.count(v) > 1})
+            if twice:
+                raise ValueError(f"{where}: axes.{key} lists {', '.join(twice)} more than once")
         for group in self.zip:
             missing = [k for k in group if k not in self.axes]
             if missing:
@@ -144,6 +148,11 @@ class SweepSpec:
             raise ValueError(f"{where}: world_size applies to target all_to_all only (got {self.target})")
         _check_keys(self.plot, _PLOT_KEYS, "plot", where)
         _check_keys(self.timing, _TIMING_KEYS, "timing", where)
+        for key, value in self.timing.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or value < 0 or (key == "flush_bytes" and value != int(value)) or value != value:
+                kind = "a non-negative integer" if key == "flush_bytes" else "a non-negative number of milliseconds"
+                raise ValueError(f"{where}: timing.{key} = {value!r} must be {kind}")
         return self
 
 
@@ -223,6 +232,9 @@ def parse_spec(data: dict[str, Any], source: str = "") -> SweepSpec:
         target = Target(data["target"])
     except ValueError:
         raise ValueError(f"{where}: target = {data['target']!r}; allowed: {', '.join(Target)}") from None
+    for section in ("fixed", "axes", "plot", "timing"):
+        if not isinstance(data.get(section, {}), dict):
+            raise ValueError(f"{where}: [{section}] must be a table (key = value lines), got {data[section]!r}")
     zips = data.get("zip", [])
     if not isinstance(zips, list) or not all(isinstance(g, list) for g in zips):
         raise ValueError(f'{where}: zip must be a list of lists of axis names, e.g. [["batch_size", "pooling_factor"]]')

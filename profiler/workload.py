@@ -60,6 +60,10 @@ def hot_rows(point: Point, working_set_bytes: int | None) -> int:
 def estimate_bytes(point: Point, hot: int) -> int:
     """Memory the point will allocate (tables, indices, outputs, gradients, sampling tables)."""
     T, E, D, B, L = point.num_tables, point.num_rows, point.embedding_dim, point.batch_size, point.pooling_factor
+    if point.target == "all_to_all":
+        # over all ranks: pooled inputs, outputs, their gradients and the exchange's buffers (T x B x D
+        # float32 each, about 6 in all), plus each rank's own process (torch and gloo, ~200 MiB)
+        return 6 * T * B * D * 4 + point.world_size * (200 << 20)
     n = T * B * L
     total = T * E * D * 4 + n * 8 * (1 + num_batches(point, hot)) + T * B * D * 4 * 3 + E * 8 + hot * 8
     if point.mode in ("backward", "train"):

@@ -219,6 +219,11 @@ def test_run_point_reports_failures_of_all_to_all_points(monkeypatch):
     monkeypatch.setattr(profiler.collective, "time_all_to_all", crashed)
     rec = run_point(Point(target="all_to_all", world_size=2, batch_size=8, num_tables=4), fingerprint={}, ceilings=[])
     assert rec["status"] == "failed" and rec["reason"].startswith("CollectiveFailure: all-to-all on 2")
+    # 64 tables x 10^8 samples x D 1024: 26 TB of pooled vectors alone, refused before any rank starts
+    huge = Point(target="all_to_all", world_size=2, batch_size=10**8, num_tables=64, embedding_dim=1024)
+    rec = run_point(huge, fingerprint={}, ceilings=[])
+    assert rec["status"] == "failed" and rec["reason"].startswith("out of memory: needs about")
+    assert "refused before allocating" in rec["reason"]
 
 
 def test_point_timeout_bounds_an_all_to_all_point_and_its_ranks(monkeypatch):

@@ -69,10 +69,63 @@ def test_sweep_records_derived_rates_and_failures_then_resumes(tmp_path, capsys)
         assert r["derived"]["bytes_moved"] == moved
         assert r["derived"]["gbps"] == pytest.approx(moved / r["median_s"] / 1e9)
         assert len(r["measurement"]["samples_s"]) >= 5
-    assert run_sweep(spec, results_dir=results, progress=False) == {"ok": 0, "failed": 0, "skipped": 6}
+    # a rerun skips the points stored as ok and measures the failed ones again
+    assert run_sweep(spec, results_dir=results, progress=False) == {"ok": 0, "failed": 2, "skipped": 4}
+    assert "measuring again 2 point(s) stored as failed" in capsys.readouterr().out
     assert run_sweep(spec, results_dir=results, progress=False, force=True, filters=["kernel=torch"])["ok"] == 2
-    assert len(_records(results)) == 8
+    assert len(_records(results)) == 10  # records are only ever appended
     assert (next(results.iterdir()) / "machine.json").exists()
+
+
+def test_a_point_measured_again_is_read_once_as_its_last_record(tmp_path, monkeypatch):
+    import profiler.runner
+    from profiler.results import load_results
+
+    spec, results = _spec(tmp_path), tmp_path / "results"
+    real = profiler.runner.run_point
+    monkeypatch.setattr(profiler.runner, "run_point", lambda *a, **k: {"status": "failed", "reason": "MemoryError: x"})
+    assert run_sweep(spec, results_dir=results, progress=False, filters=["kernel=torch"])["failed"] == 2
+    monkeypatch.setattr(profiler.runner, "run_point", real)  # the machine has room now
+    assert run_sweep(spec, results_dir=results, progress=False, filters=["kernel=torch"])["ok"] == 2
+    run_sweep(spec, results_dir=results, progress=False, filters=["kernel=torch"], force=True)
+    assert len(_records(results)) == 6
+    rows = load_results(results, include_failed=True).rows
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
+    last = {r["key"]: r.get("median_s") for r in _records(results)}  # the file's last record of each key
+    assert {r["key"]: r["median_s"] for r in rows} == last
+
+
+def test_a_second_sweep_into_the_same_file_is_refused_while_the_first_runs(tmp_path, monkeypatch):
+    import profiler.runner
+    from profiler.store import Busy
+
+    spec, results = _spec(tmp_path), tmp_path / "results"
+    inner: list[BaseException] = []
+
+    def nested(*args, **kwargs):
+        try:
+            run_sweep(spec, results_dir=results, progress=False)
+        except Busy as exc:
+            inner.append(exc)
+        return {"status": "failed", "reason": "ValueError: stop"}
+
+    monkeypatch.setattr(profiler.runner, "run_point", nested)
+    run_sweep(spec, results_dir=results, progress=False, filters=["kernel=torch", "num_tables=1"])
+    assert len(inner) == 1 and "tiny.toml" in str(inner[0]) and "is writing this file now" in str(inner[0])
+    assert len(_records(results)) == 1  # the refused sweep stored nothing
+    monkeypatch.undo()
+    assert run_sweep(spec, results_dir=results, progress=False, filters=["kernel=torch", "num_tables=1"])["ok"] == 1
+
+
+def test_results_dir_that_is_a_file_is_refused_before_measuring(tmp_path, monkeypatch):
+    import profiler.runner
+
+    monkeypatch.setattr(profiler.runner, "run_point", lambda *a, **k: pytest.fail("measured"))
+    spec, results = _spec(tmp_path), tmp_path / "results"
+    results.mkdir()
+    (results / "x").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"results/x: results go in a folder, and this is a file"):
+        run_sweep(spec, results_dir=results / "x", progress=False)
 
 
 def test_points_that_would_not_fit_are_refused_before_allocating(tmp_path):
@@ -120,7 +173,7 @@ def test_sweep_into_a_log_prints_a_plain_line_per_point(tmp_path, capsys):
     assert sum(": ok (" in line for line in lines) == 2 and sum(": failed (" in line for line in lines) == 1
     assert "\r" not in out.err + out.out  # no bar redrawn into the log
     run_sweep(spec, results_dir=results, filters=["num_tables=1"])
-    assert capsys.readouterr().out.count(": already stored") == 3
+    assert capsys.readouterr().out.count(": already stored") == 2  # the failed point is measured again
     run_sweep(spec, results_dir=results, filters=["num_tables=1"], progress=False)
     assert "[1/3]" not in capsys.readouterr().out
 

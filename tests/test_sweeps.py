@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from profiler.store import ResultFile, read_records
+from profiler.store import Busy, ResultFile, latest_per_key, read_records
 from profiler.sweep_spec import Point, expand, load_spec, parse_spec, resolve_bytes
 
 SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.toml"))
@@ -82,6 +82,13 @@ def test_kernel_wildcards():
         ),
         ({"name": "t", "target": "dlrm", "plot": {"colour": "red"}}, "unknown key(s) ['colour'] in [plot]"),
         ({"target": "dlrm"}, "missing required key 'name'"),
+        ({"name": "t", "target": "dlrm", "axes": {"batch_size": [64, 128, 64.0]}}, "axes.batch_size lists 64 more"),
+        ({"name": "t", "target": "dlrm", "axes": 5}, "[axes] must be a table (key = value lines), got 5"),
+        ({"name": "t", "target": "dlrm", "fixed": [1, 2]}, "[fixed] must be a table"),
+        ({"name": "t", "target": "dlrm", "plot": 3}, "[plot] must be a table"),
+        ({"name": "t", "target": "dlrm", "timing": {"rep_ms": "x"}}, "timing.rep_ms = 'x' must be a non-negative"),
+        ({"name": "t", "target": "dlrm", "timing": {"flush_bytes": 1.5}}, "timing.flush_bytes = 1.5 must be a non-n"),
+        ({"name": "t", "target": "dlrm", "timing": {"warmup_ms": float("nan")}}, "timing.warmup_ms = nan must be"),
     ],
 )
 def test_bad_specs_name_the_key(data, message):
@@ -110,22 +117,47 @@ def test_point_key_is_stable_and_ignores_the_sweep_name():
 def test_store_appends_and_skips_torn_lines(tmp_path):
     path = tmp_path / "r.jsonl"
     store = ResultFile(path, {"sweep": "t"})
-    store.append({"key": "a", "status": "ok"})
+    store.append({"key": "a", "point": {}, "status": "ok"})
     with open(path, "a") as f:  # a crash in mid-write
         f.write('{"kind": "point", "key": "b", "sta')
     assert read_records(path).torn_lines == [3]
-    assert store.done_keys() == {"a"}
-    store.append({"key": "c", "status": "failed", "reason": "x"})
+    assert store.latest_status() == {"a": "ok"}
+    store.append({"key": "c", "point": {}, "status": "failed", "reason": "x"})
     got = read_records(path)
     assert [r["key"] for r in got.records] == ["a", "c"] and got.torn_lines == [3]
     assert got.header["sweep"] == "t" and got.header["schema_version"] == 1
     assert path.read_text().count("\n") == 4  # header, a, torn b (now closed off), c
 
 
+def test_records_of_the_wrong_shape_are_skipped_like_torn_lines(tmp_path):
+    path = tmp_path / "r.jsonl"
+    lines = ['{"kind": "header"}', '{"kind": "point", "point": null, "key": "a"}', '{"key": ["a"], "point": {}}',
+             "[1, 2]", '{"key": "b", "point": {}, "status": "ok"}']  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    got = read_records(path)
+    assert [r["key"] for r in got.records] == ["b"] and got.torn_lines == [2, 3, 4]
+    assert ResultFile(path, {}).latest_status() == {"b": "ok"}
+
+
+def test_latest_record_of_each_key_in_first_seen_order():
+    recs = [{"key": "a", "v": 1}, {"key": "b", "v": 2}, {"key": "a", "v": 3}]
+    assert latest_per_key(recs) == [{"key": "a", "v": 3}, {"key": "b", "v": 2}]
+
+
+def test_a_second_holder_of_a_results_file_is_refused(tmp_path):
+    store = ResultFile(tmp_path / "r.jsonl", {})
+    with store.exclusive("sweep one"):
+        with pytest.raises(Busy, match=r"r.jsonl: pid \d+ \(sweep one\) is writing this file now"):
+            with ResultFile(tmp_path / "r.jsonl", {}).exclusive("sweep two"):
+                pass
+    with store.exclusive("sweep three"):  # released
+        pass
+
+
 def _writer(path: str, tag: str, n: int) -> None:
     store = ResultFile(path, {"sweep": "t"})
     for i in range(n):
-        store.append({"key": f"{tag}{i}", "status": "ok", "payload": tag * 2000})
+        store.append({"key": f"{tag}{i}", "point": {}, "status": "ok", "payload": tag * 2000})
 
 
 def test_concurrent_writers_do_not_interleave(tmp_path):
