@@ -21,6 +21,7 @@ from model.criteo_format import NUM_CAT, NUM_DENSE
 from model.data_cli import criteo_flags, criteo_sources
 from model.quality import quality
 from model.train import write_predictions
+from profiler.cli import check_output_path
 from profiler.store import write_json_atomic
 
 __all__ = ["add_commands", "baseline_command"]
@@ -38,6 +39,9 @@ def baseline_command(args: argparse.Namespace) -> int:
         grid = ()
     if not grid or any(not (math.isfinite(x) and x >= 0) for x in grid):
         raise ValueError(f"--l2-grid {args.l2_grid!r}: give non-negative numbers, comma-separated")
+    for flag, path in (("--test-predictions-out", args.test_predictions_out), ("--json-out", args.json_out)):
+        if path:
+            check_output_path(flag, path)
     sources = criteo_sources(**criteo_flags(args), batch_size=_BATCH, test_batch_size=1024)
     for note in sources.notes:
         print(note)

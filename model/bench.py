@@ -20,6 +20,7 @@ from model.data import RandomData
 from model.dlrm import DLRM
 from model.train import LossFunction, make_loss, make_optimizer, param_groups
 from profiler.bench_bag_cli import parse_choice_list, parse_int_list, parse_list
+from profiler.cli import check_output_path
 from profiler.contention import assess, snapshot
 from profiler.store import write_json_atomic
 from profiler.timer import Measurement
@@ -141,6 +142,8 @@ def _print_table(records: list[dict[str, Any]]) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    if args.json_out:
+        check_output_path("--json-out", args.json_out)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = DLRMConfig(

@@ -16,6 +16,7 @@ from model.config import DLRMConfig, EmbeddingGrad, Interaction, parse_sizes
 from model.data_cli import add_data_arguments, build_sources, fit_tables
 from model.presets import MEMORY_FRACTION, PRESETS, get_preset, scale_rows, scale_to_fit
 from model.train import LossFunction, TrainConfig, load_checkpoint, resolve_device, run
+from profiler.cli import check_output_path
 
 __all__ = ["add_commands", "add_train_arguments", "parse_bool", "print_presets", "train_main"]
 
@@ -206,6 +207,8 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     if args.profile and args.inference_only:
         raise ValueError("--profile splits a training step into operators; --inference-only runs none: drop one")
     resolve_device(device)
+    for flag, path in _output_paths(args).items():
+        check_output_path(flag, path)
     cfg, pooling, notes = _model_config(args)
     try:
         get_kernel(cfg.kernel)
@@ -294,6 +297,13 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     if not args.dist_backend:
         return run(cfg, train, sources.train, state_dict=state, test_data=sources.test)
     return _run_distributed(args, cfg, train, sources, state, pooling)
+
+
+def _output_paths(args: argparse.Namespace) -> dict[str, str]:
+    """flag -> path of every file this run will write, so a bad one is refused before training."""
+    paths = {"--save-model": args.save_model, "--test-predictions-out": args.test_predictions_out,
+             "--json-out": args.json_out, "--profile-trace": args.profile_trace if args.profile else ""}  # fmt: skip
+    return {flag: path for flag, path in paths.items() if path}
 
 
 def _output_bias(args: argparse.Namespace, data: Any, notes: list[str]) -> float | None:

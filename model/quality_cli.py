@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from model.quality import auc_difference, calibration, logloss_difference, normalized_entropy, quality
+from profiler.cli import check_output_path
 from profiler.store import write_json_atomic
 
 __all__ = ["add_commands", "quality_command", "read_predictions"]
@@ -63,6 +64,8 @@ def _star(p: float) -> str:
 
 
 def quality_command(args: argparse.Namespace) -> int:
+    if args.json_out:
+        check_output_path("--json-out", args.json_out)
     files = [read_predictions(f) for f in args.files]
     y0 = files[0][0]
     for name, (y, _) in zip(args.files[1:], files[1:], strict=True):

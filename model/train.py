@@ -480,16 +480,32 @@ def run(
         log("per-operator breakdown of one training step (torch.profiler, last batch):\n" + breakdown.table())
         log(f"Chrome/Perfetto trace: {train.profile_trace}")
         result["breakdown"] = breakdown.to_dict()
+    unwritten: list[str] = []  # an output that cannot be written does not cost the others
     if train.save_model:
         with averaged():
-            save_checkpoint(model, train.save_model, iterations=iters)
-        log(f"saved model to {train.save_model}" + (" (moving-average weights)" if ema is not None else ""))
+            saved = _write_output("--save-model", train.save_model, unwritten,
+                                  lambda: save_checkpoint(model, train.save_model, iterations=iters))  # fmt: skip
+        if saved:
+            log(f"saved model to {train.save_model}" + (" (moving-average weights)" if ema is not None else ""))
     if train.test_predictions_out and predictions is not None:
-        write_predictions(train.test_predictions_out, *predictions)
-        log(f"wrote {len(predictions[0]):,} test predictions to {train.test_predictions_out}")
+        out, (labels, scores) = train.test_predictions_out, predictions
+        if _write_output("--test-predictions-out", out, unwritten, lambda: write_predictions(out, labels, scores)):
+            log(f"wrote {len(labels):,} test predictions to {out}")
     if train.json_out and (dist_ctx is None or dist_ctx.rank == 0):
-        write_json_atomic(train.json_out, result)
+        _write_output("--json-out", train.json_out, unwritten, lambda: write_json_atomic(train.json_out, result))
+    if unwritten:
+        raise OSError(f"the run finished, but {'; '.join(unwritten)}")
     return result
+
+
+def _write_output(flag: str, path: str, unwritten: list[str], write: Callable[[], object]) -> bool:
+    """`write()`; when it fails, note "FLAG PATH: could not write it (why)" in `unwritten` and return False."""
+    try:
+        write()
+    except OSError as exc:
+        unwritten.append(f"{flag} {path}: could not write it ({exc.strerror or exc})")
+        return False
+    return True
 
 
 def _test_record(history: list[dict[str, Any]], test_s: float) -> dict[str, Any]:

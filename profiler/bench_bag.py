@@ -26,6 +26,7 @@ __all__ = [
     "BagPoint",
     "Inputs",
     "alloc_table",
+    "check_memory",
     "expand",
     "huge_page_bytes",
     "make_bags",
@@ -110,6 +111,36 @@ def expand(kernels: list[str], **axes: list[Any]) -> list[BagPoint]:
 def _defaults(given: list[str]) -> dict[str, Any]:
     required = {"batch_size": 2048, "num_rows": 1_000_000, "embedding_dim": 64, "pooling_factor": 20}
     return {k: v for k, v in required.items() if k not in given}
+
+
+def check_memory(p: BagPoint) -> None:
+    """Refuse, before allocating, a point whose table and inputs do not fit in available memory.
+
+    The sweep's check (profiler.workload.check_memory) on the same shape: one table, every row hot.
+    Raises:
+        MemoryError with the bytes needed and available, and the most rows that would fit.
+    """
+    from profiler.sweep_spec import Point
+    from profiler.workload import check_memory as check_point
+
+    def check(rows: int) -> None:
+        mode = "backward" if p.backward else "forward"
+        check_point(Point(kernel=p.kernel, batch_size=p.batch_size, num_rows=rows, embedding_dim=p.embedding_dim,
+                          pooling_factor=p.pooling_factor, mode=mode), rows)  # fmt: skip
+
+    try:
+        check(p.num_rows)
+    except MemoryError as exc:
+        lo, hi = 0, p.num_rows  # bisect: lo rows fit (0 taken to), hi do not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            try:
+                check(mid)
+                lo = mid
+            except MemoryError:
+                hi = mid
+        hint = f"at most {lo} rows fit" if lo else "not even one row fits at this batch size and pooling factor"
+        raise MemoryError(f"{exc}: {hint}") from None
 
 
 def alloc_table(rows: int, dim: int, huge_pages: bool, seed: int = 0) -> torch.Tensor:

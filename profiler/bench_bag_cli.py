@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from profiler.cli import check_output_path
 from profiler.store import write_json_atomic
 
 __all__ = [
@@ -162,6 +163,7 @@ def _run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         Inputs,
         alloc_table,
         bag_batches,
+        check_memory,
         expand,
         huge_page_bytes,
         record,
@@ -208,14 +210,22 @@ def _run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         index_dtype=args.index_dtype,
     )
     points = [p for p in points if not (p.kernel == GATHER_CEILING and (p.backward or p.index_dtype != "int64"))]
+    for p in {p.input_key: p for p in points}.values():  # one table alive at a time: check each alone
+        try:
+            check_memory(p)
+        except MemoryError as exc:
+            raise ValueError(
+                f"--num-rows {p.num_rows} (with --embedding-dim {p.embedding_dim}, --batch-size {p.batch_size}, "
+                f"--pooling-factor {p.pooling_factor}) {exc}"
+            ) from None
     isa = {"isa": args.isa, **isa_in_force()}
     print(f"numba kernels compiled for {isa['numba_cpu_name']} ({isa['numba_cpu_features']})"
           + (f", --isa {args.isa}" if args.isa else ""))  # fmt: skip
-    table_key, table, inputs_key, inputs, hp_bytes = None, None, None, None, None
+    table_key, table, inputs_key, inputs, hp_bytes, fn = None, None, None, None, None, None
     records: list[dict[str, Any]] = []
     for p in points:
         if p.table_key != table_key:
-            table = inputs = None  # free the previous table first
+            table = inputs = fn = None  # free the previous table first (the last step holds it too)
             table, table_key = alloc_table(p.num_rows, p.embedding_dim, p.huge_pages, args.seed), p.table_key
             hp_bytes = huge_page_bytes(table)
         if p.input_key != inputs_key:
@@ -294,6 +304,8 @@ def _geomeans(records: list[dict[str, Any]]) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.json_out:
+        check_output_path("--json-out", args.json_out)
     child = _isa_child(args, _bench_argv(args))
     if child is not None:
         return child

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "check_output_path", "main"]
 
 # Modules that add subcommands; each is imported when the parser is built.
 _COMMAND_MODULES: tuple[str, ...] = (
@@ -50,13 +52,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_output_path(flag: str, path: str | os.PathLike[str], *, directory: bool = False) -> None:
+    """Refuse an output path that cannot be written, before the work whose result it would hold.
+
+    Missing parent folders are fine (the writers create them); the nearest one that exists must be a
+    writable folder.
+
+    Args:
+        flag: the option the path came from, named in the error (e.g. "--json-out").
+        path: the file to write or, with `directory`, the folder to write files in.
+        directory: `path` is a folder, not a file.
+    Raises:
+        ValueError naming the flag, the path and what is wrong with it.
+    """
+    p = Path(path)
+    if not directory and p.is_dir():
+        raise ValueError(f"{flag} {path}: is a directory; give a file path")
+    if directory and p.exists() and not p.is_dir():
+        raise ValueError(f"{flag} {path}: exists and is not a directory")
+    folder = p.absolute() if directory else p.absolute().parent
+    while not folder.exists() and folder != folder.parent:  # exists() is False under a file, too
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {folder} is not writable")
+
+
+def _os_error_text(exc: OSError) -> str:
+    """'PATH: reason' when the error names its file (open, mkdir, replace), else its own message."""
+    if exc.filename is None or not exc.strerror:
+        return str(exc)
+    return f"{exc.filename}: {exc.strerror}" + (f" (to {exc.filename2})" if exc.filename2 else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, NotImplementedError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (ValueError, NotImplementedError) as exc:
         print(f"dlrmbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the command reads or writes, named in the message
+        print(f"dlrmbench {args.command}: error: {_os_error_text(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
         code = getattr(exc, "exit_code", None)  # errors that know their exit status (e.g. a dead peer rank)

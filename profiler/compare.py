@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from profiler.cli import check_output_path
 from profiler.plots import add_shared_options, find_spec, make_plot, plot_settings
 from profiler.results import (
     Machine,
@@ -223,6 +224,8 @@ def write_comparison(
 def _cmd(args: argparse.Namespace) -> int:
     if len(args.results) < 2:
         raise ValueError("compare needs at least two results folders (one per machine or run)")
+    if args.out:
+        check_output_path("--out", args.out, directory=True)
     filters = [f for part in args.filter for f in part.split(",") if f]
     sets = []
     for path in args.results:

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import model.cli
+import profiler.bench_bag
+import profiler.workload
 from model.config import DLRMConfig
 from model.presets import scale_to_fit
 from model.train import resolve_device
@@ -116,3 +118,21 @@ def test_locality_and_profile_mistakes_name_their_flags(capsys):
     assert "--locality 'zipf:-1': the Zipf exponent must be a finite number >= 0" in capsys.readouterr().err
     assert main([*base, "--profile", "--inference-only"]) == 2  # it used to run and profile nothing, silently
     assert "--profile splits a training step into operators; --inference-only runs none" in capsys.readouterr().err
+
+
+def test_bench_embedding_bag_refuses_a_table_past_memory_before_allocating(monkeypatch, capsys):
+    def never(*_a, **_k):
+        raise AssertionError("the table was allocated")
+
+    monkeypatch.setattr(profiler.bench_bag, "alloc_table", never)
+    monkeypatch.setattr(profiler.workload.psutil, "virtual_memory", lambda: SimpleNamespace(available=2**30))
+    # E=1e9, D=64, B=L=1: table 1e9 x 256 bytes, 64 index batches + 1 of 8 bytes, outputs 3 x 256 bytes, and two
+    # int64 sampling tables of E (permutation, hot rows): 256e9 + 520 + 768 + 16e9 = 272,000,001,288 bytes
+    # = 253.32 GiB. 80% of 1 GiB is 858,993,459.2 bytes; (858,993,459.2 - 1,288) / 272 = 3,158,059.4 rows fit.
+    argv = ["bench", "embedding-bag", "--kernels=torch", "--num-rows=1e9", "--embedding-dim=64", "--batch-size=1",
+            "--pooling-factor=1"]  # fmt: skip
+    assert main(argv) == 2
+    assert _one_line_error(capsys) == (
+        "dlrmbench bench: error: --num-rows 1000000000 (with --embedding-dim 64, --batch-size 1, --pooling-factor 1) "
+        "needs about 253.32 GiB but 1.00 GiB is available; refused before allocating: at most 3158059 rows fit\n"
+    )
