@@ -7,7 +7,9 @@ Layout of a cache folder (no pickle anywhere):
 - cat_empty.npy (N,) uint32, bit t set when categorical t was empty
 - vocab-*.npy: sorted values per table seen in the first n training rows (built on demand)
 - manifest.json: source path, size and mtime, options, rows, bad-line report; written last,
-  so a folder without it (an interrupted build) is never mistaken for a finished cache.
+  so an interrupted build is never mistaken for a finished cache. While a build runs it holds a
+  placeholder that matches no source: a non-empty folder without a manifest of ours is not a
+  cache, and is never written to.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -48,6 +51,11 @@ _TRANSPOSE_ROWS = 1 << 15  # rows transposed at once, 3.3 MB: in cache, ~8x fast
 _MAX_EXAMPLES = 5  # bad lines quoted in the manifest
 _FILES = ("labels.npy", "dense.npy", "cats.npy", "cat_empty.npy")
 _DTYPES = (np.float32, np.float32, np.uint32, np.uint32)
+# what a cache folder holds (a build cut short under an older version left these without a manifest)
+_OURS = re.compile(
+    r"labels\.npy|dense\.npy|cats\.npy|cat_empty\.npy|manifest\.json|vocab-\d+-\d+\.npy|\.build-\d+|.+\.tmp\d+(\.npy)?"
+)
+_TEMPORARY = re.compile(r"(?:\.build-|.+\.tmp)(\d+)(?:\.npy)?")  # a build's folder, a file being replaced: its pid
 
 
 @unique
@@ -79,8 +87,7 @@ class CriteoCache:
     def __init__(self, folder: Path, manifest: dict[str, Any]):
         self.folder = folder
         self.manifest = manifest
-        load = lambda name: np.load(folder / name, mmap_mode="r", allow_pickle=False)  # noqa: E731
-        self.labels, self.dense, self.cats, self.cat_empty = (load(f) for f in _FILES)
+        self.labels, self.dense, self.cats, self.cat_empty = (_open_npy(folder / f) for f in _FILES)
         n = manifest["rows"]
         if not (len(self.labels) == len(self.dense) == len(self.cats) == len(self.cat_empty) == n):
             raise ValueError(f"{folder}: cache arrays disagree with the manifest's {n} rows; delete the folder")
@@ -108,15 +115,26 @@ class CriteoCache:
         key = f"vocab-{n_train}-{min_count}"
         path = self.folder / f"{key}.npy"
         offsets = self.manifest.get("vocab", {}).get(key)
-        if offsets is None or not path.exists():
+        flat = None
+        if offsets is not None:
+            with contextlib.suppress(OSError, ValueError, EOFError):  # missing or truncated: built again
+                flat = np.load(path, allow_pickle=False)
+        if flat is None or flat.dtype != np.uint32 or flat.shape != (offsets[-1],):
             counted = _value_counts(self.cats, self.cat_empty, n_train, _VOCAB_CHUNK_ROWS)
             tables = [values[counts >= min_count] for values, counts in counted]
             offsets = np.cumsum([0, *(len(v) for v in tables)]).tolist()
-            _save_atomic(path, np.concatenate(tables).astype(np.uint32))
+            flat = np.concatenate(tables).astype(np.uint32)
+            _save_atomic(path, flat)
             self.manifest.setdefault("vocab", {})[key] = offsets
             _write_manifest(self.folder, self.manifest)
-        flat = np.load(path, allow_pickle=False)
         return [flat[a:b] for a, b in itertools.pairwise(offsets)]
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{path}: unreadable cache file ({exc}); delete the folder {path.parent}") from None
 
 
 def _value_counts(
@@ -200,6 +218,15 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's manifest; None when it has none of ours (absent, unreadable, someone else's)."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and "cache_version" in manifest else None
+
+
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     tmp = folder / f"manifest.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -212,7 +239,9 @@ def preprocess(raw_path: str | os.PathLike[str], cache_dir: str | os.PathLike[st
     """Open the cache of `raw_path` in `cache_dir`, building it first unless a matching one is there.
 
     A cache matches when the source's path, size and mtime and the options are those it was
-    built from. Reading streams: memory holds one chunk of lines besides the memmaps.
+    built from, and its files are those its manifest records (one cut short is rebuilt). A
+    non-empty folder that is not a cache is refused, never written to. Reading streams: memory
+    holds one chunk of lines besides the memmaps.
 
     Args:
         raw_path: raw Criteo TSV or headered CSV, plain or gzip.
@@ -229,17 +258,20 @@ def preprocess(raw_path: str | os.PathLike[str], cache_dir: str | os.PathLike[st
         pass
     folder = Path(cache_dir)
     want = {"source": _source_key(raw), "options": asdict(_Options(on_bad_line))}
-    manifest_path = folder / "manifest.json"
-    if manifest_path.exists():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        if {k: old.get(k) for k in want} == want:
+    old = _read_manifest(folder)
+    if old is not None and {k: old.get(k) for k in want} == want:
+        with contextlib.suppress(ValueError):  # files cut short or gone since: rebuilt below
             return CriteoCache(folder, old), False
+    foreign = sorted(p.name for p in folder.iterdir() if not _OURS.fullmatch(p.name)) if folder.is_dir() else []
+    if old is None and foreign:
+        raise ValueError(
+            f"{folder}: not a dlrmbench cache (no manifest.json of ours) and it holds other files "
+            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): building the cache there would "
+            "replace or delete files in it; pass an empty or new folder as --processed-data-file"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        manifest_path.unlink(missing_ok=True)
+        _write_manifest(folder, {"cache_version": CACHE_VERSION, "building": True})  # ours, matching no source
     except OSError as exc:
         msg = f"cannot write the cache folder {folder} ({exc.strerror}): pass --processed-data-file DIR"
         raise ValueError(msg) from None
@@ -251,6 +283,7 @@ def preprocess(raw_path: str | os.PathLike[str], cache_dir: str | os.PathLike[st
 def _build(
     raw: Path, folder: Path, on_bad_line: str, *, compiled: bool = True, chunk_bytes: int = _CHUNK_BYTES
 ) -> dict[str, Any]:
+    _remove_stale(folder)
     tmp = folder / f".build-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -263,6 +296,28 @@ def _build(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return stats
+
+
+def _remove_stale(folder: Path) -> None:
+    """Delete what builds and replacements killed mid-way left behind: `.build-<pid>` folders and
+    `*.tmp<pid>` files whose process is gone. A live process's are kept, as are our own."""
+    for path in folder.iterdir():
+        match = _TEMPORARY.fullmatch(path.name)
+        if match and int(match[1]) != os.getpid() and not _alive(int(match[1])):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists is checked
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process, or not a pid: keep its files
+        pass
+    return True
 
 
 class _BadLines:
@@ -316,14 +371,14 @@ def _fill_per_line(raw: Path, tmp: Path, bad: _BadLines) -> tuple[Layout, int, i
     with contextlib.ExitStack() as stack:
         out = _appenders(stack, tmp)
         f = stack.enter_context(open_raw(raw))
-        for lineno, line in iter_lines(f, raw):
+        for lineno, line, ended in iter_lines(f, raw):
             lines = lineno
             if layout is None:
                 layout = detect_layout(line, raw)
                 if layout.has_header:
                     continue
             try:
-                s = parse_line(line, layout)
+                s = parse_line(line, layout, ended)
             except BadLine as exc:
                 bad.add(lineno, line, exc)
                 continue
@@ -407,9 +462,10 @@ def _fill_compiled(raw: Path, tmp: Path, layout: Layout, bad: _BadLines, chunk_b
             accepted: list[int] = []
             parsed: list[tuple] = []
             for k in np.flatnonzero(c.flagged).tolist():
-                line = buf[c.starts[k] : c.starts[k + 1]].tobytes().decode("utf-8", errors="replace").rstrip("\r\n")
+                raw_line = buf[c.starts[k] : c.starts[k + 1]].tobytes()
+                line = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
                 try:
-                    s = parse_line(line, layout)
+                    s = parse_line(line, layout, raw_line.endswith(b"\n"))
                 except BadLine as exc:
                     bad.add(lines + k + 1, line, exc)
                     continue

@@ -3,7 +3,8 @@
 The pass accepts only the plain form of a line: label `0` or `1`, integers as an optional `-`
 and at most 18 ASCII digits (so int64 cannot wrap), categoricals as at most 8 hex digits, 15 to
 40 fields from the label on (tab-separated; comma-separated for the headered CSV variants, whose
-leading Id field is skipped), ending in `\\n`, `\\r\\n` or the end of the file. Every other line is
+leading Id field is skipped), ending in `\\n` or `\\r\\n`, or at the end of the file with all 40 fields
+(fewer may be a file cut mid-line, which parse_line reports). Every other line is
 flagged, not rejected: the caller hands it to `criteo_format.parse_line`, which accepts it
 (`+5`, ` 5`, `260.0`, 19-digit integers, ...) or raises BadLine with the usual message. So the
 two paths accept the same lines and give the same values, and messages come from one place.
@@ -180,14 +181,17 @@ if AVAILABLE:
                 labels[r] = buf[j] - 48
                 j += 1
             field = 0  # the field just read
+            ended = False  # by a line ending, not the end of the file
             while ok:  # at the end of a field: a tab, or the end of the line
                 if j == size:
                     break
                 c = buf[j]
                 if c == 10:
                     j += 1
+                    ended = True
                     break
                 if c == 13 and (j + 1 == size or buf[j + 1] == 10):
+                    ended = j + 1 < size
                     j += 2
                     break
                 if c != sep or field == _MAX_FIELDS - 1:
@@ -212,7 +216,7 @@ if AVAILABLE:
                     if j > start:
                         empty &= ~(1 << (field - 1 - NUM_DENSE))
             if ok:  # j is past the line's end
-                ok = field + 1 >= _MIN_FIELDS
+                ok = field + 1 >= _MIN_FIELDS and (ended or field + 1 == _MAX_FIELDS)
                 for t in range(max(field - NUM_DENSE, 0), NUM_CAT):  # stripped trailing fields
                     cats[r, t] = 0
             else:  # on to the next line

@@ -2,9 +2,10 @@
 
 A sample is a label (0/1), 13 integer features I1..I13 and 26 categorical features C1..C26
 written as hex (up to 8 digits: the full 32-bit range). Any feature may be empty. Raw TSV has
-no header; trailing empty fields may be stripped, so a line may have 15 to 40 fields. The
-headered CSV variants (Kaggle's `Id,Label,I1,...` with CRLF; `label,I1,...,C26` with integers
-written as `260.0`) are recognised from their first line and read by column name.
+no header; trailing empty fields may be stripped, so a line may have 15 to 40 fields (all 40 on a
+last line without a line ending, which may be a file cut mid-line). The headered CSV variants
+(Kaggle's `Id,Label,I1,...` with CRLF; `label,I1,...,C26` with integers written as `260.0`) are
+recognised from their first line and read by column name.
 """
 
 from __future__ import annotations
@@ -119,11 +120,12 @@ def read_failed(path: str | os.PathLike[str], exc: OSError | EOFError) -> ValueE
     return ValueError(f"{path}: read failed ({exc}); a truncated or corrupt gzip file?")
 
 
-def iter_lines(f: BinaryIO, path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text without the line ending); undecodable bytes become U+FFFD."""
+def iter_lines(f: BinaryIO, path: str | os.PathLike[str]) -> Iterator[tuple[int, str, bool]]:
+    """(1-based line number, text without the line ending, whether it had one: only a file's last line may
+    not); undecodable bytes become U+FFFD."""
     try:
         for lineno, raw in enumerate(f, 1):
-            yield lineno, raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            yield lineno, raw.decode("utf-8", errors="replace").rstrip("\r\n"), raw.endswith(b"\n")
     except (OSError, EOFError) as exc:
         raise read_failed(path, exc) from None
 
@@ -180,12 +182,14 @@ def _integer(text: str) -> int:
         return int(x)
 
 
-def parse_line(line: str, layout: Layout) -> ParsedLine:
+def parse_line(line: str, layout: Layout, ended: bool = True) -> ParsedLine:
     """Parse one sample; BadLine names the field and the value at fault.
 
     Args:
         line: one line, line ending removed.
         layout: from detect_layout.
+        ended: False for a file's last line when it has no line ending: it must then have all its fields,
+            since a file cut mid-line (`head -c`) looks like one whose trailing empty fields were stripped.
     Returns:
         ParsedLine with raw integers (empty as 0) and 32-bit categorical values (empty as -1).
     """
@@ -193,6 +197,8 @@ def parse_line(line: str, layout: Layout) -> ParsedLine:
     n = len(fields)
     if n > layout.num_fields:
         raise BadLine(f"{n} fields, expected {layout.num_fields}")
+    if n < layout.num_fields and not ended:
+        raise BadLine(f"{n} field(s), expected {layout.num_fields}: the file ends mid-line (no line ending)")
     if n < layout.min_fields:
         raise BadLine(f"{n} field(s), expected {layout.num_fields} (or at least {layout.min_fields} with trailing "
                       "empty fields stripped)")  # fmt: skip

@@ -26,16 +26,23 @@ __all__ = ["StackDistanceProfile", "TraceSummary", "read_trace", "summarize_trac
 
 _CDF_TOLERANCE = 1e-3  # a profile's CDF may end this far from 1.0 (rounded figures); it is then rescaled
 _SEP = re.compile(r"[,\s]+")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _numbers(text: str, kind: type, path: Path, line: int, what: str) -> list:
     tokens = [t for t in _SEP.split(text.strip()) if t]
     out = []
     for k, tok in enumerate(tokens, 1):
+        where = f"{path}:{line}: {what}: value {k} = {tok[:30]!r}"
         try:
-            out.append(kind(tok))
+            x = kind(tok)
         except ValueError:
-            raise ValueError(f"{path}:{line}: {what}: value {k} = {tok[:30]!r} is not {kind.__name__}") from None
+            raise ValueError(f"{where} is not {kind.__name__}") from None
+        if kind is float and not math.isfinite(x):
+            raise ValueError(f"{where} is not a finite number")
+        if kind is int and not _INT64_MIN <= x <= _INT64_MAX:
+            raise ValueError(f"{where} does not fit in 64 bits")
+        out.append(x)
     return out
 
 
@@ -56,8 +63,8 @@ class StackDistanceProfile:
         c = np.asarray(self.cdf)
         if d[0] < 0 or np.any(np.diff(d) <= 0):
             raise ValueError(f"{where}: stack distances must be >= 0 and strictly increasing")
-        if c[0] < 0 or np.any(np.diff(c) < 0):
-            raise ValueError(f"{where}: the CDF must be non-negative and non-decreasing")
+        if not np.isfinite(c).all() or c[0] < 0 or np.any(np.diff(c) < 0):
+            raise ValueError(f"{where}: the CDF must be finite, non-negative and non-decreasing")
         if abs(c[-1] - 1.0) > _CDF_TOLERANCE:
             raise ValueError(f"{where}: the CDF must end at 1.0, it ends at {c[-1]}")
         return self
@@ -72,17 +79,21 @@ class StackDistanceProfile:
             the validated profile; ValueError naming the file and line otherwise.
         """
         p = Path(path)
-        lines = [ln for ln in _read_text(p).splitlines() if ln.strip()]
+        lines = _read_text(p).rstrip().splitlines()
         if len(lines) != 3:
+            blank = sum(not ln.strip() for ln in lines)
             raise ValueError(
                 f"{p}: a stack-distance profile has 3 lines (unique accesses, distances, CDF), found {len(lines)}"
+                + (f", {blank} of them blank" if blank else "")
             )
-        prof = cls(
-            tuple(_numbers(lines[0], int, p, 1, "unique accesses")),
-            tuple(_numbers(lines[1], int, p, 2, "stack distances")),
-            tuple(_numbers(lines[2], float, p, 3, "CDF")),
-        )
-        return prof.validate(str(p))
+        values = []
+        for n, (line, kind, what) in enumerate(
+            zip(lines, (int, int, float), ("unique accesses", "stack distances", "CDF"), strict=True), 1
+        ):
+            values.append(tuple(_numbers(line, kind, p, n, what)))
+            if not values[-1]:
+                raise ValueError(f"{p}:{n}: {what}: no value (the line is blank)")
+        return cls(*values).validate(str(p))
 
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write the three lines, values separated by ", ", as the reference reads them."""
@@ -114,6 +125,16 @@ def _read_text(p: Path) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+def _read_npy(p: Path) -> np.ndarray:
+    with p.open("rb") as f:
+        if f.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            raise ValueError(f"{p}: not a .npy file (no NumPy header); a text trace must not end in .npy")
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{p}: unreadable .npy file: {exc}") from None
+
+
 def read_trace(path: str | os.PathLike[str]) -> np.ndarray:
     """Row ids of a trace file: the reference's trace.log (", "-separated), any comma/space list, or .npy.
 
@@ -124,9 +145,11 @@ def read_trace(path: str | os.PathLike[str]) -> np.ndarray:
     """
     p = Path(path)
     if p.suffix == ".npy" and p.is_file():
-        arr = np.load(p, allow_pickle=False)
+        arr = _read_npy(p)
         if arr.dtype.kind not in "iu":
             raise ValueError(f"{p}: a .npy trace must hold integers, got {arr.dtype}")
+        if arr.dtype.kind == "u" and arr.size and arr.max() > _INT64_MAX:
+            raise ValueError(f"{p}: row id {int(arr.max())} does not fit in 64 bits")
         trace = arr.astype(np.int64).ravel()
     else:
         trace = np.array(

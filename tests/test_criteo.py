@@ -7,6 +7,8 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -348,3 +350,67 @@ def test_criteo_cv_holds_out_each_fold_once(tmp_path, capsys):
     record = json.loads(forward.read_text())
     assert [f["rows"] for f in record["folds"]] == [[21, 40], [41, 60]] and record["scheme"] == "forward"
     assert [f["baseline"]["samples"] for f in record["folds"]] == [20, 20]
+
+
+def test_a_folder_that_is_not_a_cache_is_refused_untouched(tmp_path, capsys):
+    path = _write(tmp_path / "t.txt", _LINES)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    files = {"labels.npy": b"my labels", "vocab-mine.npy": b"my vocabulary", "notes.txt": b"my notes"}
+    for name, data in files.items():
+        (mine / name).write_bytes(data)
+    with pytest.raises(ValueError, match=f"{mine}: not a dlrmbench cache .* holds other files \\(notes.txt, "):
+        preprocess(path, mine)
+    argv = ["train", "--data-generation=dataset", f"--raw-data-file={path}", f"--processed-data-file={mine}",
+            "--arch-mlp-bot=13-4-2"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not a dlrmbench cache" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == files
+    with pytest.raises(ValueError, match="bad line"):  # a build that fails leaves a folder still known as ours
+        preprocess(_write(tmp_path / "b.txt", [_LINES[0], "x"]), tmp_path / "c")
+    assert len(preprocess(tmp_path / "b.txt", tmp_path / "c", "skip")[0]) == 1
+    legacy = tmp_path / "legacy"  # a build cut short by an older version: only our files, no manifest
+    (legacy / ".build-1").mkdir(parents=True)
+    (legacy / "cats.npy").write_bytes(b"partial")
+    assert len(preprocess(path, legacy)[0]) == len(_LINES)
+
+
+def test_a_build_removes_what_dead_builds_left_but_not_live_ones(tmp_path):
+    path = _write(tmp_path / "t.txt", _LINES)
+    folder = tmp_path / "c"
+    preprocess(path, folder)
+    done = subprocess.Popen([sys.executable, "-c", ""])
+    done.wait()  # its pid is now free: a build killed mid-way
+    live = os.getppid()
+    left = [folder / f".build-{done.pid}", folder / f".build-{live}"]
+    for d in left:
+        d.mkdir()
+        (d / "cats.npy").write_bytes(b"partial")
+    (folder / f"vocab-3-1.npy.tmp{done.pid}.npy").write_bytes(b"partial")
+    assert preprocess(path, folder, "skip")[1] is True
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or ".tmp" in p.name) == [f".build-{live}"]
+    assert (folder / f".build-{live}" / "cats.npy").read_bytes() == b"partial"
+
+
+def test_cache_files_cut_short_are_built_again(tmp_path):
+    path = _write(tmp_path / "t.txt", _LINES)
+    folder = tmp_path / "c"
+
+    def cut(name: str) -> None:  # its last 8 bytes lost
+        (folder / name).write_bytes((folder / name).read_bytes()[:-8])
+
+    cache, _ = preprocess(path, folder)
+    by_hand = [[t] for t in range(26)]  # rows 0 and 1 hold value t in table t, or nothing
+    assert [v.tolist() for v in cache.vocabulary(2)] == by_hand
+    want = np.array(cache.cats)
+    cut("vocab-2-1.npy")
+    cache, built = preprocess(path, folder)
+    assert not built and [v.tolist() for v in cache.vocabulary(2)] == by_hand
+    del cache
+    cut("cats.npy")
+    with pytest.raises(ValueError, match=f"{folder / 'cats.npy'}: unreadable cache file .*; delete the folder"):
+        criteo_cache.CriteoCache(folder, json.loads((folder / "manifest.json").read_text()))
+    cache, built = preprocess(path, folder)
+    assert built
+    np.testing.assert_array_equal(cache.cats, want)

@@ -69,13 +69,15 @@ def _random_file(seed: int, n: int, odd: float = 0.02, ending: str | None = None
     endings = [(ending or rng.choice(_ENDINGS)).encode() for _ in range(n)]
     if not final_newline:
         endings[-1] = b""
+        raw, plain = lines[-1]
+        lines[-1] = raw, plain and raw.count(b"\t") == 39  # without its ending, a line needs all its fields
     data = b"".join(raw + end for (raw, _), end in zip(lines, endings, strict=True))
     return data, [plain for _, plain in lines]
 
 
 def _reference(line: bytes) -> tuple[int, list[float], list[int]] | None:
     try:
-        s = parse_line(line.decode("utf-8", errors="replace").rstrip("\r\n"), TSV)
+        s = parse_line(line.decode("utf-8", errors="replace").rstrip("\r\n"), TSV, line.endswith(b"\n"))
     except BadLine:
         return None
     return s.label, [float(x) for x in s.dense], list(s.cats)
@@ -150,7 +152,7 @@ def test_plain_lines_never_reach_parse_line(tmp_path, monkeypatch):
     path = tmp_path / "t.txt"
     path.write_bytes(data)
     calls = []
-    monkeypatch.setattr(criteo_cache, "parse_line", lambda line, layout: calls.append(line) or parse_line(line, layout))
+    monkeypatch.setattr(criteo_cache, "parse_line", lambda line, *a: calls.append(line) or parse_line(line, *a))
     (tmp_path / "c").mkdir()
     _build(path, tmp_path / "c", "skip")
     assert 0 < len(calls) <= plain.count(False)
@@ -212,6 +214,27 @@ def test_each_bad_line_same_message_and_line(tmp_path, bad, reason, chunk_bytes)
     assert (stats["rows"], stats["lines"], stats["bad_lines"]) == (4, 6, 2)
     assert [e["line"] for e in stats["bad_line_examples"]] == [3, 5]
     assert stats["bad_line_examples"][0]["reason"].startswith(reason)
+
+
+@pytest.mark.parametrize(("ending", "gz"), [("\n", False), ("\r\n", False), ("\n", True)])
+def test_file_cut_mid_line_is_a_bad_last_line(tmp_path, ending, gz):
+    good = _tsv("1")
+    cut = "\t".join(good.split("\t")[:16])  # `head -c` stopped in C2 of line 3: no line ending after it
+    path = tmp_path / ("cut.txt.gz" if gz else "cut.txt")
+    data = ending.join([good, good, cut]).encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    ref, fast = _build_both(path, tmp_path, "error", 1 << 20)
+    assert fast == ref == f"{path}:3: bad line: 16 field(s), expected 40: the file ends mid-line (no line ending): " \
+        f"{cut!r} (--on-bad-line skip drops such lines and counts them)"  # fmt: skip
+    ref, fast = _build_both(path, tmp_path, "skip", 1 << 20)
+    assert fast == ref
+    stats = ref[0]
+    assert (stats["rows"], stats["lines"], stats["bad_lines"], stats["bad_line_examples"][0]["line"]) == (2, 3, 1, 3)
+    whole = tmp_path / ("whole.txt.gz" if gz else "whole.txt")  # with its line ending: trailing fields stripped
+    whole.write_bytes(gzip.compress(data + ending.encode()) if gz else data + ending.encode())
+    ref, fast = _build_both(whole, tmp_path, "error", 1 << 20)
+    assert fast == ref
+    assert (ref[0]["rows"], ref[0]["bad_lines"]) == (3, 0)
 
 
 def test_integer_too_wide_for_float_fails_as_before(tmp_path):
@@ -312,7 +335,7 @@ def test_csv_lines_take_the_compiled_pass(tmp_path, monkeypatch):
     path = tmp_path / "t.csv"
     path.write_text("\r\n".join([header, *(f"{i}," + _tsv("1").replace("\t", ",") for i in range(50))]) + "\r\n")
     calls = []
-    monkeypatch.setattr(criteo_cache, "parse_line", lambda line, layout: calls.append(line) or parse_line(line, layout))
+    monkeypatch.setattr(criteo_cache, "parse_line", lambda line, *a: calls.append(line) or parse_line(line, *a))
     (tmp_path / "c").mkdir()
     stats = _build(path, tmp_path / "c", "error")
     assert (stats["rows"], stats["lines"], calls) == (50, 51, [])

@@ -56,10 +56,39 @@ def test_profile_round_trip_and_errors(tmp_path):
         ("1\n0, 1\n0.5, 0.9\n", "must end at 1.0"),
         ("1\n0, x\n0.5, 1.0\n", ":2: stack distances: value 2 = 'x' is not int"),
         ("1\n0\n", "has 3 lines"),
+        ("0, 1, 2, 3\n0, 1, 2\n0.3, nan, 1.0\n", ":3: CDF: value 2 = 'nan' is not a finite number"),
+        ("0\n0, 1\n0.5, inf\n", ":3: CDF: value 2 = 'inf' is not a finite number"),
+        ("0\n0, 99999999999999999999999\n0.5, 1.0\n", ":2: stack distances: value 2 = '9+' does not fit in 64 bits"),
+        ("\n0, 1\n0.5, 1.0\n", ":1: unique accesses: no value"),
+        ("1\n\n0, 1\n0.5, 1.0\n\n", r"has 3 lines \(unique accesses, distances, CDF\), found 4, 1 of them blank"),
     ]:
         (tmp_path / "bad.log").write_text(text)
         with pytest.raises(ValueError, match=message):
             StackDistanceProfile.read(tmp_path / "bad.log")
+    with pytest.raises(ValueError, match="the CDF must be finite"):
+        StackDistanceProfile((0,), (0, 1), (0.5, float("nan"))).validate()
+
+
+def test_bad_traces_name_the_file_line_and_value(tmp_path, capsys):
+    (tmp_path / "t.log").write_text("1, 2\n3, 99999999999999999999999\n")
+    (tmp_path / "text.npy").write_text("1, 2\n")
+    np.save(tmp_path / "objects.npy", np.array([1, "a"], dtype=object))
+    np.save(tmp_path / "wide.npy", np.array([1, 2**63], dtype=np.uint64))
+    for name, message in [
+        ("t.log", ":2: row id: value 2 = '99999999999999999999999' does not fit in 64 bits"),
+        ("text.npy", ": not a .npy file"),
+        ("objects.npy", ": unreadable .npy file: Object arrays cannot be loaded"),
+        ("wide.npy", ": row id 9223372036854775808 does not fit in 64 bits"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{tmp_path / name}{message}"):
+            read_trace(tmp_path / name)
+    assert main(["trace", "profile", str(tmp_path / "t.log")]) == 2
+    (tmp_path / "p.log").write_text("0, 1, 2, 3\n0, 1, 2\n0.3, nan, 1.0\n")
+    assert main(["trace", "generate", str(tmp_path / "p.log"), "--rows=10", "--count=10",
+                 f"--out={tmp_path / 'g.log'}"]) == 2  # fmt: skip
+    assert not (tmp_path / "g.log").exists()
+    err = capsys.readouterr().err
+    assert "t.log:2: row id" in err and "p.log:3: CDF" in err and "Traceback" not in err
 
 
 def test_generated_stream_reproduces_the_profile():
