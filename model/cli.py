@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import psutil
 
 from kernels import get as get_kernel
+from model.checkpoint import RESUME_SETTINGS, Resume
 from model.config import DLRMConfig, EmbeddingGrad, Interaction, parse_sizes
 from model.data_cli import add_data_arguments, build_sources, fit_tables
 from model.presets import MEMORY_FRACTION, PRESETS, get_preset, scale_rows, scale_to_fit
@@ -20,8 +21,10 @@ from profiler.cli import check_output_path
 
 __all__ = ["add_commands", "add_train_arguments", "parse_bool", "print_presets", "train_main"]
 
-_ARCH_FLAGS = ("arch_sparse_feature_size", "arch_embedding_size", "arch_mlp_bot", "arch_mlp_top",
-               "arch_interaction_op", "arch_interaction_itself")  # fmt: skip
+# flag -> the DLRMConfig field it sets
+_ARCH_FLAGS = {"arch_sparse_feature_size": "embedding_dim", "arch_embedding_size": "table_rows",
+               "arch_mlp_bot": "bottom_mlp", "arch_mlp_top": "top_mlp", "arch_interaction_op": "interaction",
+               "arch_interaction_itself": "interaction_itself"}  # fmt: skip
 
 
 def parse_bool(text: str) -> bool:
@@ -121,8 +124,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     tr.add_argument("--loss-weights", default="1.0-1.0", help="wbce: weights of label 0 and label 1")
     _flag_bool(tr, "--inference-only", "forward passes only, no update")
-    tr.add_argument("--save-model", default="", help="write the trained model here")
-    tr.add_argument("--load-model", default="", help="start from this saved model (its architecture)")
+    tr.add_argument(
+        "--save-model", default="", help="write the trained model here (Ctrl-C saves where the run stopped)"
+    )
+    tr.add_argument("--save-freq", type=int, default=0, metavar="N",
+                    help="with --save-model: also save a resumable checkpoint every N iterations (0: off)")  # fmt: skip
+    tr.add_argument("--load-model", default="",
+                    help="start from this saved model (its architecture); one saved by Ctrl-C or --save-freq "
+                    "goes on where it stopped")  # fmt: skip
 
     run_ = p.add_argument_group("run")
     _flag_bool(run_, "--use-gpu", "run on the first CUDA device")
@@ -214,7 +223,9 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         get_kernel(cfg.kernel)
     except ValueError as exc:
         raise ValueError(f"--kernel: {exc}") from None
-    state = None
+    if args.save_freq < 0 or (args.save_freq and not args.save_model):
+        raise ValueError(f"--save-freq {args.save_freq}: give N >= 1 iterations, with --save-model PATH")
+    state, resume = None, None
     if args.load_model:
         import torch
 
@@ -226,16 +237,20 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--load-model {args.load_model}: {exc.strerror or exc}") from None
         saved = DLRMConfig.from_dict(ckpt["config"])
         given = {f for f in _ARCH_FLAGS if getattr(args, f) not in (None, "")}
-        if given and (saved.to_dict() | {"kernel": 0, "embedding_grad": 0}) != (
-            cfg.to_dict() | {"kernel": 0, "embedding_grad": 0}
-        ):
+        differ = sorted(f for f in given if getattr(saved, _ARCH_FLAGS[f]) != getattr(cfg, _ARCH_FLAGS[f]))
+        if differ:
             raise ValueError(
                 f"--load-model {args.load_model} holds a different architecture from the flags given "
-                f"({', '.join('--' + g.replace('_', '-') for g in sorted(given))}); drop them to use the saved one"
+                f"({', '.join('--' + g.replace('_', '-') for g in differ)}); drop them to use the saved one"
             )
         cfg = replace(saved, kernel=cfg.kernel, embedding_grad=cfg.embedding_grad)
         state = ckpt["state_dict"]
-        notes.append(f"loaded model from {args.load_model}")
+        if "resume" in ckpt and not args.inference_only:
+            resume = Resume.from_dict(ckpt["resume"])
+            notes.append(f"going on from {args.load_model}: iteration {resume.iterations}, epoch {resume.epoch}, "
+                         f"{resume.batch} batch(es) of it done")  # fmt: skip
+        else:
+            notes.append(f"loaded model from {args.load_model}")
     weights = parse_sizes_float(args.loss_weights)
     sources = build_sources(args, cfg, pooling)
     notes += sources.notes
@@ -277,6 +292,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         print_freq=args.print_freq,
         print_time=bool(args.print_time),
         save_model=args.save_model,
+        save_freq=args.save_freq,
         json_out=args.json_out,
         profile_trace=args.profile_trace if args.profile else "",
         test_freq=max(args.test_freq, 0),
@@ -294,9 +310,27 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
             "data": sources.record,
         },
     )
+    if resume is not None:
+        for note in _check_resume(args.load_model, resume, train):
+            say(note)
     if not args.dist_backend:
-        return run(cfg, train, sources.train, state_dict=state, test_data=sources.test)
+        return run(cfg, train, sources.train, state_dict=state, resume=resume, test_data=sources.test)
     return _run_distributed(args, cfg, train, sources, state, pooling)
+
+
+def _check_resume(path: str, resume: Resume, train: TrainConfig) -> list[str]:
+    """Notes on the settings that differ from the saved run's; an optimizer that differs cannot go on."""
+    notes = []
+    for key in RESUME_SETTINGS:
+        saved, now = resume.settings.get(key), getattr(train, key)
+        if saved == now:
+            continue
+        flag = "--" + key.replace("_", "-").replace("seed", "numpy-rand-seed")
+        if key in ("optimizer", "embedding_optimizer"):
+            raise ValueError(f"--load-model {path} was trained with {flag} {saved!r}, not {now!r}: its optimizer "
+                             "state cannot go on under another optimizer")  # fmt: skip
+        notes.append(f"note: going on with {flag} {now} where the saved run had {saved}")
+    return notes
 
 
 def _output_paths(args: argparse.Namespace) -> dict[str, str]:

@@ -137,6 +137,10 @@ class CriteoData:
         """Share of label-1 rows in [start, stop)."""
         return float(self.cache.labels[self.start : self.stop].mean(dtype=np.float64))
 
+    def set_epoch(self, epoch: int) -> None:
+        """Iterate next in `epoch`'s order (each iteration moves on one): a resumed run replays its epoch."""
+        self._epoch[0] = epoch
+
     def __iter__(self) -> Iterator[Batch]:
         order = np.arange(len(self))
         if self.shuffle:

@@ -132,6 +132,17 @@ class SplitOptimizer(torch.optim.Optimizer):
             opt.step()
         return None
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [opt.state_dict() for opt in self.parts]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        parts = state_dict.get("parts") if isinstance(state_dict, dict) else None
+        if not isinstance(parts, list) or len(parts) != len(self.parts):
+            raise ValueError("the saved optimizer state is not a split (tables + MLPs) optimizer's")
+        for opt, state in zip(self.parts, parts, strict=True):
+            opt.load_state_dict(state)
+        self.param_groups = [*self.parts[0].param_groups, *self.parts[1].param_groups]  # loading made new dicts
+
 
 @dataclass(frozen=True)
 class LRSchedule:

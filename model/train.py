@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
+import threading
 import time
-import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum, unique
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 import kernels
+from model.checkpoint import RESUME_SETTINGS, Resume, load_checkpoint, save_checkpoint
 from model.config import DLRMConfig, EmbeddingGrad
 from model.data import Batch, RandomData
 from model.distributed import DistContext
@@ -23,7 +25,7 @@ from model.dlrm import DLRM
 from model.optim import SGD, Adagrad, LRSchedule, SplitOptimizer, WeightEMA
 from model.quality import Quality, quality
 from profiler.contention import assess, snapshot
-from profiler.store import replace_atomic, write_json_atomic, write_text_atomic
+from profiler.store import write_json_atomic, write_text_atomic
 
 __all__ = [
     "LossFunction",
@@ -39,8 +41,6 @@ __all__ = [
     "save_checkpoint",
     "write_predictions",
 ]
-
-CHECKPOINT_VERSION = 1  # 1: {"version", "config", "state_dict", "iterations"}
 
 
 @unique
@@ -68,6 +68,7 @@ class TrainConfig:
     print_freq: int = 1
     print_time: bool = False
     save_model: str = ""
+    save_freq: int = 0  # with save_model: also save a resumable checkpoint every this many iterations (0: off)
     json_out: str = ""
     profile_trace: str = ""  # non-empty: after training, profile a few steps, write this Chrome trace
     test_freq: int = 0  # with test data: evaluate every this many iterations (0: only at the end)
@@ -194,53 +195,6 @@ def warm_up(config: DLRMConfig, train: TrainConfig, device: torch.device) -> flo
     return time.perf_counter() - t0
 
 
-def save_checkpoint(model: DLRM, path: str | os.PathLike[str], *, iterations: int = 0) -> None:
-    """Write config + weights (tensors and plain types only, so weights_only loading works)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    ckpt = {
-        "version": CHECKPOINT_VERSION,
-        "config": model.config.to_dict(),
-        "state_dict": state,
-        "iterations": iterations,
-    }
-    replace_atomic(path, lambda tmp: torch.save(ckpt, tmp))
-
-
-def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> dict[str, Any]:
-    """Read a --save-model file (weights_only: no pickled code is ever run).
-
-    Raises:
-        ValueError: "PATH: not a dlrmbench checkpoint: WHY" for a file save_checkpoint did not write.
-        OSError: the file cannot be opened (missing, a directory, no permission).
-    """
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except OSError:
-        raise
-    except Exception as exc:  # on a foreign file torch.load raises whatever its unpickler hit first
-        raise ValueError(f"{path}: not a dlrmbench checkpoint: {_unloadable_reason(path, exc)}") from exc
-    if not isinstance(ckpt, dict):
-        why = f"it holds a {type(ckpt).__name__}, not a dict"
-    elif ckpt.get("version") != CHECKPOINT_VERSION:
-        why = f"its version is {ckpt.get('version')!r}; this dlrmbench reads version {CHECKPOINT_VERSION}"
-    elif not {"config", "state_dict"} <= ckpt.keys():
-        why = "it lacks the config or the state_dict"
-    else:
-        return ckpt
-    raise ValueError(f"{path}: not a dlrmbench checkpoint: {why}")
-
-
-def _unloadable_reason(path: str | os.PathLike[str], exc: Exception) -> str:
-    """Why torch.load failed, in a few words (its own messages run to paragraphs)."""
-    if os.path.getsize(path) == 0:
-        return "the file is empty"
-    if not zipfile.is_zipfile(path):
-        return "it is not the zip archive torch.save writes"
-    if type(exc).__name__ == "UnpicklingError":  # weights_only refusing a class (named, not imported: no pickle here)
-        return "it holds objects other than tensors and plain types, which weights_only loading refuses"
-    return f"torch.load cannot read it, truncated or damaged? ({type(exc).__name__})"
-
-
 @torch.no_grad()
 def predict(model: DLRM, data: Iterable[Batch], device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """(labels, click probabilities) of every sample of `data`, float32 (the model is left in its mode)."""
@@ -281,6 +235,7 @@ def run(
     data: Iterable[Batch],
     *,
     state_dict: dict[str, torch.Tensor] | None = None,
+    resume: Resume | None = None,
     test_data: Iterable[Batch] | None = None,
     log: Callable[[str], None] = print,
     dist_ctx: DistContext | None = None,
@@ -296,6 +251,12 @@ def run(
 
     With `train.ema_decay`, every evaluation and the saved model use the moving average of the
     weights (model.optim.WeightEMA), not the last trained weights.
+
+    With `train.save_model`, Ctrl-C stops at the end of the step in hand and saves a checkpoint
+    that `resume` (model.checkpoint.Resume) continues from, as does one saved every
+    `train.save_freq` iterations; a resumed run's steps, evaluations and weights are those of
+    the run not stopped. A data source with `set_epoch` is told each epoch (its order may depend
+    on it), so a resumed epoch replays the same batches.
     """
     if train.test_predictions_out and test_data is None:
         raise ValueError("--test-predictions-out needs test data (--test-fraction or --test-raw-data-file)")
@@ -319,12 +280,14 @@ def run(
         model: torch.nn.Module = dist_ctx.build_model(config, train.seed, log)
     else:
         model = DLRM(config, torch.Generator().manual_seed(train.seed))
-        if train.output_bias is not None:
+        if train.output_bias is not None and resume is None:  # a resumed run started with it
             if state_dict is not None:
                 raise ValueError("--output-bias-init prior with --load-model: the loaded weights replace it")
             model.set_output_bias(train.output_bias)
     if state_dict is not None:
         model.load_state_dict(state_dict)
+    if resume is not None and resume.weights is not None:
+        model.load_state_dict(resume.weights)  # the trained weights (state_dict held their average)
     model.to(device)
     loss_fn = make_loss(train.loss_function, train.loss_weights)
     emb_lr = train.embedding_learning_rate or train.learning_rate
@@ -335,6 +298,8 @@ def run(
     )
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule scales each group's rate
     ema = WeightEMA(model.parameters(), train.ema_decay) if train.ema_decay else None
+    if resume is not None:
+        _restore(optimizer, ema, resume, device)
 
     def averaged() -> contextlib.AbstractContextManager[Any]:
         """The weights evaluations and the saved model use: the moving average with --ema-decay."""
@@ -343,15 +308,18 @@ def run(
     model.train(not train.inference_only)
     mode = "inference" if train.inference_only else "training"
 
-    losses: list[float] = []
+    losses: list[float] = list(resume.losses or []) if resume else []
     step_s = data_s = 0.0
-    samples = iters = 0
-    window_loss = torch.zeros((), device=device)
-    window_samples = window_iters = 0
+    samples = 0
+    iters = iters0 = resume.iterations if resume else 0
+    start = (resume.epoch, resume.batch) if resume else (0, 0)
+    progress = start  # (epoch, batches of it done) after the latest step
+    window_loss = torch.full((), resume.window[0] if resume else 0.0, device=device)
+    window_samples, window_iters = resume.window[1:] if resume else (0, 0)
     window_step_s = 0.0
     test_s = 0.0
     last = (0, 0)  # (epoch, j) of the latest step
-    history: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = list(resume.history or []) if resume else []
 
     predictions: tuple[np.ndarray, np.ndarray] | None = None  # of the latest evaluation
 
@@ -365,66 +333,91 @@ def run(
         history.append({"epoch": epoch, "iteration": iters, **q.to_dict()})
         log(f"Testing at - it {j + 1}/{nbatches} of epoch {epoch}: {q.line()}")
 
+    def save_resumable() -> None:
+        resumable = not train.inference_only and dist_ctx is None
+        raw = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if ema is not None else None
+        state = Resume(*progress, iters, optimizer.state_dict(), {k: getattr(train, k) for k in RESUME_SETTINGS},
+                       raw, ema.average if ema is not None else None, history, losses,
+                       (float(window_loss), window_samples, window_iters))  # fmt: skip
+        with averaged():
+            save_checkpoint(model, train.save_model, iterations=iters, resume=state if resumable else None)
+
     nbatches = len(data) if train.num_batches == 0 else train.num_batches  # type: ignore[arg-type]
     warmup_s = warm_up(config, train, device)
     neighbours = snapshot()  # CPU pressure, steal and load around the timed loop (profiler.contention)
     wall0 = time.perf_counter()
-    for epoch in range(train.nepochs):
-        t_data = time.perf_counter()
-        for j, batch in enumerate(data):
-            if j >= nbatches:
-                break
-            batch = batch.to(device)
-            B = batch.batch_size  # the global batch
-            if dist_ctx is not None:
-                batch = dist_ctx.local(batch)
-            _sync(device)
-            t0 = time.perf_counter()
-            data_s += t0 - t_data
-            if train.inference_only:
-                with torch.no_grad():
-                    loss = loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels)
-            else:
-                if not schedule.constant:  # before the forward: a fused update takes its rate there
-                    for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                        group["lr"] = schedule.lr(base_lr, iters + 1)
-                    model.embeddings.fused_lr = optimizer.param_groups[0]["lr"]
-                loss = loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels)
-                optimizer.zero_grad(set_to_none=True)
-                scale = dist_ctx.loss_scale(batch.batch_size, B) if dist_ctx is not None else 1.0
-                (loss * scale if scale != 1.0 else loss).backward()
-                optimizer.step()
-                if ema is not None:
-                    ema.update()
-            _sync(device)
-            dt = time.perf_counter() - t0
-            step_s += dt
-            samples += B
-            iters += 1
-            window_loss += loss.detach() * batch.batch_size
-            window_samples += batch.batch_size
-            window_iters += 1
-            window_step_s += dt
-            if (j + 1) % train.print_freq == 0 or j + 1 == nbatches:
-                if dist_ctx is not None:
-                    total, count = dist_ctx.all_sum(float(window_loss), window_samples)
-                    mean_loss = total / count
-                else:
-                    mean_loss = float(window_loss) / window_samples
-                losses.append(mean_loss)
-                ms = 1000.0 * window_step_s / window_iters if train.print_time else -1.0
-                log(f"Finished {mode} it {j + 1}/{nbatches} of epoch {epoch}, {ms:.2f} ms/it, loss {mean_loss:.6f}")
-                window_loss.zero_()
-                window_samples = window_iters = 0
-                window_step_s = 0.0
-            last = (epoch, j)
-            if test_data is not None and train.test_freq and iters % train.test_freq == 0:
-                test(*last)
+    with _interrupt_between_steps(bool(train.save_model) and not train.inference_only) as stop:
+        for epoch in range(start[0], train.nepochs):
+            if hasattr(data, "set_epoch"):
+                data.set_epoch(epoch)
             t_data = time.perf_counter()
+            for j, batch in enumerate(data):
+                if j >= nbatches:
+                    break
+                if (epoch, j) < start:
+                    t_data = time.perf_counter()
+                    continue  # trained before the run was stopped
+                batch = batch.to(device)
+                B = batch.batch_size  # the global batch
+                if dist_ctx is not None:
+                    batch = dist_ctx.local(batch)
+                _sync(device)
+                t0 = time.perf_counter()
+                data_s += t0 - t_data
+                if train.inference_only:
+                    with torch.no_grad():
+                        loss = loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels)
+                else:
+                    if not schedule.constant:  # before the forward: a fused update takes its rate there
+                        for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                            group["lr"] = schedule.lr(base_lr, iters + 1)
+                        model.embeddings.fused_lr = optimizer.param_groups[0]["lr"]
+                    loss = loss_fn(model(batch.dense, batch.indices, batch.offsets), batch.labels)
+                    optimizer.zero_grad(set_to_none=True)
+                    scale = dist_ctx.loss_scale(batch.batch_size, B) if dist_ctx is not None else 1.0
+                    (loss * scale if scale != 1.0 else loss).backward()
+                    optimizer.step()
+                    if ema is not None:
+                        ema.update()
+                _sync(device)
+                dt = time.perf_counter() - t0
+                step_s += dt
+                samples += B
+                iters += 1
+                window_loss += loss.detach() * batch.batch_size
+                window_samples += batch.batch_size
+                window_iters += 1
+                window_step_s += dt
+                if (j + 1) % train.print_freq == 0 or j + 1 == nbatches:
+                    if dist_ctx is not None:
+                        total, count = dist_ctx.all_sum(float(window_loss), window_samples)
+                        mean_loss = total / count
+                    else:
+                        mean_loss = float(window_loss) / window_samples
+                    losses.append(mean_loss)
+                    ms = 1000.0 * window_step_s / window_iters if train.print_time else -1.0
+                    log(f"Finished {mode} it {j + 1}/{nbatches} of epoch {epoch}, {ms:.2f} ms/it, loss {mean_loss:.6f}")
+                    window_loss.zero_()
+                    window_samples = window_iters = 0
+                    window_step_s = 0.0
+                last, progress = (epoch, j), (epoch, j + 1)
+                if test_data is not None and train.test_freq and iters % train.test_freq == 0:
+                    test(*last)
+                if stop.requested or (train.save_model and train.save_freq and iters % train.save_freq == 0):
+                    save_resumable()
+                if stop.requested:
+                    where = f"iteration {iters} (epoch {epoch}, batch {j + 1}/{nbatches})"
+                    log(f"interrupted after {where}; saved {train.save_model}: the same command with "
+                        f"--load-model {train.save_model} goes on")  # fmt: skip
+                    raise KeyboardInterrupt
+                t_data = time.perf_counter()
     if test_data is not None and iters and (not history or history[-1]["iteration"] != iters):
         test(*last)
     wall_s = time.perf_counter() - wall0 - test_s
-    if iters == 0:
+    if iters == iters0:
+        if resume is not None:
+            raise ValueError(f"the saved run had done its {train.nepochs} epoch(s) ({iters} iterations): raise "
+                             "--nepochs (or --num-batches) to train on")  # fmt: skip
         raise ValueError("no batches were run: check --num-batches, --data-size and --mini-batch-size")
     processes = dist_ctx.world_size if dist_ctx is not None else 1
     contention = assess(neighbours, snapshot(), threads=torch.get_num_threads() * processes, processes=processes)
@@ -435,11 +428,12 @@ def run(
         "device": str(device),
         "threads": torch.get_num_threads(),
         "iterations": iters,
+        **({"resumed_at_iteration": iters0} if resume is not None else {}),
         "samples": samples,
         "samples_per_s": samples / wall_s,
         "step_samples_per_s": samples / step_s,
-        "ms_per_iter": 1000.0 * step_s / iters,
-        "data_ms_per_iter": 1000.0 * data_s / iters,
+        "ms_per_iter": 1000.0 * step_s / (iters - iters0),
+        "data_ms_per_iter": 1000.0 * data_s / (iters - iters0),
         "wall_s": wall_s,
         "warmup_s": warmup_s,
         "contention": contention.to_dict(),
@@ -496,6 +490,45 @@ def run(
     if unwritten:
         raise OSError(f"the run finished, but {'; '.join(unwritten)}")
     return result
+
+
+def _restore(optimizer: torch.optim.Optimizer, ema: WeightEMA | None, resume: Resume, device: torch.device) -> None:
+    """The saved optimizer state and average; the rates and other settings stay this run's."""
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(resume.optimizer)
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"the saved optimizer state does not fit this model and optimizer ({exc})") from None
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
+    if ema is not None:
+        if resume.average is None:
+            raise ValueError("--ema-decay: the saved run kept no moving average to go on with")
+        ema.average = [a.to(device) for a in resume.average]
+
+
+class _StopRequest:
+    requested = False
+
+
+@contextlib.contextmanager
+def _interrupt_between_steps(enabled: bool) -> Iterator[_StopRequest]:
+    """While enabled, a first Ctrl-C (SIGINT) only asks the loop to stop after the step in hand, so
+    the checkpoint it saves holds whole steps; a second one interrupts at once."""
+    stop = _StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def ask(signum: int, frame: Any) -> None:
+        stop.requested = True
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, ask)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _write_output(flag: str, path: str, unwritten: list[str], write: Callable[[], object]) -> bool:

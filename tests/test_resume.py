@@ -1,0 +1,134 @@
+"""A training run stopped by Ctrl-C (or saved every --save-freq steps) goes on with --load-model as if never stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import model.train
+from model.checkpoint import load_checkpoint
+from profiler.cli import main
+
+
+def _criteo(path: Path, rows: int = 96) -> Path:
+    rng = random.Random(0)
+    lines = []
+    for _ in range(rows):
+        dense = [str(rng.randint(0, 50)) for _ in range(13)]
+        cats = [f"{rng.randint(0, 6):x}" for _ in range(26)]
+        lines.append("\t".join([str(rng.randint(0, 1)), *dense, *cats]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _argv(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    # split optimizer (Adagrad state on the MLPs), a shuffled epoch order, a schedule, an average, evaluations
+    return ["train", "--data-generation=dataset", f"--raw-data-file={tmp_path / 'c.txt'}", "--test-fraction=0.25",
+            f"--processed-data-file={tmp_path / 'cache'}", "--arch-sparse-feature-size=4", "--arch-mlp-bot=13-8-4",
+            "--arch-mlp-top=8-1", "--mini-batch-size=8", "--nepochs=3", "--data-shuffle", "--optimizer=adagrad",
+            "--learning-rate=0.05", "--embedding-optimizer=sgd", "--embedding-learning-rate=0.3",
+            "--lr-num-warmup-steps=4", "--ema-decay=0.9", "--test-freq=5", "--print-freq=100",
+            f"--save-model={tmp_path / name}.pt", f"--json-out={tmp_path / name}.json", "--threads=1",
+            *extra]  # fmt: skip
+
+
+def _interrupt_at_step(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
+    """Ctrl-C arrives inside the k-th optimizer step (as a real SIGINT to this process)."""
+    make = model.train.make_optimizer
+
+    def make_interrupting(*args, **kwargs):
+        opt = make(*args, **kwargs)
+        step, calls = opt.step, [0]
+
+        def interrupted_step(*a, **kw):
+            calls[0] += 1
+            if calls[0] == k:
+                os.kill(os.getpid(), signal.SIGINT)
+            return step(*a, **kw)
+
+        opt.step = interrupted_step
+        return opt
+
+    monkeypatch.setattr(model.train, "make_optimizer", make_interrupting)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path, torch.device("cpu"))["state_dict"]
+
+
+@pytest.mark.parametrize("stop_at", [3, 13])  # inside the first epoch; inside the second, after evaluations
+def test_a_run_stopped_by_ctrl_c_goes_on_as_if_never_stopped(tmp_path, monkeypatch, capsys, stop_at):
+    _criteo(tmp_path / "c.txt")
+    assert main(_argv(tmp_path, "whole")) == 0  # the reference: the same run, not stopped
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert whole["iterations"] == 27  # 72 training rows / 8 = 9 batches x 3 epochs
+
+    with monkeypatch.context() as m:
+        _interrupt_at_step(m, stop_at)
+        assert main(_argv(tmp_path, "cut")) == 130
+    out = capsys.readouterr().out
+    assert f"interrupted after iteration {stop_at} (epoch {(stop_at - 1) // 9}" in out
+    assert f"--load-model {tmp_path / 'cut.pt'} goes on" in out
+    ckpt = load_checkpoint(tmp_path / "cut.pt", torch.device("cpu"))
+    assert ckpt["resume"]["iterations"] == stop_at and not (tmp_path / "cut.json").exists()
+
+    assert main([*_argv(tmp_path, "cut"), f"--load-model={tmp_path / 'cut.pt'}"]) == 0
+    assert f"going on from {tmp_path / 'cut.pt'}: iteration {stop_at}" in capsys.readouterr().out
+    resumed = json.loads((tmp_path / "cut.json").read_text())
+    assert resumed["iterations"] == 27 and resumed["resumed_at_iteration"] == stop_at
+    assert [h["iteration"] for h in resumed["test_history"]] == [h["iteration"] for h in whole["test_history"]]
+    for a, b in zip(resumed["test_history"], whole["test_history"], strict=True):
+        assert a["logloss"] == pytest.approx(b["logloss"], rel=1e-6) and a["auc"] == pytest.approx(b["auc"])
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
+    got, want = _weights(tmp_path / "cut.pt"), _weights(tmp_path / "whole.pt")  # the moving averages, saved
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7)
+    assert "resume" not in load_checkpoint(tmp_path / "cut.pt", torch.device("cpu"))  # finished: weights only
+
+
+def test_save_freq_leaves_a_resumable_checkpoint_and_settings_are_checked(tmp_path, monkeypatch, capsys):
+    _criteo(tmp_path / "c.txt")
+    saved = []
+    real = model.train.save_checkpoint
+
+    def recording(m, path, *, iterations=0, resume=None):
+        saved.append((iterations, resume is not None))
+        real(m, path, iterations=iterations, resume=resume)
+
+    monkeypatch.setattr(model.train, "save_checkpoint", recording)
+    assert main(_argv(tmp_path, "f", "--save-freq=10", "--nepochs=2")) == 0
+    assert saved == [(10, True), (18, False)]  # every 10 steps; the finished model last, without resume state
+
+    bad = tmp_path / "bad.pt"
+    torch.save({**load_checkpoint(tmp_path / "f.pt", torch.device("cpu"))}, bad)  # finished: no resume state
+    assert main([*_argv(tmp_path, "g", "--nepochs=2"), f"--load-model={bad}", "--inference-only"]) == 0
+
+    _interrupt_at_step(monkeypatch, 4)
+    assert main(_argv(tmp_path, "h", "--nepochs=1")) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    h = str(tmp_path / "h.pt")
+    assert main([*_argv(tmp_path, "h", "--nepochs=1", "--optimizer=sgd"), f"--load-model={h}"]) == 2
+    assert "was trained with --optimizer 'adagrad', not 'sgd'" in capsys.readouterr().err
+    assert main([*_argv(tmp_path, "h", "--nepochs=1", "--learning-rate=0.01"), f"--load-model={h}"]) == 0
+    assert "note: going on with --learning-rate 0.01 where the saved run had 0.05" in capsys.readouterr().out
+    assert main([*_argv(tmp_path, "h", "--nepochs=1", "--save-freq=-1")]) == 2
+    assert "--save-freq -1: give N >= 1 iterations" in capsys.readouterr().err
+
+
+def test_nothing_left_to_do_is_an_error_naming_the_way_on(tmp_path, monkeypatch, capsys):
+    _criteo(tmp_path / "c.txt")
+    _interrupt_at_step(monkeypatch, 9)  # the last step of the only epoch
+    assert main(_argv(tmp_path, "n", "--nepochs=1")) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*_argv(tmp_path, "n", "--nepochs=1"), f"--load-model={tmp_path / 'n.pt'}"]) == 2
+    assert "the saved run had done its 1 epoch(s) (9 iterations): raise --nepochs" in capsys.readouterr().err
+    assert main([*_argv(tmp_path, "n", "--nepochs=2"), f"--load-model={tmp_path / 'n.pt'}"]) == 0
+    assert json.loads((tmp_path / "n.json").read_text())["iterations"] == 18
