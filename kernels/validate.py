@@ -25,6 +25,7 @@ def validate_bags(
     per_sample_weights: torch.Tensor | None = None,
     *,
     where: str = "",
+    batch_size: int = 0,
 ) -> None:
     """Raise ValueError unless (indices, offsets) describe valid bags over `num_rows` rows.
 
@@ -37,6 +38,7 @@ def validate_bags(
         offsets: 1-D int32/int64, length B + 1.
         per_sample_weights: optional 1-D floating tensor, one weight per index.
         where: context for the message.
+        batch_size: B when the bags are T tables x B (table-batched): messages then name the table and bag.
     """
     at = f"{where}: " if where else ""
     for name, t in (("indices", indices), ("offsets", offsets)):
@@ -55,9 +57,10 @@ def validate_bags(
     if offsets.numel() > 1:
         bad = (offsets[1:] < offsets[:-1]).nonzero()
         if bad.numel():
-            i = int(bad[0, 0])
+            i = int(bad[0, 0])  # bag i ends before it starts
+            bag = f"table {i // batch_size}, bag {i % batch_size}" if batch_size else f"bag {i}"
             raise ValueError(
-                f"{at}offsets decrease at position {i + 1}: "
+                f"{at}offsets decrease at position {i + 1} ({bag}): "
                 f"offsets[{i}] = {int(offsets[i])} > offsets[{i + 1}] = {int(offsets[i + 1])}"
             )
     if n and num_rows is not None:
@@ -99,7 +102,7 @@ def validate_tables(
             f"offsets has {offsets.numel()} entries; {num_tables} tables x {batch_size} bags "
             f"need {num_tables * batch_size + 1}"
         )
-    validate_bags(None, indices, offsets)  # shapes, dtypes and offsets; ranges below, per table
+    validate_bags(None, indices, offsets, batch_size=batch_size)  # shapes, dtypes and offsets; ranges per table below
     table_starts = offsets[:: max(batch_size, 1)] if batch_size else offsets.new_zeros(num_tables + 1)
     per_table = (table_starts[1:] - table_starts[:-1]).long()  # (T,) lookups per table
     table_ids = torch.repeat_interleave(
@@ -164,7 +167,7 @@ def fused_rows(
         num_tables = table_rows.numel()
         if offsets.dim() != 1 or offsets.numel() != num_tables * batch_size + 1:
             validate_tables(table_rows, indices, offsets, batch_size)  # raises, naming the mismatch
-        validate_bags(None, indices, offsets)  # offsets monotone within [0, N]: the loop's bounds
+        validate_bags(None, indices, offsets, batch_size=batch_size)  # offsets monotone in [0, N]: the loop bounds
         numba_threads()
         out = torch.empty(indices.numel(), dtype=torch.int64)
         if _fused_rows(

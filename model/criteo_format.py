@@ -220,7 +220,11 @@ def parse_line(line: str, layout: Layout, ended: bool = True) -> ParsedLine:
         try:
             dense.append(_integer(text))
         except (ValueError, OverflowError):
-            raise BadLine(f"I{k} = {text!r} is not an integer") from None
+            hint = ""
+            if k == len(layout.dense_cols) and n == layout.num_fields - 1 and _HEX.issuperset(text.lower()):
+                hint = (f"; {n} fields and a hex value here: an unlabelled line (as in Criteo's test.txt: 13 integers, "
+                        "then 26 categoricals)? training and evaluation need the label first")  # fmt: skip
+            raise BadLine(f"I{k} = {text!r} is not an integer{hint}") from None
     cats = []
     for k, col in enumerate(layout.cat_cols, 1):
         text = fields[col].strip()

@@ -415,6 +415,9 @@ def measure_ceilings(
     return out + derived
 
 
+_STANDS = "value stands"
+
+
 def monotone_in_threads(ceilings: list[Ceiling]) -> list[Ceiling]:
     """No ceiling below the same limit at fewer threads: a machine that moved X GB/s on one thread can
     move X on two (one may idle). A lower many-thread figure is a run a neighbour slowed (2 threads on
@@ -431,7 +434,7 @@ def monotone_in_threads(ceilings: list[Ceiling]) -> list[Ceiling]:
         lower = best.get(group)
         if lower is not None and c.value < lower.value:
             why = (f"measured {c.value:.3g} at {c.threads} threads, below {lower.value:.3g} at {lower.threads}: "
-                   f"a slowed run; the {lower.threads}-thread value stands")  # fmt: skip
+                   f"a slowed run; the {lower.threads}-thread {_STANDS}")  # fmt: skip
             field_ = "gbps" if c.kind == "bandwidth" else "gflops"
             c = replace(c, **{field_: lower.value}, warnings=[*c.warnings, why], method=f"{c.method}; {why}")
             out[i] = c
@@ -468,4 +471,5 @@ def _line(c: Ceiling) -> str:
     value = f"{c.gbps:9.1f} GB/s" if c.kind == "bandwidth" else f"{c.gflops:9.1f} GFLOP/s"
     spread = f"IQR {c.iqr_s / c.median_s:4.0%}" if c.median_s and c.iqr_s is not None else "         "
     flag = " CONTENDED" if c.contended else ""
-    return f"{c.source:8s} {c.key:40s} {value}  {spread}{flag}"
+    borrowed = [w for w in c.warnings if w.endswith(_STANDS)]  # from monotone_in_threads
+    return f"{c.source:8s} {c.key:40s} {value}  {spread}{flag}" + "".join(f"  ({w})" for w in borrowed)

@@ -90,6 +90,10 @@ def test_gzip_and_csv_variants_read_the_same(tmp_path):
         (_line("0", None, ["zz", *["0"] * 25]), "C1 = 'zz' is not a hex value"),
         (_line("0", None, ["123456789", *["0"] * 25]), "C1 = '123456789' is not a hex value"),
         (_line("2"), "label '2' is not 0 or 1"),
+        (  # a test.txt line: no label, so the first categorical sits where I13 should
+            "\t".join(_line("0", None, ["68fd1e64", *["0"] * 25]).split("\t")[1:]),
+            "I13 = '68fd1e64' is not an integer; 39 fields and a hex value here: an unlabelled line",
+        ),
     ],
 )
 def test_bad_lines_error_with_file_and_line_or_skip(tmp_path, bad, reason):

@@ -82,7 +82,7 @@ def test_bad_indices_and_offsets_are_named():
         kernels.embedding_bag("torch", w, torch.tensor([1, 2, 10]), torch.tensor([0, 2, 3]))
     with pytest.raises(ValueError, match=r"index -1 at position 0 \(bag 0\)"):
         kernels.embedding_bag("torch_naive", w, torch.tensor([-1]), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"offsets decrease at position 2: offsets\[1\] = 3 > offsets\[2\] = 1"):
+    with pytest.raises(ValueError, match=r"offsets decrease at position 2 \(bag 1\): offsets\[1\] = 3 > offsets\[2\]"):
         kernels.embedding_bag("torch", w, torch.tensor([1, 2, 3]), torch.tensor([0, 3, 1, 3]))
     with pytest.raises(ValueError, match=r"offsets\[-1\] = 5 overruns the 3 indices"):
         kernels.embedding_bag("torch", w, torch.tensor([1, 2, 3]), torch.tensor([0, 2, 5]))
@@ -130,8 +130,8 @@ def test_fused_rows_matches_a_loop_and_names_bad_indices(dtype):
     with pytest.raises(ValueError, match=r"4 tables x 5 bags need 21"):
         kernels.fused_rows(table_rows, row_starts, indices, offsets, 5)
     decreasing = offsets.clone()
-    decreasing[3] = decreasing[4] + 1
-    with pytest.raises(ValueError, match="offsets decrease"):
+    decreasing[8] = decreasing[9] + 1  # bag 8 of the 4 x 6 (table 1's bag 2) ends before it starts
+    with pytest.raises(ValueError, match=r"offsets decrease at position 9 \(table 1, bag 2\)"):
         kernels.fused_rows(table_rows, row_starts, indices, decreasing, B)
 
 

@@ -106,6 +106,10 @@ def test_a_many_thread_ceiling_below_fewer_threads_takes_their_value() -> None:
     assert [c.value for c in out] == [235.2, 235.2, 300.0, 200.0, 115.0, 5.0, 83.7, 83.7, 10.0]
     assert out[0].warnings == ["measured 8.4 at 2 threads, below 235 at 1: a slowed run; the 1-thread value stands"]
     assert out[6].warnings and not any(c.warnings for i, c in enumerate(out) if i not in (0, 6))
+    printed = ceilings._line(out[0])  # the table machine --ceilings prints says which value it shows
+    assert "235.2 GB/s" in printed and printed.endswith("(measured 8.4 at 2 threads, below 235 at 1: a slowed run; "
+                                                       "the 1-thread value stands)")  # fmt: skip
+    assert "(" not in ceilings._line(out[1])
 
 
 def test_a_borrowed_value_names_the_run_it_came_from() -> None:
