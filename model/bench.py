@@ -18,7 +18,8 @@ from kernels import get as get_kernel
 from model.config import DLRMConfig, EmbeddingGrad, parse_sizes
 from model.data import RandomData
 from model.dlrm import DLRM
-from model.train import LossFunction, make_loss, make_optimizer, param_groups
+from model.optim import make_optimizer, param_groups
+from model.train import LossFunction, make_loss
 from profiler.bench_bag_cli import parse_choice_list, parse_int_list, parse_list
 from profiler.cli import check_output_path
 from profiler.contention import assess, snapshot

@@ -1,5 +1,6 @@
 """Optimizer pieces: SGD as the reference trains DLRM (no momentum), with a parallel path for sparse
-embedding gradients; the reference's learning-rate schedule; an exponential moving average of the weights."""
+embedding gradients; Adagrad (row-wise on tables too); a tables/MLPs split; the reference's learning-rate
+schedule; an exponential moving average of the weights; and make_optimizer, which picks among them."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 import torch
 
 from kernels.update import adagrad_rows, scatter_add_rows
+from model.config import DLRMConfig, EmbeddingGrad
 
-__all__ = ["SGD", "Adagrad", "LRSchedule", "SplitOptimizer", "WeightEMA"]
+__all__ = ["SGD", "Adagrad", "LRSchedule", "SplitOptimizer", "WeightEMA", "make_optimizer", "param_groups"]
 
 _MIN_DECAYED_LR = 1e-7  # the reference's floor while (and after) the rate decays
 
@@ -214,3 +216,55 @@ class WeightEMA:
         finally:
             with torch.no_grad():
                 torch._foreach_copy_([p.data for p in self.params], saved)
+
+
+def make_optimizer(
+    name: str,
+    params: Iterable[Any],
+    lr: float,
+    config: DLRMConfig,
+    weight_decay: float = 0.0,
+    embedding: str = "",
+) -> torch.optim.Optimizer:
+    """SGD or Adagrad (ours, both with parallel sparse updates); rwsadagrad is Adagrad row-wise on
+    the tables (groups marked `tables`, see model.optim.Adagrad). `embedding`, when it names another
+    optimizer, steps the tables (the first of `params`, param_groups' layout) and `name` the rest."""
+    for flag, opt in (("--optimizer", name), ("--embedding-optimizer", embedding)):
+        if opt and opt not in _OPTIMIZERS:
+            raise ValueError(f"{flag} {opt!r}: allowed: {', '.join(_OPTIMIZERS)}")
+    table_opt = embedding or name
+    if config.embedding_grad == EmbeddingGrad.FUSED:
+        if weight_decay:
+            raise NotImplementedError("--weight-decay with --embedding-grad fused: the fused update has no decay term")
+        if table_opt != "sgd":
+            flag = "--embedding-optimizer" if embedding else "--optimizer"
+            raise NotImplementedError(f"{flag} {table_opt} with --embedding-grad fused: fused updates are SGD only")
+    if weight_decay and (name, table_opt) != ("sgd", "sgd"):
+        raise NotImplementedError("--weight-decay is implemented for --optimizer sgd only (tables and MLPs)")
+    if table_opt == name:
+        return _optimizer(name, params, lr, weight_decay)
+    groups = list(params)
+    if not (groups and isinstance(groups[0], dict) and groups[0].get("tables")):
+        raise ValueError("--embedding-optimizer: the parameters must come as param_groups lays them out, tables first")
+    return SplitOptimizer(
+        _optimizer(table_opt, groups[:1], lr, weight_decay), _optimizer(name, groups[1:], lr, weight_decay)
+    )
+
+
+_OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")
+
+
+def _optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return SGD(params, lr=lr, weight_decay=weight_decay)
+    return Adagrad(params, lr=lr, row_wise_tables=name == "rwsadagrad")
+
+
+def param_groups(model: torch.nn.Module, table_lr: float) -> list[dict[str, Any]]:
+    """The tables (their own rate; marked `tables`, which model.optim.Adagrad reads) and everything else."""
+    tables = list(model.embeddings.parameters())  # type: ignore[union-attr]
+    ids = {id(p) for p in tables}
+    return [
+        {"params": tables, "lr": table_lr, "tables": True},
+        {"params": [p for p in model.parameters() if id(p) not in ids]},
+    ]

@@ -18,11 +18,11 @@ import torch
 
 import kernels
 from model.checkpoint import RESUME_SETTINGS, Resume, load_checkpoint, save_checkpoint
-from model.config import DLRMConfig, EmbeddingGrad
+from model.config import DLRMConfig
 from model.data import Batch, RandomData
 from model.distributed import DistContext
 from model.dlrm import DLRM
-from model.optim import SGD, Adagrad, LRSchedule, SplitOptimizer, WeightEMA
+from model.optim import LRSchedule, WeightEMA, make_optimizer, param_groups
 from model.quality import Quality, quality
 from profiler.contention import assess, snapshot
 from profiler.store import write_json_atomic, write_text_atomic
@@ -33,8 +33,6 @@ __all__ = [
     "evaluate",
     "load_checkpoint",
     "make_loss",
-    "make_optimizer",
-    "param_groups",
     "predict",
     "resolve_device",
     "run",
@@ -111,58 +109,6 @@ def make_loss(kind: LossFunction, weights: tuple[float, float]) -> Callable[[tor
         return (w.to(p.device)[y.round().long()] * bce(p, y)).mean()
 
     return wbce
-
-
-def make_optimizer(
-    name: str,
-    params: Iterable[Any],
-    lr: float,
-    config: DLRMConfig,
-    weight_decay: float = 0.0,
-    embedding: str = "",
-) -> torch.optim.Optimizer:
-    """SGD or Adagrad (ours, both with parallel sparse updates); rwsadagrad is Adagrad row-wise on
-    the tables (groups marked `tables`, see model.optim.Adagrad). `embedding`, when it names another
-    optimizer, steps the tables (the first of `params`, param_groups' layout) and `name` the rest."""
-    for flag, opt in (("--optimizer", name), ("--embedding-optimizer", embedding)):
-        if opt and opt not in _OPTIMIZERS:
-            raise ValueError(f"{flag} {opt!r}: allowed: {', '.join(_OPTIMIZERS)}")
-    table_opt = embedding or name
-    if config.embedding_grad == EmbeddingGrad.FUSED:
-        if weight_decay:
-            raise NotImplementedError("--weight-decay with --embedding-grad fused: the fused update has no decay term")
-        if table_opt != "sgd":
-            flag = "--embedding-optimizer" if embedding else "--optimizer"
-            raise NotImplementedError(f"{flag} {table_opt} with --embedding-grad fused: fused updates are SGD only")
-    if weight_decay and (name, table_opt) != ("sgd", "sgd"):
-        raise NotImplementedError("--weight-decay is implemented for --optimizer sgd only (tables and MLPs)")
-    if table_opt == name:
-        return _optimizer(name, params, lr, weight_decay)
-    groups = list(params)
-    if not (groups and isinstance(groups[0], dict) and groups[0].get("tables")):
-        raise ValueError("--embedding-optimizer: the parameters must come as param_groups lays them out, tables first")
-    return SplitOptimizer(
-        _optimizer(table_opt, groups[:1], lr, weight_decay), _optimizer(name, groups[1:], lr, weight_decay)
-    )
-
-
-_OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")
-
-
-def _optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return SGD(params, lr=lr, weight_decay=weight_decay)
-    return Adagrad(params, lr=lr, row_wise_tables=name == "rwsadagrad")
-
-
-def param_groups(model: torch.nn.Module, table_lr: float) -> list[dict[str, Any]]:
-    """The tables (their own rate; marked `tables`, which model.optim.Adagrad reads) and everything else."""
-    tables = list(model.embeddings.parameters())  # type: ignore[union-attr]
-    ids = {id(p) for p in tables}
-    return [
-        {"params": tables, "lr": table_lr, "tables": True},
-        {"params": [p for p in model.parameters() if id(p) not in ids]},
-    ]
 
 
 def warm_up(config: DLRMConfig, train: TrainConfig, device: torch.device) -> float:

@@ -103,7 +103,7 @@ def test_weight_decay_dense_like_torch_and_sparse_only_on_touched_rows():
 
 def test_weight_decay_refused_where_it_has_no_meaning():
     from model.config import DLRMConfig, EmbeddingGrad
-    from model.train import make_optimizer
+    from model.optim import make_optimizer
 
     p = [torch.nn.Parameter(torch.zeros(2))]
     with pytest.raises(NotImplementedError, match="sgd only"):
@@ -244,7 +244,7 @@ def test_adagrad_tables_of_different_sizes_stepped_in_turn_match_torch():
 @pytest.mark.parametrize(("tables", "rest"), [("sgd", "adagrad"), ("adagrad", "sgd"), ("rwsadagrad", "sgd")])
 def test_embedding_optimizer_steps_the_tables_and_the_rest_each_with_its_own_rule(tables, rest):
     from model.config import DLRMConfig
-    from model.train import make_optimizer
+    from model.optim import make_optimizer
 
     reference = {
         "sgd": lambda ps, lr: torch.optim.SGD(ps, lr=lr),

@@ -11,8 +11,8 @@ import torch
 from model.config import DLRMConfig, EmbeddingGrad
 from model.data import RandomData
 from model.dlrm import DLRM
-from model.optim import LRSchedule, WeightEMA
-from model.train import TrainConfig, evaluate, load_checkpoint, make_loss, make_optimizer, run
+from model.optim import LRSchedule, WeightEMA, make_optimizer
+from model.train import TrainConfig, evaluate, load_checkpoint, make_loss, run
 
 #   update s:  1    2    3    4   5   6     7       8     9       10 ...
 #   phase:     warmup (W=4)   |  flat | decay from D=6 over N=4  | held
