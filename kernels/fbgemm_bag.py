@@ -3,8 +3,8 @@
 The forward is TBE's dense lookup op on a one-table layout that aliases the caller's
 weight (no copy). Its registry backward is the per-lookup gradient in plain torch; the
 industrial path, TBE's backward with exact SGD fused in, is `FbgemmSGD`, which the
-benchmark's --backward mode times. Optional: `pip install .[fbgemm]`; absent, or failing
-to load against this torch, the kernel lists as unavailable with the reason.
+benchmark's --backward mode times. Optional: `.venv/bin/python -m pip install -e '.[fbgemm]'`; absent, or
+failing to load against this torch, the kernel lists as unavailable with the reason.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from kernels.registry import Backend, register, register_unavailable
 
 __all__ = ["FbgemmSGD", "fbgemm_forward"]
 
-_REQUIRES = "fbgemm-gpu-cpu==1.8.0 (pip install .[fbgemm]); 1.9.0 does not load with torch 2.13"
+_REQUIRES = (
+    "fbgemm-gpu-cpu==1.8.0 (.venv/bin/python -m pip install -e '.[fbgemm]'); 1.9.0 does not load with torch 2.13"
+)
 
 try:
     with warnings.catch_warnings():  # the CPU build warns about every GPU-only (SSD, Triton) module it skips

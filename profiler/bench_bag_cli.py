@@ -353,7 +353,12 @@ def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embedding-dim", type=parse_int_list, default=[64], help="D")
     p.add_argument("--pooling-factor", type=parse_int_list, default=[20], help="L, lookups per bag")
     p.add_argument("--distribution", type=_parse_distributions, default=["uniform"], help="uniform, zipf:1.15")
-    p.add_argument("--threads", type=parse_int_list, default=[1], help="threads (torch and numba)")
+    p.add_argument(
+        "--threads",
+        type=parse_int_list,
+        default=[1],
+        help="threads (torch and numba), comma-separated (default 1; bench dlrm's default is torch's)",
+    )
     p.add_argument("--huge-pages", type=_parse_on_off, default=[False], help="table on transparent huge pages: on,off")
     p.add_argument("--index-dtype", type=parse_choice_list(("int64", "int32")), default=["int64"], help="int64,int32")
     p.add_argument("--backward", action="store_true", help="time forward + backward + SGD update")

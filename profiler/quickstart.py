@@ -87,6 +87,8 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quickstart", help="fingerprint, ceilings, a small sweep, a short training, the report")
-    p.add_argument("--results-dir", default="results")
+    p.add_argument(
+        "--results-dir", default="results", help="where results go, under <dir>/<sku-id>/ (default %(default)s)"
+    )
     p.add_argument("--random-data", action="store_true", help="train on random data even if Criteo is there")
     p.set_defaults(func=_cmd)

@@ -184,10 +184,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", help="a sweep spec, e.g. sweeps/cache_footprint.toml")
     p.add_argument("--dry-run", action="store_true", help="list the points and exit")
-    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE[,...]", help="run matching points")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,...]",
+        help="run only points whose fields equal these values, as written in the spec (e.g. kernel=torch,"
+        "working_set=0.5*L2); comma-separated or repeated, all must match",
+    )
     p.add_argument("--force", action="store_true", help="measure again points already stored as ok")
     p.add_argument("--results-dir", default="results", help="replaces results/")
-    p.add_argument("--point-timeout", type=float, default=300.0, help="seconds before a point is abandoned")
+    p.add_argument(
+        "--point-timeout",
+        type=float,
+        default=300.0,
+        help="seconds before a point is abandoned and stored as failed (default %(default)g)",
+    )
     p.add_argument(
         "--no-progress",
         action="store_true",

@@ -87,7 +87,13 @@ def _baseline(raw: Path, cache_dir: Path, test_fraction: float, out: Path) -> di
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, flags = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        usage="%(prog)s [options] [-- dlrmbench train flags ...]",
+        epilog="Flags after -- go to `dlrmbench train` (default: the README's Criteo command's model and "
+        "training flags); the data, seed and output flags (--raw-data-file, --test-fraction, --numpy-rand-seed, "
+        "--json-out, ...) are this script's own and refused there.",
+    )
     p.add_argument("--raw-data-file", type=Path, default=RAW)
     p.add_argument("--rows", type=int, default=6400, help="the first this many rows are cross-validated")
     p.add_argument("--folds", type=int, default=5)
