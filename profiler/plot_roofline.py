@@ -44,10 +44,17 @@ class RoofCheck:
     row: dict[str, Any]
     roof_gflops: float
     ceiling: str
+    roof_contended: bool = False  # the ceiling itself was measured while a neighbour competed
 
     @property
     def ratio(self) -> float:
         return float(self.row["gflops"]) / self.roof_gflops
+
+    @property
+    def cause(self) -> str:
+        if self.roof_contended:
+            return "its roof was measured under contention, so it is low: re-measure it (dlrmbench machine --ceilings)"
+        return "accounting error (bytes or FLOPs miscounted, or the roof mismeasured)"
 
 
 def _devices_match(ceiling_device: str, row_device: str) -> bool:
@@ -77,9 +84,11 @@ def above_roof(
     """Points whose GFLOP/s exceeds their own roof by more than `tolerance` (a fraction): accounting errors."""
     flagged = []
     for r in rows:
-        roof = point_roof_gflops(r, machines.get(r.get("sku_id", "")))
+        machine = machines.get(r.get("sku_id", ""))
+        roof = point_roof_gflops(r, machine)
         if roof and r.get("gflops") is not None and float(r["gflops"]) > roof[0] * (1 + tolerance):
-            flagged.append(RoofCheck(r, roof[0], roof[1]))
+            ceiling = next((c for c in (machine.ceilings if machine else ()) if c.key == roof[1]), None)
+            flagged.append(RoofCheck(r, roof[0], roof[1], bool(ceiling and ceiling.contended)))
     return flagged
 
 

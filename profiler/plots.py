@@ -118,7 +118,7 @@ def make_plot(
         ]
         result.flagged = [
             f"{f.row['kernel']} {f.row['key']} ({f.row['sweep']}): {f.row['gflops']:.3g} GFLOP/s is "
-            f"{f.ratio:.2f}x its roof {f.roof_gflops:.3g} GFLOP/s ({f.ceiling}): accounting error"
+            f"{f.ratio:.2f}x its roof {f.roof_gflops:.3g} GFLOP/s ({f.ceiling}): {f.cause}"
             for f in flagged
         ]
     elif kind == "throughput":

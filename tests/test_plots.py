@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from synthetic_results import CEILINGS, bag_point, write_sku
@@ -81,6 +82,12 @@ def test_a_point_above_its_roof_is_flagged_and_one_below_is_not(tmp_path, capsys
     err = capsys.readouterr().err
     assert "over" in err and "accounting error" in err and "under" not in err
     assert out.stat().st_size > 0
+    slowed = replace(GATHER, contended=True)  # the same roof, measured while a neighbour competed
+    folder = write_sku(tmp_path / "b", "sku-a", "CPU", [(over, t_over, slowed)], ceilings=[slowed])
+    assert main(["plot", str(folder), "--kind", "roofline", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "1.50x its roof" in err and "its roof was measured under contention" in err
+    assert "accounting error" not in err
 
 
 def test_plot_writes_png_and_svg_without_a_suffix(tmp_path, capsys):
