@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from model import criteo_fast
-from model.criteo_cache import _FILES, _build
+from model.criteo_cache import _build
+from model.criteo_fill import FILES
 from model.criteo_format import detect_layout
 from profiler.bench_bag_cli import parse_choice_list, parse_positive_int
 from profiler.store import write_json_atomic
@@ -69,7 +70,7 @@ def build(raw: Path, folder: Path, parser: str) -> tuple[float, dict[str, Any], 
     t0 = time.perf_counter()
     stats = _build(raw, folder, "error", compiled=parser == "compiled")
     seconds = time.perf_counter() - t0
-    digests = [hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in _FILES]
+    digests = [hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in FILES]
     return seconds, stats, digests
 
 
@@ -122,7 +123,7 @@ def main() -> int:
                     "seconds": seconds,
                     "lines_per_s": rates,
                     "speedup": rates["compiled"] / rates["per-line"],
-                    "cache_sha256": dict(zip(_FILES, reference[1], strict=True)),  # every build's, checked above
+                    "cache_sha256": dict(zip(FILES, reference[1], strict=True)),  # every build's, checked above
                 }
             )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import criteo_cache, criteo_fast
+from model import criteo_cache, criteo_fast, criteo_fill
 from model.criteo_cache import _build
 from model.criteo_format import BadLine, detect_layout, parse_line
 
@@ -118,7 +118,7 @@ def _build_both(path: Path, tmp_path: Path, policy: str, chunk_bytes: int) -> tu
         except ValueError as exc:
             out.append(str(exc))
             continue
-        out.append((stats, [(folder / name).read_bytes() for name in criteo_cache._FILES]))
+        out.append((stats, [(folder / name).read_bytes() for name in criteo_fill.FILES]))
     return out[0], out[1]
 
 
@@ -152,7 +152,7 @@ def test_plain_lines_never_reach_parse_line(tmp_path, monkeypatch):
     path = tmp_path / "t.txt"
     path.write_bytes(data)
     calls = []
-    monkeypatch.setattr(criteo_cache, "parse_line", lambda line, *a: calls.append(line) or parse_line(line, *a))
+    monkeypatch.setattr(criteo_fill, "parse_line", lambda line, *a: calls.append(line) or parse_line(line, *a))
     (tmp_path / "c").mkdir()
     _build(path, tmp_path / "c", "skip")
     assert 0 < len(calls) <= plain.count(False)
@@ -335,7 +335,7 @@ def test_csv_lines_take_the_compiled_pass(tmp_path, monkeypatch):
     path = tmp_path / "t.csv"
     path.write_text("\r\n".join([header, *(f"{i}," + _tsv("1").replace("\t", ",") for i in range(50))]) + "\r\n")
     calls = []
-    monkeypatch.setattr(criteo_cache, "parse_line", lambda line, *a: calls.append(line) or parse_line(line, *a))
+    monkeypatch.setattr(criteo_fill, "parse_line", lambda line, *a: calls.append(line) or parse_line(line, *a))
     (tmp_path / "c").mkdir()
     stats = _build(path, tmp_path / "c", "error")
     assert (stats["rows"], stats["lines"], calls) == (50, 51, [])
