@@ -277,6 +277,8 @@ def _same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def _print_row(r: dict[str, Any], done: list[dict[str, Any]]) -> None:
     """Print one row, adding speedup_vs_torch and frac_of_gather from the point's reference rows."""
     if len(done) == 1:
+        print("point: B bags, E rows, D dim, L lookups per bag, index distribution, t threads, table on 4 KiB pages "
+              "(4k) or transparent huge pages (hp), bwd: forward + backward + SGD update")  # fmt: skip
         print(f"{'kernel':<15} {'point':<44} {'median us':>11} {'lookups/s':>10} {'GB/s':>7} {'vs torch':>8}  notes")
     ref = next((d for d in done if d["kernel"] == "torch" and _same_point(d, r)), None)
     r["speedup_vs_torch"] = ref["median_s"] / r["median_s"] if ref else None
