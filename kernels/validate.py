@@ -64,7 +64,9 @@ def validate_bags(
                 f"offsets[{i}] = {int(offsets[i])} > offsets[{i + 1}] = {int(offsets[i + 1])}"
             )
     if n and num_rows is not None:
-        bad = ((indices < 0) | (indices >= num_rows)).nonzero()
+        limit = torch.iinfo(indices.dtype).max
+        # a Python bound past the index dtype's range would wrap in the comparison: every index is below it
+        bad = ((indices < 0) | (indices >= num_rows) if num_rows <= limit else indices < 0).nonzero()
         if bad.numel():
             i = int(bad[0, 0])
             bag = int(torch.searchsorted(offsets, torch.tensor(i, dtype=offsets.dtype), right=True)) - 1

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from profiler.metrics import Cost, embedding_bag_cost
+from profiler.metrics import Cost, embedding_bag_cost, fused_sgd_cost
 from profiler.timer import Measurement
 
 __all__ = [
@@ -214,18 +214,12 @@ def bag_batches(
     return [make_bags(batch_size, rows, pooling, distribution, seed + i, dtype)[0] for i in range(count)]
 
 
-def _sgd_cost(batch_size: int, num_lookups: int, dim: int, index_bytes: int) -> Cost:
-    """A fused sparse-SGD backward: read grad_out once and indices/offsets; read and write each looked-up row."""
-    B, N, D = batch_size, num_lookups, dim
-    return Cost(B * D * 4 + N * D * 4 + N * index_bytes + (B + 1) * index_bytes, N * D * 4, 2 * N * D)
-
-
 def point_cost(p: BagPoint) -> Cost:
     """Bytes and FLOPs one timed call moves: the forward (profiler.metrics), plus the update when backward."""
     n = p.batch_size * p.pooling_factor
     ib = 4 if p.index_dtype == "int32" else 8
     cost = embedding_bag_cost(p.batch_size, n, p.embedding_dim, index_bytes=ib, offset_bytes=ib)
-    return cost + _sgd_cost(p.batch_size, n, p.embedding_dim, ib) if p.backward else cost
+    return cost + fused_sgd_cost(p.batch_size, n, p.embedding_dim, index_bytes=ib) if p.backward else cost
 
 
 @dataclass

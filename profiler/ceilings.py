@@ -9,7 +9,8 @@ ceiling is what the machine can do, and on a shared host interference only slows
 so the median would move with the neighbours (it moved 10-20% between runs here).
 
 Byte counting follows STREAM: copy moves 2 x 4 bytes per element, triad 3 x 4 (the write-allocate
-read of the destination is not counted, so a write-allocate cache shows ~3/4 of the bus traffic).
+read of the destination is not counted: where the cache allocates on write, the figures are 2/3 of the
+bus traffic for copy and 3/4 for triad).
 Gather is an embedding-bag over a table far larger than the last-level cache, counted with
 profiler.metrics.embedding_bag_cost, so an embedding-bag point divided by it is a like-for-like share.
 """

@@ -16,8 +16,10 @@ from typing import Any
 __all__ = [
     "Cost",
     "Rates",
+    "dlrm_step_cost",
     "embedding_bag_backward_cost",
     "embedding_bag_cost",
+    "fused_sgd_cost",
     "mlp_cost",
     "mlp_layer_cost",
     "rates",
@@ -129,12 +131,14 @@ def mlp_layer_cost(
     dtype_bytes: int = 4,
     bias: bool = True,
     backward: bool = False,
+    input_grad: bool = True,
 ) -> Cost:
     """One Linear layer y = x W^T + b on a (B, in) batch, forward or backward.
 
     Forward: read x (B*in), W (in*out), b (out); write y (B*out); FLOPs 2*B*in*out (+ B*out bias adds).
     Backward: read dy (B*out), x and W; write dx (B*in), dW (in*out), db (out);
-    FLOPs 4*B*in*out (dx and dW, one GEMM each) (+ B*out for db).
+    FLOPs 4*B*in*out (dx and dW, one GEMM each) (+ B*out for db). Without `input_grad` (the first
+    layer of a network: its input needs no gradient) W is not read and dx neither written nor computed.
     """
     B, K, M = batch_size, in_features, out_features
     if min(B, K, M) < 0:
@@ -143,9 +147,87 @@ def mlp_layer_cost(
     if not backward:
         read = (B * K + K * M + (M if bias else 0)) * e
         return Cost(read, B * M * e, 2 * B * K * M + (B * M if bias else 0))
-    read = (B * M + B * K + K * M) * e
-    written = (B * K + K * M + (M if bias else 0)) * e
-    return Cost(read, written, 4 * B * K * M + (B * M if bias else 0))
+    dx = 1 if input_grad else 0
+    read = (B * M + B * K + dx * K * M) * e
+    written = (dx * B * K + K * M + (M if bias else 0)) * e
+    return Cost(read, written, (2 + 2 * dx) * B * K * M + (B * M if bias else 0))
+
+
+def fused_sgd_cost(batch_size: int, num_lookups: int, embedding_dim: int, *, index_bytes: int = 8) -> Cost:
+    """Embedding-bag backward with the SGD update fused in (no gradient is built): read the (B, D) output
+    gradient, the indices and offsets; read and write each looked-up row; a multiply-add per element."""
+    B, N, D = batch_size, num_lookups, embedding_dim
+    return Cost(B * D * 4 + N * D * 4 + N * index_bytes + (B + 1) * index_bytes, N * D * 4, 2 * N * D)
+
+
+def dlrm_step_cost(
+    batch_size: int,
+    pooling_factor: int,
+    table_rows: tuple[int, ...],
+    embedding_dim: int,
+    bottom: tuple[int, ...],
+    top: tuple[int, ...],
+    *,
+    interaction: str = "dot",
+    interaction_itself: bool = False,
+    top_pad: int = 0,
+    mode: str = "train",
+    embedding_grad: str = "sparse",
+) -> Cost:
+    """One DLRM step (float32, int64 indices, L lookups per bag), forward or forward + backward + SGD.
+
+    Forward: the pass that turns table-local indices into rows of the concatenated tables (read
+    indices and offsets, write rows), the embedding-bag (embedding_bag_cost), the bottom MLP, the
+    interaction (read the T + 1 vectors; dot: 2*D FLOPs per pair; write the top MLP's input with its
+    `top_pad` zero columns), the top MLP on the padded input (and, when padded, the copy of its first
+    weight the padding needs).
+    Train adds: every layer's backward (the bottom MLP's first layer without dx), the interaction's
+    backward (dot: 4*D FLOPs per pair, reading the vectors again), SGD on the MLPs (read weight and
+    gradient, write weight), and the tables by `embedding_grad`: sparse builds one gradient row per
+    lookup (embedding_bag_backward_cost) then reads it, the indices and each row, and writes the row;
+    dense writes a zeroed gradient of every table, adds each lookup's row into it, then updates every
+    row; fused updates the looked-up rows in the backward (fused_sgd_cost).
+    `top` starts with the interaction width (config.top_mlp_full).
+    """
+    if mode not in ("forward", "train"):
+        raise ValueError(f"mode={mode!r}: allowed: forward, train")
+    B, D, T = batch_size, embedding_dim, len(table_rows)
+    n = T * B * pooling_factor
+    bags = T * B
+    width = top[0]
+    vectors = (T + 1) * B * D * 4
+    pairs = 0 if interaction == "cat" else (T + 1) * (T + 2 if interaction_itself else T) // 2
+    padded_top = (width + top_pad, *top[1:])
+    cost = Cost(n * 8 + (bags + 1) * 8, n * 8, 0) + embedding_bag_cost(bags, n, D)
+    for c in mlp_cost(B, bottom):
+        cost = cost + c
+    cost = cost + Cost(vectors, B * (width + top_pad) * 4, 2 * B * pairs * D)
+    if top_pad:
+        cost = cost + Cost(width * top[1] * 4, (width + top_pad) * top[1] * 4, 0)
+    for c in mlp_cost(B, padded_top):
+        cost = cost + c
+    if mode == "forward":
+        return cost
+    layers = [(k, m, i > 0) for i, (k, m) in enumerate(itertools.pairwise(bottom))]
+    layers += [(k, m, True) for k, m in itertools.pairwise(padded_top)]
+    for k, m, dx in layers:
+        cost = cost + mlp_layer_cost(B, k, m, backward=True, input_grad=dx)
+    params = sum(k * m + m for k, m in itertools.pairwise(bottom)) + sum(k * m + m for k, m in itertools.pairwise(top))
+    reread = vectors if pairs else 0  # dot's gradient needs the vectors again; cat's is a slice of dz
+    cost = cost + Cost(B * width * 4 + reread, vectors, 4 * B * pairs * D)  # the interaction's backward
+    cost = cost + Cost(2 * params * 4, params * 4, 2 * params)  # SGD on the MLPs
+    rows_bytes = n * D * 4
+    if embedding_grad == "sparse":
+        cost = cost + embedding_bag_backward_cost(bags, n, D) + Cost(2 * rows_bytes + n * 8, rows_bytes, 2 * n * D)
+    elif embedding_grad == "dense":
+        table = sum(table_rows) * D * 4
+        scatter = Cost(bags * D * 4 + n * 8 + (bags + 1) * 8 + rows_bytes, table + rows_bytes, n * D)
+        cost = cost + scatter + Cost(2 * table, table, 2 * sum(table_rows) * D)
+    elif embedding_grad == "fused":
+        cost = cost + fused_sgd_cost(bags, n, D)
+    else:
+        raise ValueError(f"embedding_grad={embedding_grad!r}: allowed: sparse, dense, fused")
+    return cost
 
 
 def mlp_cost(batch_size: int, sizes: list[int] | tuple[int, ...], **kwargs: Any) -> list[Cost]:

@@ -21,7 +21,7 @@ import torch
 import kernels
 from profiler.ceilings import Ceiling
 from profiler.collective import CollectiveFailure
-from profiler.metrics import Cost, embedding_bag_cost, mlp_cost, rates
+from profiler.metrics import Cost, dlrm_step_cost, embedding_bag_cost, fused_sgd_cost, rates
 from profiler.sweep_spec import Point, format_bytes, resolve_bytes
 from profiler.timer import measure
 from profiler.workload import check_memory, hot_rows, make_bag_inputs
@@ -208,8 +208,7 @@ def _run_bag(
             kernels.fused_sgd_bag(entry.fn, weight, next(rotation), offsets, 0.01).backward(grad)
 
         m = _timed(step, point, timing)
-        row_bytes = n * point.embedding_dim * 4
-        cost = cost + Cost(n_bags * point.embedding_dim * 4 + row_bytes + n * 8, row_bytes, 2 * n * point.embedding_dim)
+        cost = cost + fused_sgd_cost(n_bags, n, point.embedding_dim)
     extra = {"lookups_per_s": n / m.median_s, "hot_rows": bags.hot_rows, "index_batches": len(batches)}
     return m, cost, extra
 
@@ -260,13 +259,10 @@ def _run_dlrm(
         opt.step()
 
     m = _timed(step, point, timing)
-    n = config.num_tables * B * point.pooling_factor
-    cost = embedding_bag_cost(config.num_tables * B, n, point.embedding_dim)
-    for layers in (config.bottom_mlp, config.top_mlp_full):
-        for c in mlp_cost(B, layers):
-            cost = cost + c
-            if point.mode == "train":
-                cost = cost + c + c  # backward: two GEMMs per layer, as much traffic again
+    cost = dlrm_step_cost(B, point.pooling_factor, config.table_rows, point.embedding_dim, config.bottom_mlp,
+                          config.top_mlp_full, interaction=str(config.interaction),
+                          interaction_itself=config.interaction_itself, top_pad=model.top_pad, mode=point.mode,
+                          embedding_grad=point.embedding_grad)  # fmt: skip
     return m, cost, {"samples_per_s": B / m.median_s}
 
 

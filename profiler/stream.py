@@ -36,24 +36,24 @@ def kernels() -> dict[str, Callable[..., Any]]:
                 a[i] = b[i] + q * c[i]
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def copy(a, b, nchunks, reps):  # b = a, per chunk, reps times
-        n = a.shape[0] // nchunks
+    def copy(a, b, nchunks, reps):  # b = a, per chunk, reps times; chunk t is [t*n//k, (t+1)*n//k): all of it
+        n = a.shape[0]
         for t in prange(nchunks):
-            _copy_chunk(a[t * n : (t + 1) * n], b[t * n : (t + 1) * n], reps)
+            lo, hi = t * n // nchunks, (t + 1) * n // nchunks
+            _copy_chunk(a[lo:hi], b[lo:hi], reps)
 
     @njit(parallel=True, fastmath=True, cache=True)
     def triad(a, b, c, s, nchunks, reps):  # a = b + s * c, per chunk, reps times
-        n = a.shape[0] // nchunks
+        n = a.shape[0]
         for t in prange(nchunks):
-            lo, hi = t * n, (t + 1) * n
+            lo, hi = t * n // nchunks, (t + 1) * n // nchunks
             _triad_chunk(a[lo:hi], b[lo:hi], c[lo:hi], s, reps)
 
     @njit(parallel=True, fastmath=True, cache=True)
     def gather(table, idx, out, pooling, nchunks):  # out[b] = sum of table rows idx[b*L : (b+1)*L]
         nbags, dim = out.shape
-        per = nbags // nchunks
         for t in prange(nchunks):
-            for b in range(t * per, (t + 1) * per):
+            for b in range(t * nbags // nchunks, (t + 1) * nbags // nchunks):
                 for d in range(dim):
                     out[b, d] = 0.0
                 for j in range(b * pooling, (b + 1) * pooling):

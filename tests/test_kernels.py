@@ -76,6 +76,18 @@ def test_gradcheck_float64(name):
     assert torch.autograd.gradcheck(lambda w, p: fn(w, indices, offsets, p, "sum", False), (weight, psw))
 
 
+def test_int32_indices_into_a_table_past_2_31_rows_are_accepted():
+    from kernels.validate import validate_bags
+
+    rows = 2**31 + 5  # more rows than int32 can count: every int32 index >= 0 addresses one
+    offsets = torch.tensor([0, 2], dtype=torch.int32)
+    validate_bags(rows, torch.tensor([7, 2**31 - 1], dtype=torch.int32), offsets)
+    with pytest.raises(ValueError, match=r"index -1 at position 1 \(bag 0\) is out of range \[0, 2147483653\)"):
+        validate_bags(rows, torch.tensor([7, -1], dtype=torch.int32), offsets)
+    with pytest.raises(ValueError, match=r"index 2147483653 at position 0"):  # int64 still checked at the top
+        validate_bags(rows, torch.tensor([2**31 + 5, 0]), torch.tensor([0, 2]))
+
+
 def test_bad_indices_and_offsets_are_named():
     w = torch.zeros(10, 4)
     with pytest.raises(ValueError, match=r"index 10 at position 2 \(bag 1\) is out of range \[0, 10\)"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,3 +119,24 @@ def test_a_borrowed_value_names_the_run_it_came_from() -> None:
     out = ceilings.monotone_in_threads(runs)
     assert [c.value for c in out] == [100.0, 100.0, 100.0]
     assert out[2].warnings == ["measured 7 at 4 threads, below 100 at 1: a slowed run; the 1-thread value stands"]
+
+
+def test_stream_loops_cover_every_element_when_chunks_do_not_divide_it() -> None:
+    from profiler.stream import kernels
+
+    k = kernels()
+    a = np.arange(10, dtype=np.float32)
+    b = np.full(10, -1.0, dtype=np.float32)
+    k["copy"](a, b, 3, 1)  # 10 elements over 3 chunks: 3, 3, 4
+    np.testing.assert_array_equal(b, a)
+    c = np.ones(10, dtype=np.float32)
+    k["triad"](b, a, c, np.float32(2.0), 4, 1)  # b = a + 2 * c
+    np.testing.assert_array_equal(b, a + 2.0)
+    table = np.array([[1, 2], [3, 4], [5, 6]], dtype=np.float32)
+    idx = np.array([0, 0, 1, 1, 2, 2], dtype=np.int64)  # 3 bags of 2 lookups
+    out = np.full((3, 2), -7.0, dtype=np.float32)
+    k["gather"](table, idx, out, 2, 2)  # 3 bags over 2 chunks: the last bag too
+    np.testing.assert_array_equal(out, [[2, 4], [6, 8], [10, 12]])
+    out[:] = -7.0
+    k["gather"](table, idx, out, 2, 4)  # more chunks than bags
+    np.testing.assert_array_equal(out, [[2, 4], [6, 8], [10, 12]])

@@ -6,6 +6,7 @@ import pytest
 
 from profiler.metrics import (
     Cost,
+    dlrm_step_cost,
     embedding_bag_backward_cost,
     embedding_bag_cost,
     mlp_cost,
@@ -47,6 +48,54 @@ def test_mlp_layer_forward_and_backward_by_hand() -> None:
     # backward: read dy 4096 + x 104 + W 6656; write dx 104 + dW 6656 + db 512; flops 4*8*13*512 + 4096
     g = mlp_layer_cost(8, 13, 512, backward=True)
     assert g == Cost((4096 + 104 + 6656) * 4, (104 + 6656 + 512) * 4, 212992 + 4096)
+    # a first layer (no dx): W is not read, dx neither written nor computed: one GEMM
+    g1 = mlp_layer_cost(8, 13, 512, backward=True, input_grad=False)
+    assert g1 == Cost((4096 + 104) * 4, (6656 + 512) * 4, 106496 + 4096)
+
+
+# A DLRM step by hand: T=2 tables of 10 rows, B=2, L=1, D=2, bottom 3-2, dot over the T+1 = 3 vectors
+# (3 pairs), top MLP input 3 + 2 = 5 padded with 11 zero columns to 16, top 5-1. n = bags = T*B*L = 4.
+# Forward                                    read                        write        flops
+#   rows of the concatenated tables          idx 4*8 + off 5*8 = 72      idx 32       0
+#   embedding-bag                            rows 4*2*4 + 32 + 40 = 104  4*2*4 = 32   4*2 = 8
+#   bottom 3->2                              (2*3 + 3*2 + 2)*4 = 56      2*2*4 = 16   2*2*3*2 + 2*2 = 28
+#   interaction                              vectors 3*2*2*4 = 48        2*16*4 = 128 2*2*3*2 = 24
+#   first top weight, padded copy            5*1*4 = 20                  16*1*4 = 64  0
+#   top 16->1                                (2*16 + 16 + 1)*4 = 196     2*1*4 = 8    2*2*16 + 2 = 66
+#   forward total                            496                         280          126
+_FORWARD = (496, 280, 126)
+# Train adds
+#   bottom 3->2 backward, no dx              (dy 4 + x 6)*4 = 40         (dW 6 + db 2)*4 = 32   2*2*3*2 + 4 = 28
+#   top 16->1 backward                       (dy 2 + x 32 + W 16)*4 = 200 (dx 32 + 16 + 1)*4 = 196  4*2*16 + 2 = 130
+#   interaction backward                     dz 2*5*4 + vectors 48 = 88  48           4*2*3*2 = 48
+#   SGD on 14 MLP parameters (8 + 6)         2*14*4 = 112                56           28
+_TRAIN_MLPS = (40 + 200 + 88 + 112, 32 + 196 + 48 + 56, 28 + 130 + 48 + 28)
+#   tables, sparse: gradient rows            grad 32 + idx 32 + off 40   rows 32 + idx 32
+#                   then the update          grad 32 + rows 32 + idx 32  rows 32      2*4*2 = 16
+#   tables, fused                            grad 32 + rows 32 + idx 32 + off 40 = 136   32   16
+#   tables, dense: zeroed gradient, scatter  grad 32 + idx 32 + off 40 + rows 32        table 160 + rows 32  8
+#                  update of every row       table 160 + grad 160        160          2*20*2 = 80
+_TABLES = {"sparse": (104 + 96, 64 + 32, 16), "fused": (136, 32, 16), "dense": (136 + 320, 192 + 160, 8 + 80)}
+
+
+@pytest.mark.parametrize("grad", ["sparse", "fused", "dense"])
+def test_dlrm_step_by_hand(grad: str) -> None:
+    args = (2, 1, (10, 10), 2, (3, 2), (5, 1))
+    assert dlrm_step_cost(*args, top_pad=11, mode="forward", embedding_grad=grad) == Cost(*_FORWARD)
+    want = [f + m + t for f, m, t in zip(_FORWARD, _TRAIN_MLPS, _TABLES[grad], strict=True)]
+    assert dlrm_step_cost(*args, top_pad=11, mode="train", embedding_grad=grad) == Cost(*want)
+
+
+def test_a_dlrm_sweep_point_records_the_step_counted_by_hand() -> None:
+    from profiler.runner import run_point
+    from profiler.sweep_spec import Point
+
+    for grad in ("sparse", "dense"):
+        point = Point(target="dlrm", kernel="torch", batch_size=2, num_rows=10, num_tables=2, embedding_dim=2,
+                      pooling_factor=1, bottom_mlp="3", top_mlp="1", mode="train", embedding_grad=grad)  # fmt: skip
+        d = run_point(point, fingerprint={}, ceilings=[], timing={"warmup_ms": 1, "rep_ms": 2})["derived"]
+        want = [f + m + t for f, m, t in zip(_FORWARD, _TRAIN_MLPS, _TABLES[grad], strict=True)]
+        assert (d["bytes_read"], d["bytes_written"], d["flops"]) == tuple(want)
 
 
 def test_mlp_cost_is_per_layer() -> None:
