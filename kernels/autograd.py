@@ -79,6 +79,7 @@ class _FusedSGDBag(torch.autograd.Function):
     def forward(ctx, weight, rows, offsets, fn, lr):  # type: ignore[override]
         ctx.save_for_backward(weight, rows, offsets)
         ctx.lr = lr
+        ctx.cuda_kernel = bool(getattr(fn, "cuda_sgd", False))  # kernel 'cuda' brings its own fused update
         return fn(weight.detach(), rows, offsets, None, "sum", True)
 
     @staticmethod
@@ -86,7 +87,7 @@ class _FusedSGDBag(torch.autograd.Function):
         from kernels.update import sgd_from_bags
 
         weight, rows, offsets = ctx.saved_tensors
-        sgd_from_bags(weight, rows, offsets, grad_out.contiguous(), None, ctx.lr)
+        sgd_from_bags(weight, rows, offsets, grad_out.contiguous(), None, ctx.lr, cuda_kernel=ctx.cuda_kernel)
         return None, None, None, None, None
 
 

@@ -96,13 +96,6 @@ if numba is not None:
                             weight[r, d] += scale * grad_out[b, d]
 
 
-def _cuda_update_available() -> bool:
-    """The hand-written CUDA bag-SGD (kernels/cuda) is built or buildable here; else torch's index_add_."""
-    from kernels import cuda_bag
-
-    return not cuda_bag.unavailable_reason()
-
-
 def numba_threads() -> int:
     """Give numba torch's thread count, and return it; every parallel numba launch calls this first.
 
@@ -126,6 +119,33 @@ def _check_rows(rows: torch.Tensor, num_rows: int, where: str) -> None:
         raise ValueError(f"{where}: row ids span [{int(lo)}, {int(hi)}], table has {num_rows} rows")
 
 
+def _check_bags(rows: torch.Tensor, offsets: torch.Tensor, num_rows: int, where: str) -> None:
+    """_check_rows, and CSR offsets rising from 0 to len(rows) (validate_bags' contract), which the
+    compiled loops use as bounds. One device-to-host copy for all five numbers: on a CUDA table it
+    costs the one sync the rows check alone did. rows is non-empty, offsets has B + 1 >= 1 entries."""
+    lo, hi = torch.aminmax(rows)
+    o = offsets.long()
+    fall = (o[:-1] - o[1:]).amax() if o.numel() > 1 else o.new_zeros(())  # > 0 where offsets decrease
+    lo, hi, first, last, fall = torch.stack([lo.long(), hi.long(), o[0], o[-1], fall]).tolist()
+    if lo < 0 or hi >= num_rows:
+        raise ValueError(f"{where}: row ids span [{lo}, {hi}], table has {num_rows} rows")
+    if first != 0 or last != rows.numel() or fall > 0:
+        raise ValueError(
+            f"{where}: offsets must rise from 0 to len(rows) = {rows.numel()}; "
+            f"got offsets[0] = {first}, offsets[-1] = {last}" + (", and they decrease" if fall > 0 else "")
+        )
+
+
+def _use_cuda_update(weight: torch.Tensor, cuda_kernel: bool) -> bool:
+    """The hand-written CUDA update applies: kernel 'cuda' is in use, on a contiguous float32/64 CUDA table."""
+    return (
+        cuda_kernel
+        and weight.device.type == "cuda"
+        and weight.is_contiguous()
+        and weight.dtype in (torch.float32, torch.float64)  # its scalar types; half/bf16 take index_add_
+    )
+
+
 def sgd_from_bags(
     weight: torch.Tensor,
     rows: torch.Tensor,
@@ -133,6 +153,8 @@ def sgd_from_bags(
     grad_out: torch.Tensor,
     per_sample_weights: torch.Tensor | None,
     lr: float,
+    *,
+    cuda_kernel: bool = False,
 ) -> None:
     """The embedding-bag backward with SGD fused in: weight[rows[i]] -= lr * psw[i] * grad_out[bag(i)].
 
@@ -144,6 +166,9 @@ def sgd_from_bags(
         grad_out: (B, D) gradient of the pooled output.
         per_sample_weights: optional (N,).
         lr: learning rate.
+        cuda_kernel: kernel 'cuda' is in use: a contiguous float32/64 CUDA table takes its update
+            (kernels/cuda). Other callers leave it False, so they never need that extension built;
+            a CUDA table then takes torch's index_add_.
     """
     B = offsets.numel() - 1
     if grad_out.shape != (B, weight.shape[1]) or rows.dim() != 1:
@@ -152,10 +177,10 @@ def sgd_from_bags(
         )
     if rows.numel() == 0:
         return
-    if weight.device.type == "cuda" and weight.is_contiguous() and _cuda_update_available():
+    if _use_cuda_update(weight, cuda_kernel):
         from kernels import cuda_bag
 
-        _check_rows(rows, weight.shape[0], "sgd_from_bags")  # the CUDA kernel trusts its rows too
+        _check_bags(rows, offsets, weight.shape[0], "sgd_from_bags")  # the CUDA kernel trusts both
         cuda_bag.sgd_from_bags(weight, rows, offsets, grad_out, per_sample_weights, lr)
         return
     fast = (

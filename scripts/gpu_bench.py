@@ -1,14 +1,17 @@
 """Embedding-bag kernels on one GPU at the issue's grid, beside a device-to-device copy's bandwidth.
 
 Run from the repository root (scripts/gpu_check.sh does): `PYTHONPATH=. python scripts/gpu_bench.py --out DIR`.
-Every kernel is first checked against torch's embedding_bag on the point, then timed with
-profiler.timer.measure (CUDA events). Prints one line per (point, kernel) and writes them as JSON lines.
+Every kernel (and each of cuda's warp splits) is first checked against torch's embedding_bag on the
+point, then timed with profiler.timer.measure (CUDA events). Prints one line per (point, kernel) and
+writes them as JSON lines. A result that differs from torch's beyond the tolerance stops the run: it
+names the kernel, point and error and exits 1. The goal lines are reported, not enforced (timings vary).
 Without a GPU it says why and exits 0, so the check script runs its other steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -22,9 +25,17 @@ from kernels.update import sgd_from_bags
 from profiler.metrics import embedding_bag_cost, rates
 from profiler.timer import measure
 
-__all__ = ["copy_gbps", "main", "run_grid"]
+__all__ = ["KernelMismatch", "copy_gbps", "main", "run_grid"]
 
 _WARMUP_MS, _REP_MS = 25.0, 150.0  # a point's kernels take 5-100 µs: hundreds of samples each
+# Tolerance against torch: a bag sums L float32 rows, in another order than torch's. The bench's rows
+# are U[0, 1) (no cancellation), so the orders differ by at most (L - 1) * 2^-24 relative: 4.7e-6 at
+# L = 80. 1e-4 leaves a 20x margin; a wrong row, bag or lane is off by O(1) relative.
+_RTOL, _ATOL = 1e-4, 1e-6
+
+
+class KernelMismatch(ValueError):
+    """A kernel's result differs from torch's embedding_bag: the bench stops, and exits 1."""
 
 
 def copy_gbps(nbytes: int = 1 << 30) -> float:
@@ -48,9 +59,23 @@ def _gpu_kernels(names: list[str]) -> list[str]:
     return usable
 
 
-def _time(fn: Any) -> Any:
+def _time(fn: Any, device: str = "cuda") -> Any:
     with torch.no_grad():
-        return measure(fn, device="cuda", warmup_ms=_WARMUP_MS, rep_ms=_REP_MS, check_contention=False)
+        return measure(fn, device=device, warmup_ms=_WARMUP_MS, rep_ms=_REP_MS, check_contention=False)
+
+
+def _check(kernel: str, out: torch.Tensor, ref: torch.Tensor, where: str) -> float:
+    """Max abs error of `out` against torch's `ref`; KernelMismatch beyond |out - ref| <= atol + rtol |ref|."""
+    if out.shape != ref.shape:
+        raise KernelMismatch(f"{kernel} at {where}: result has shape {tuple(out.shape)}, torch's {tuple(ref.shape)}")
+    diff = (out - ref).abs()
+    bad = ~(diff <= _ATOL + _RTOL * ref.abs())  # NaN counts as bad
+    if bad.any():
+        raise KernelMismatch(
+            f"{kernel} at {where}: {int(bad.sum()):,} of {ref.numel():,} values differ from torch's embedding_bag "
+            f"beyond rtol {_RTOL:g} + atol {_ATOL:g} (max abs err {float(diff.nan_to_num(float('inf')).max()):.3g})"
+        )
+    return float(diff.max()) if diff.numel() else 0.0
 
 
 def _record(kernel: str, B: int, E: int, D: int, L: int, m: Any, copy: float, **extra: Any) -> dict[str, Any]:
@@ -67,17 +92,24 @@ def _record(kernel: str, B: int, E: int, D: int, L: int, m: Any, copy: float, **
 
 
 def _bench_point(names: list[str], weight: torch.Tensor, B: int, L: int, copy: float) -> list[dict[str, Any]]:
-    """One (D, L) point: each kernel checked against torch then timed; cuda also per warps-per-bag, and SGD."""
-    (E, D), g = weight.shape, torch.Generator(device="cuda").manual_seed(L)
-    indices = torch.randint(0, E, (B * L,), device="cuda", generator=g)
-    offsets = torch.arange(0, B * L + 1, L, device="cuda")
+    """One (D, L) point: each kernel checked against torch then timed; cuda also per warps-per-bag, and SGD.
+
+    Raises:
+        KernelMismatch: a kernel's result differs from torch's; nothing after it is timed.
+    """
+    (E, D), device = weight.shape, weight.device.type
+    g = torch.Generator(device=weight.device).manual_seed(L)
+    indices = torch.randint(0, E, (B * L,), device=weight.device, generator=g)
+    offsets = torch.arange(0, B * L + 1, L, device=weight.device)
     kernels.validate_bags(E, indices, offsets)
     ref = kernels.get("torch").fn(weight, indices, offsets, None, "sum", True)
+    where = f"B={B} E={E} D={D} L={L}"
     records = []
     for name in names:
-        fn = kernels.get(name, "cuda").fn
-        err = float((fn(weight, indices, offsets, None, "sum", True) - ref).abs().max())
-        m = _time(lambda fn=fn: fn(weight, indices, offsets, None, "sum", True))
+        fn = kernels.get(name, device).fn
+        with torch.no_grad():
+            err = _check(name, fn(weight, indices, offsets, None, "sum", True), ref, where)
+        m = _time(lambda fn=fn: fn(weight, indices, offsets, None, "sum", True), device)
         extra: dict[str, Any] = {"max_abs_err": f"{err:.1e}"}
         if name == "cuda":
             extra |= {"plan": cuda_bag.launch_plan(B, B * L, D)}
@@ -85,10 +117,14 @@ def _bench_point(names: list[str], weight: torch.Tensor, B: int, L: int, copy: f
     if "cuda" not in names:
         return records
     for wpb in (1, 2, 4, 8):
+        label = f"cuda[wpb={wpb}]"
+        err = _check(label, cuda_bag.forward(weight, indices, offsets, None, warps_per_bag=wpb), ref, where)
         m = _time(lambda wpb=wpb: cuda_bag.forward(weight, indices, offsets, None, warps_per_bag=wpb))
-        records.append(_record(f"cuda[wpb={wpb}]", B, E, D, L, m, copy))
+        records.append(_record(label, B, E, D, L, m, copy, max_abs_err=f"{err:.1e}"))
     grad_out = torch.randn(B, D, device="cuda", generator=g) * 1e-9  # the table barely moves
-    for label, update in (("sgd cuda", cuda_bag.sgd_from_bags), ("sgd torch", sgd_from_bags)):
+    # "sgd torch" is torch's index_add_ path: cuda_kernel=False keeps sgd_from_bags off the CUDA update
+    updates = (("sgd cuda", cuda_bag.sgd_from_bags), ("sgd torch", functools.partial(sgd_from_bags, cuda_kernel=False)))
+    for label, update in updates:
         m = _time(lambda update=update: update(weight, indices, offsets, grad_out, None, 1.0))
         # each looked-up row is read and written back; GB/s here counts it once, as for the forward
         records.append(_record(label, B, E, D, L, m, copy, note="rows counted once"))
@@ -142,14 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     names = _gpu_kernels(args.kernels.split(","))
     copy = copy_gbps()
     print(f"  device-to-device copy: {copy:,.0f} GB/s (read + write)")
-    records = run_grid(
-        names,
-        batch_size=args.batch_size,
-        num_rows=args.num_rows,
-        dims=[int(x) for x in args.dims.split(",")],
-        poolings=[int(x) for x in args.poolings.split(",")],
-        copy=copy,
-    )
+    try:
+        records = run_grid(
+            names,
+            batch_size=args.batch_size,
+            num_rows=args.num_rows,
+            dims=[int(x) for x in args.dims.split(",")],
+            poolings=[int(x) for x in args.poolings.split(",")],
+            copy=copy,
+        )
+    except KernelMismatch as exc:
+        print(f"gpu_bench: FAILED: {exc}", file=sys.stderr)
+        return 1
     print("goals:", *_verdict(records), sep="\n")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# GPU check for the `cuda` embedding-bag, on a machine with one GPU and PyTorch (+ numpy, numba):
-#   1. the GPU tests (pytest -m gpu; builds the extension on first use, about a minute);
-#   2. a benchmark: cuda vs torch (and fbgemm when importable) at B=2048, rows=1e6, D in {64,128},
-#      L in {20,80}: median time and GB/s, beside a device-to-device copy's bandwidth;
-#   3. a short DLRM training on the GPU with --kernel cuda, then --kernel torch: samples/s.
+# GPU check for the `cuda` embedding-bag, on a machine with one GPU and PyTorch (+ numpy, numba, ninja):
+#   1. build the extension (about a minute the first time, then loaded from torch's cache), so a
+#      compiler error shows once, here;
+#   2. the GPU tests (pytest -m gpu -x: the first failure's output shows in full);
+#   3. a benchmark: cuda vs torch at B=2048, rows=1e6, D in {64,128}, L in {20,80}, each result
+#      first checked against torch's (a mismatch fails the step): median time and GB/s, beside a
+#      device-to-device copy's bandwidth (fbgemm is CPU-only here: the benchmark lists it as skipped);
+#   4. a short DLRM training on the GPU with --kernel cuda, then --kernel torch: samples/s.
 # Run from anywhere; nothing is installed (PYTHONPATH=repo root). About 3-5 minutes; each step is
-# capped so the whole stays under 8. Outputs go to ${OUT:-results/gpu_check}.
+# capped (the caps add up to about 15). A build killed at its cap leaves torch's lock file in the
+# build folder; the next build removes it, saying so. Outputs go to ${OUT:-results/gpu_check}.
 # Without a GPU every step says so and skips; the script still exits 0 unless a step fails. The last
 # line counts the steps passed, skipped and failed. PYTHON (default python3) must import torch: else
 # the script stops at once, exit 2. A relative PYTHON is taken from the current folder if it is there.
@@ -57,10 +61,27 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, device: "
 PY
 has_gpu=$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
 
+build_py='
+import sys, time
+from kernels import cuda_bag
+why = cuda_bag.unavailable_reason()
+if why:
+    print(f"cuda build: skipped: {why}")
+    sys.exit(0)
+print("cuda build: building, or loading the cached build")
+t0 = time.perf_counter()
+try:
+    cuda_bag.extension()
+except Exception as exc:
+    sys.exit(f"cuda build: FAILED: {exc}")
+print(f"cuda build: ready after {time.perf_counter() - t0:.0f}s")
+'
+step "cuda build" 300 '^cuda build: skipped' "$PY" -c "$build_py"
+
 if "$PY" -c 'import pytest' 2>/dev/null; then
-  # -p no:cacheprovider: the tree may be read-only; the first test builds the extension.
+  # -p no:cacheprovider: the tree may be read-only. -x: stop at the first failure, shown in full.
   # Skipped, not passed, when pytest's summary has no "passed" (every GPU test skipped, with its reason).
-  step "GPU tests" 300 '^(=+ )?[0-9]+ skipped' "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests
+  step "GPU tests" 300 '^(=+ )?[0-9]+ skipped' "$PY" -m pytest -q -x -p no:cacheprovider -m gpu -rs tests
 else
   skip "GPU tests" "pytest is not installed (the benchmark below still checks each kernel against torch)"
 fi

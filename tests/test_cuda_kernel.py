@@ -216,21 +216,49 @@ def test_fused_sgd_equals_torch_sgd_on_the_sparse_gradient(weighted, index_dtype
     torch.testing.assert_close(mine, ref.detach(), rtol=1e-5, atol=1e-5)
 
 
+class _Calls:
+    """Wraps cuda_bag.sgd_from_bags, counting the calls: which update a path took."""
+
+    def __init__(self, monkeypatch):
+        self.count, real = 0, cuda_bag.sgd_from_bags
+
+        def spy(*args, **kw):
+            self.count += 1
+            return real(*args, **kw)
+
+        monkeypatch.setattr(cuda_bag, "sgd_from_bags", spy)
+
+
 @pytest.mark.gpu
 @gpu
-def test_update_routes_cuda_tables_to_the_cuda_kernel_and_matches_the_cpu_path():
+def test_update_takes_the_cuda_kernel_only_when_asked_and_matches_the_cpu_path(monkeypatch):
     from kernels.update import sgd_from_bags
 
     indices, offsets = _random_bags(200, 40, 30, seed=6, device="cpu")
     g = torch.Generator().manual_seed(8)
     weight = torch.randn(40, 16, generator=g)
     grad_out = torch.randn(200, 16, generator=g)
-    on_cpu, on_gpu = weight.clone(), weight.cuda()
+    on_cpu = weight.clone()
     sgd_from_bags(on_cpu, indices, offsets, grad_out, None, 0.1)
-    sgd_from_bags(on_gpu, indices.cuda(), offsets.cuda(), grad_out.cuda(), None, 0.1)
-    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-5, atol=1e-5)
+    calls = _Calls(monkeypatch)
+    cases = ((False, torch.float32, 0), (True, torch.float32, 1), (True, torch.half, 1))  # calls so far
+    for cuda_kernel, dtype, expected_calls in cases:
+        on_gpu = weight.to("cuda", dtype)  # half: torch's index_add_, not the kernel (float32/64 only)
+        grad = grad_out.to("cuda", dtype)
+        sgd_from_bags(on_gpu, indices.cuda(), offsets.cuda(), grad, None, 0.1, cuda_kernel=cuda_kernel)
+        assert calls.count == expected_calls, (cuda_kernel, dtype)
+        rtol, atol = (1e-2, 5e-2) if dtype == torch.half else (1e-5, 1e-5)  # half: ~75 rounded adds per row
+        torch.testing.assert_close(on_gpu.float().cpu(), on_cpu, rtol=rtol, atol=atol)
+    on_gpu = weight.cuda()
     with pytest.raises(ValueError, match=r"row ids span \[40, 40\], table has 40 rows"):
-        sgd_from_bags(on_gpu, torch.full_like(indices, 40).cuda(), offsets.cuda(), grad_out.cuda(), None, 0.1)
+        bad_rows = torch.full_like(indices, 40).cuda()
+        sgd_from_bags(on_gpu, bad_rows, offsets.cuda(), grad_out.cuda(), None, 0.1, cuda_kernel=True)
+    long_offsets = offsets.clone()
+    long_offsets[-1] += 1  # the last bag runs past the rows
+    with pytest.raises(ValueError, match=rf"offsets must rise from 0 to len\(rows\) = {indices.numel()}"):
+        sgd_from_bags(on_gpu, indices.cuda(), long_offsets.cuda(), grad_out.cuda(), None, 0.1, cuda_kernel=True)
+    assert calls.count == 1  # refused before the kernel
+    torch.testing.assert_close(on_gpu, weight.cuda(), rtol=0, atol=0)
 
 
 @pytest.mark.gpu
@@ -248,13 +276,16 @@ def test_gradcheck_float64_on_gpu():
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("grad", ["sparse", "dense", "fused"])
-def test_dlrm_trains_on_gpu_with_cuda_as_with_torch(grad):
+def test_dlrm_trains_on_gpu_with_cuda_as_with_torch(grad, monkeypatch):
     cfg = DLRMConfig(16, (50, 7, 300, 1), (6, 32, 16), (16, 1), embedding_grad=EmbeddingGrad(grad))
     data = RandomData(cfg.table_rows, 6, 32, 256, pooling_factor=8, seed=5)
     train = TrainConfig(learning_rate=0.1, seed=7, device="cuda")
+    calls = _Calls(monkeypatch)
     losses = {}
     for kernel in ("torch", "cuda"):
         losses[kernel] = run(replace(cfg, kernel=kernel), train, data, log=lambda s: None)["train_loss"]
+        if kernel == "torch":  # torch's side is independent: its fused update is index_add_, never the kernel
+            assert calls.count == 0
     assert len(losses["cuda"]) == 8
     np.testing.assert_allclose(losses["cuda"], losses["torch"], rtol=1e-4)
 

@@ -127,14 +127,22 @@ _FAKE_PYTHON = """\
 #!/usr/bin/env bash
 case "$1 ${2:-}" in
   "-c import torch; print(int(torch.cuda.is_available()))") echo "$FAKE_GPU" ;;
+  "-c "*"cuda_bag.extension()"*) echo "$FAKE_BUILD"; exit "${FAKE_BUILD_RC:-0}" ;;
   "-c "*) ;;
   "- ") cat >/dev/null; echo "torch 0.0 (fake)" ;;
-  "-m pytest") echo "$FAKE_PYTEST"; exit "${FAKE_PYTEST_RC:-0}" ;;
-  "scripts/gpu_bench.py "*) echo "$FAKE_BENCH" ;;
+  "-m pytest") echo "$FAKE_PYTEST"; echo "pytest args: $*"; exit "${FAKE_PYTEST_RC:-0}" ;;
+  "scripts/gpu_bench.py "*) echo "$FAKE_BENCH"; exit "${FAKE_BENCH_RC:-0}" ;;
   "-m profiler.cli") echo "training" ;;
   *) echo "fake python: unexpected $*" >&2; exit 3 ;;
 esac
 """
+
+
+_NO_GPU = {
+    "FAKE_GPU": "0",
+    "FAKE_BUILD": "cuda build: skipped: no CUDA device visible",
+    "FAKE_BENCH": "gpu_bench: skipped: no CUDA device visible",
+}
 
 
 def _gpu_check(tmp_path: Path, python: str, cwd: Path | None = None, **fake: str):
@@ -152,37 +160,48 @@ def fake_python(tmp_path: Path) -> Path:
 
 
 def test_gpu_check_without_a_gpu_says_nothing_was_checked(tmp_path, fake_python):
-    result = _gpu_check(tmp_path, str(fake_python), FAKE_GPU="0", FAKE_PYTEST="178 skipped, 922 deselected",
-                        FAKE_BENCH="gpu_bench: skipped: no CUDA device visible")  # fmt: skip
+    result = _gpu_check(tmp_path, str(fake_python), FAKE_PYTEST="178 skipped, 922 deselected", **_NO_GPU)
     assert result.returncode == 0, result.stdout + result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert "all steps passed" not in last
     assert "nothing was checked, no CUDA device is visible" in last
-    assert "0 passed, 3 skipped (GPU tests, benchmark, DLRM training), 0 failed" in last
+    assert "0 passed, 4 skipped (cuda build, GPU tests, benchmark, DLRM training), 0 failed" in last
 
 
 def test_gpu_check_with_a_gpu_counts_the_steps(tmp_path, fake_python):
-    result = _gpu_check(tmp_path, str(fake_python), FAKE_GPU="1", FAKE_PYTEST="5 passed, 2 skipped in 1.0s",
-                        FAKE_BENCH="D=64 L=20 cuda 10 us")  # fmt: skip
+    result = _gpu_check(tmp_path, str(fake_python), FAKE_GPU="1", FAKE_BUILD="cuda build: ready after 40s",
+                        FAKE_PYTEST="5 passed, 2 skipped in 1.0s", FAKE_BENCH="D=64 L=20 cuda 10 us")  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     last = result.stdout.strip().splitlines()[-1]
-    assert "4 passed (GPU tests, benchmark, DLRM training (--kernel cuda), DLRM training (--kernel torch))" in last
+    steps = "cuda build, GPU tests, benchmark, DLRM training (--kernel cuda), DLRM training (--kernel torch)"
+    assert f"5 passed ({steps})" in last
     assert "0 skipped, 0 failed" in last
+    # the GPU tests stop at the first failure, so its output shows (not 175 of them, or a time-out)
+    assert "pytest args: -m pytest -q -x " in result.stdout
 
 
 def test_gpu_check_takes_a_relative_python_from_the_callers_folder(tmp_path, fake_python):
     # The script changes to the repository root; bin/python is tmp_path's.
-    result = _gpu_check(tmp_path, "bin/python", cwd=tmp_path, FAKE_GPU="0", FAKE_PYTEST="1 passed",
-                        FAKE_BENCH="gpu_bench: skipped: no CUDA device visible")  # fmt: skip
+    result = _gpu_check(tmp_path, "bin/python", cwd=tmp_path, FAKE_PYTEST="1 passed", **_NO_GPU)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed (GPU tests), 2 skipped (benchmark, DLRM training), 0 failed" in result.stdout
+    assert "1 passed (GPU tests), 3 skipped (cuda build, benchmark, DLRM training), 0 failed" in result.stdout
 
 
 def test_gpu_check_reports_a_failed_step(tmp_path, fake_python):
-    result = _gpu_check(tmp_path, str(fake_python), FAKE_GPU="0", FAKE_PYTEST="1 failed", FAKE_PYTEST_RC="1",
-                        FAKE_BENCH="gpu_bench: skipped: no CUDA device visible")  # fmt: skip
+    result = _gpu_check(tmp_path, str(fake_python), FAKE_PYTEST="1 failed", FAKE_PYTEST_RC="1", **_NO_GPU)
     assert result.returncode == 1
-    assert "a step FAILED: 0 passed, 2 skipped (benchmark, DLRM training), 1 failed (GPU tests)" in result.stdout
+    expected = "a step FAILED: 0 passed, 3 skipped (cuda build, benchmark, DLRM training), 1 failed (GPU tests)"
+    assert expected in result.stdout
+
+
+def test_gpu_check_shows_a_failed_build_and_a_benchmark_mismatch(tmp_path, fake_python):
+    build_error = "cuda build: FAILED: building the cuda embedding-bag from kernels/cuda failed: nvcc fatal: boom"
+    result = _gpu_check(tmp_path, str(fake_python), FAKE_GPU="1", FAKE_BUILD=build_error, FAKE_BUILD_RC="1",
+                        FAKE_PYTEST="3 passed", FAKE_BENCH="gpu_bench: FAILED: cuda at B=2048 ...",
+                        FAKE_BENCH_RC="1")  # fmt: skip
+    assert result.returncode == 1
+    assert build_error in result.stdout
+    assert "2 failed (cuda build, benchmark)" in result.stdout.strip().splitlines()[-1]
 
 
 def test_gpu_check_stops_at_once_when_python_lacks_torch(tmp_path):
