@@ -127,9 +127,10 @@ class Measurement:
 
     @property
     def overhead_frac(self) -> float:
-        """Share of a timed block spent reading the clock (two reads per block)."""
+        """Share of a timed block spent reading the clock: about one read's cost lands inside each block
+        (the end of the read that starts it, the start of the one that ends it)."""
         block_s = self.median_s * self.calls_per_sample
-        return 2 * self.clock_overhead_s / block_s if block_s > 0 else 0.0
+        return self.clock_overhead_s / block_s if block_s > 0 else 0.0
 
     @property
     def contended(self) -> bool:

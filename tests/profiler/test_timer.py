@@ -89,6 +89,16 @@ def test_warmup_excludes_a_slow_first_call() -> None:
     assert m.warmup_calls >= 2
 
 
+def test_overhead_share_is_what_the_clock_adds_to_a_sample() -> None:
+    # One call per sample (flush), a 100 µs kernel, reads costing 5 µs: each sample is 105 µs, of
+    # which 5 µs (one read's cost) is the clock's: 5 / 105 = 4.8%, not twice that.
+    clock = FakeClock(read_cost_s=5e-6)
+    m = measure(_kernel(clock, 100e-6), clock=clock, rep_ms=2, flush_bytes=1 << 12, check_contention=False)
+    assert m.calls_per_sample == 1 and m.median_s == pytest.approx(105e-6)
+    assert m.overhead_frac == pytest.approx(5 / 105)
+    assert any("clock overhead 4.8% of a sample" in w for w in m.warnings)
+
+
 def test_flush_means_one_call_per_sample_and_is_recorded() -> None:
     clock = FakeClock()
     m = measure(_kernel(clock, 1e-5), clock=clock, rep_ms=1, flush_bytes=1 << 16, check_contention=False)
