@@ -37,4 +37,8 @@ def embedding_bag(
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (rows, dim), got shape {tuple(weight.shape)}")
     validate_bags(weight.shape[0], indices, offsets, per_sample_weights)
+    if per_sample_weights is not None and per_sample_weights.dtype != weight.dtype:
+        # torch refuses the mix; the compiled kernels would cast silently: one rule for all
+        psw = per_sample_weights.dtype
+        raise ValueError(f"per_sample_weights are {psw} but the table is {weight.dtype}: match them")
     return entry.fn(weight, indices, offsets, per_sample_weights, mode, sparse)

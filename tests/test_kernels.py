@@ -88,6 +88,15 @@ def test_int32_indices_into_a_table_past_2_31_rows_are_accepted():
         validate_bags(rows, torch.tensor([2**31 + 5, 0]), torch.tensor([0, 2]))
 
 
+@pytest.mark.parametrize("name", ["torch", "numba_w4"])
+def test_per_sample_weights_of_another_dtype_are_refused_by_every_kernel(name):
+    w, idx, off = torch.ones(4, 3), torch.tensor([0, 1]), torch.tensor([0, 2])
+    with pytest.raises(ValueError, match=r"per_sample_weights are torch.float64 but the table is torch.float32"):
+        kernels.embedding_bag(name, w, idx, off, torch.ones(2, dtype=torch.float64))
+    got = kernels.embedding_bag(name, w, idx, off, torch.tensor([2.0, 3.0]))  # same dtype: 2 * row + 3 * row
+    torch.testing.assert_close(got, torch.full((1, 3), 5.0))
+
+
 def test_bad_indices_and_offsets_are_named():
     w = torch.zeros(10, 4)
     with pytest.raises(ValueError, match=r"index 10 at position 2 \(bag 1\) is out of range \[0, 10\)"):
