@@ -5,7 +5,7 @@ no pickled code ever runs). A finished run stores the config and the weights (th
 average with --ema-decay). A run stopped by Ctrl-C, or saved every --save-freq iterations,
 also stores `resume`: where it stopped (epoch, batches of that epoch done, iterations), the
 optimizer's state (Adagrad's accumulators), the trained weights when the saved ones are the
-average, the average itself, the evaluations and losses so far, and the settings it ran with.
+--ema-decay average, the evaluations and losses so far, and the settings it ran with.
 `--load-model` on such a file continues the run; the reference's --load-model does the same
 (its optimizer state included).
 """
@@ -46,7 +46,6 @@ class Resume:
     optimizer: dict[str, Any]  # optimizer.state_dict()
     settings: dict[str, Any]  # RESUME_SETTINGS as the run had them
     weights: dict[str, torch.Tensor] | None = None  # the trained weights, when the checkpoint's are the average
-    average: list[torch.Tensor] | None = None  # WeightEMA's averages
     history: list[dict[str, Any]] | None = None  # evaluations so far
     losses: list[float] | None = None  # printed training losses so far
     window: tuple[float, int, int] = (0.0, 0, 0)  # loss sum, samples, steps since the last printed loss

@@ -225,6 +225,8 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--kernel: {exc}") from None
     if args.save_freq < 0 or (args.save_freq and not args.save_model):
         raise ValueError(f"--save-freq {args.save_freq}: give N >= 1 iterations, with --save-model PATH")
+    if args.save_freq and (args.inference_only or args.dist_backend):
+        raise ValueError("--save-freq saves a training run to go on with: not with --inference-only or --dist-backend")
     state, resume = None, None
     if args.load_model:
         import torch

@@ -245,7 +245,7 @@ def run(
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule scales each group's rate
     ema = WeightEMA(model.parameters(), train.ema_decay) if train.ema_decay else None
     if resume is not None:
-        _restore(optimizer, ema, resume, device)
+        _restore(optimizer, ema, resume, state_dict, list(model.named_parameters()), device)
 
     def averaged() -> contextlib.AbstractContextManager[Any]:
         """The weights evaluations and the saved model use: the moving average with --ema-decay."""
@@ -283,8 +283,7 @@ def run(
         resumable = not train.inference_only and dist_ctx is None
         raw = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if ema is not None else None
         state = Resume(*progress, iters, optimizer.state_dict(), {k: getattr(train, k) for k in RESUME_SETTINGS},
-                       raw, ema.average if ema is not None else None, history, losses,
-                       (float(window_loss), window_samples, window_iters))  # fmt: skip
+                       raw, history, losses, (float(window_loss), window_samples, window_iters))  # fmt: skip
         with averaged():
             save_checkpoint(model, train.save_model, iterations=iters, resume=state if resumable else None)
 
@@ -292,7 +291,8 @@ def run(
     warmup_s = warm_up(config, train, device)
     neighbours = snapshot()  # CPU pressure, steal and load around the timed loop (profiler.contention)
     wall0 = time.perf_counter()
-    with _interrupt_between_steps(bool(train.save_model) and not train.inference_only) as stop:
+    per_epoch = min(nbatches, len(data))  # type: ignore[arg-type]
+    with _interrupt_between_steps(bool(train.save_model) and not train.inference_only and dist_ctx is None) as stop:
         for epoch in range(start[0], train.nepochs):
             if hasattr(data, "set_epoch"):
                 data.set_epoch(epoch)
@@ -346,9 +346,11 @@ def run(
                     window_loss.zero_()
                     window_samples = window_iters = 0
                     window_step_s = 0.0
-                last, progress = (epoch, j), (epoch, j + 1)
+                last, progress = (epoch, j), ((epoch, j + 1) if j + 1 < per_epoch else (epoch + 1, 0))
                 if test_data is not None and train.test_freq and iters % train.test_freq == 0:
                     test(*last)
+                if progress[0] == train.nepochs:
+                    continue  # the last step: a stop asked now finds the run done, and it ends as usual
                 if stop.requested or (train.save_model and train.save_freq and iters % train.save_freq == 0):
                     save_resumable()
                 if stop.requested:
@@ -357,14 +359,14 @@ def run(
                         f"--load-model {train.save_model} goes on")  # fmt: skip
                     raise KeyboardInterrupt
                 t_data = time.perf_counter()
-    if test_data is not None and iters and (not history or history[-1]["iteration"] != iters):
-        test(*last)
-    wall_s = time.perf_counter() - wall0 - test_s
     if iters == iters0:
         if resume is not None:
             raise ValueError(f"the saved run had done its {train.nepochs} epoch(s) ({iters} iterations): raise "
                              "--nepochs (or --num-batches) to train on")  # fmt: skip
         raise ValueError("no batches were run: check --num-batches, --data-size and --mini-batch-size")
+    if test_data is not None and (not history or history[-1]["iteration"] != iters):
+        test(*last)
+    wall_s = time.perf_counter() - wall0 - test_s
     processes = dist_ctx.world_size if dist_ctx is not None else 1
     contention = assess(neighbours, snapshot(), threads=torch.get_num_threads() * processes, processes=processes)
 
@@ -438,8 +440,16 @@ def run(
     return result
 
 
-def _restore(optimizer: torch.optim.Optimizer, ema: WeightEMA | None, resume: Resume, device: torch.device) -> None:
-    """The saved optimizer state and average; the rates and other settings stay this run's."""
+def _restore(
+    optimizer: torch.optim.Optimizer,
+    ema: WeightEMA | None,
+    resume: Resume,
+    average: dict[str, torch.Tensor] | None,
+    named: list[tuple[str, torch.nn.Parameter]],
+    device: torch.device,
+) -> None:
+    """The saved optimizer state and average (`average`: the checkpoint's state_dict); the rates and other
+    settings stay this run's. `named`: the model's named parameters, in WeightEMA's order."""
     settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
         optimizer.load_state_dict(resume.optimizer)
@@ -447,10 +457,10 @@ def _restore(optimizer: torch.optim.Optimizer, ema: WeightEMA | None, resume: Re
         raise ValueError(f"the saved optimizer state does not fit this model and optimizer ({exc})") from None
     for group, own in zip(optimizer.param_groups, settings, strict=True):
         group.update(own)
-    if ema is not None:
-        if resume.average is None:
+    if ema is not None:  # the checkpoint's weights are the average; resume.weights the trained ones
+        if resume.weights is None:
             raise ValueError("--ema-decay: the saved run kept no moving average to go on with")
-        ema.average = [a.to(device) for a in resume.average]
+        ema.average = [average[name].to(device) for name, _ in named]
 
 
 class _StopRequest:

@@ -191,6 +191,9 @@ def dlrm_step_cost(
     """
     if mode not in ("forward", "train"):
         raise ValueError(f"mode={mode!r}: allowed: forward, train")
+    if interaction not in ("dot", "cat") or embedding_grad not in ("sparse", "dense", "fused"):
+        raise ValueError(f"interaction={interaction!r}, embedding_grad={embedding_grad!r}: allowed: dot, cat; "
+                         "sparse, dense, fused")  # fmt: skip
     B, D, T = batch_size, embedding_dim, len(table_rows)
     n = T * B * pooling_factor
     bags = T * B
@@ -223,10 +226,8 @@ def dlrm_step_cost(
         table = sum(table_rows) * D * 4
         scatter = Cost(bags * D * 4 + n * 8 + (bags + 1) * 8 + rows_bytes, table + rows_bytes, n * D)
         cost = cost + scatter + Cost(2 * table, table, 2 * sum(table_rows) * D)
-    elif embedding_grad == "fused":
-        cost = cost + fused_sgd_cost(bags, n, D)
     else:
-        raise ValueError(f"embedding_grad={embedding_grad!r}: allowed: sparse, dense, fused")
+        cost = cost + fused_sgd_cost(bags, n, D)
     return cost
 
 

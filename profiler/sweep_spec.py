@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -149,8 +150,8 @@ class SweepSpec:
         _check_keys(self.plot, _PLOT_KEYS, "plot", where)
         _check_keys(self.timing, _TIMING_KEYS, "timing", where)
         for key, value in self.timing.items():
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or value < 0 or (key == "flush_bytes" and value != int(value)) or value != value:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or value < 0 or (key == "flush_bytes" and value != int(value)):
                 kind = "a non-negative integer" if key == "flush_bytes" else "a non-negative number of milliseconds"
                 raise ValueError(f"{where}: timing.{key} = {value!r} must be {kind}")
         return self

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels import cuda_bag, registry, update
+
+kernels.list_kernels()  # register every backend in its usual order before importing one of them directly
+from kernels import cuda_bag, registry, update  # noqa: E402
 
 _SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 _HAS_PROC = Path("/proc/self/fd").is_dir()

@@ -122,13 +122,20 @@ def test_save_freq_leaves_a_resumable_checkpoint_and_settings_are_checked(tmp_pa
     assert "--save-freq -1: give N >= 1 iterations" in capsys.readouterr().err
 
 
-def test_nothing_left_to_do_is_an_error_naming_the_way_on(tmp_path, monkeypatch, capsys):
+def test_a_stop_at_the_last_step_ends_the_run_and_a_shorter_run_has_nothing_left(tmp_path, monkeypatch, capsys):
     _criteo(tmp_path / "c.txt")
-    _interrupt_at_step(monkeypatch, 9)  # the last step of the only epoch
-    assert main(_argv(tmp_path, "n", "--nepochs=1")) == 130
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        _interrupt_at_step(m, 9)  # the last step of the only epoch: the run is done, nothing to go on with
+        assert main(_argv(tmp_path, "n", "--nepochs=1")) == 0
+    assert json.loads((tmp_path / "n.json").read_text())["iterations"] == 9
+    assert "resume" not in load_checkpoint(tmp_path / "n.pt", torch.device("cpu"))
+    with monkeypatch.context() as m:
+        _interrupt_at_step(m, 9)  # the end of epoch 0 of 2: saved as "epoch 1, no batch done"
+        assert main(_argv(tmp_path, "e", "--nepochs=2")) == 130
+    ckpt = load_checkpoint(tmp_path / "e.pt", torch.device("cpu"))["resume"]
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["iterations"]) == (1, 0, 9)
     capsys.readouterr()
-    assert main([*_argv(tmp_path, "n", "--nepochs=1"), f"--load-model={tmp_path / 'n.pt'}"]) == 2
+    assert main([*_argv(tmp_path, "e", "--nepochs=1"), f"--load-model={tmp_path / 'e.pt'}"]) == 2
     assert "the saved run had done its 1 epoch(s) (9 iterations): raise --nepochs" in capsys.readouterr().err
-    assert main([*_argv(tmp_path, "n", "--nepochs=2"), f"--load-model={tmp_path / 'n.pt'}"]) == 0
-    assert json.loads((tmp_path / "n.json").read_text())["iterations"] == 18
+    assert main([*_argv(tmp_path, "e", "--nepochs=2"), f"--load-model={tmp_path / 'e.pt'}"]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["iterations"] == 18

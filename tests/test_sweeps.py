@@ -89,6 +89,8 @@ def test_kernel_wildcards():
         ({"name": "t", "target": "dlrm", "timing": {"rep_ms": "x"}}, "timing.rep_ms = 'x' must be a non-negative"),
         ({"name": "t", "target": "dlrm", "timing": {"flush_bytes": 1.5}}, "timing.flush_bytes = 1.5 must be a non-n"),
         ({"name": "t", "target": "dlrm", "timing": {"warmup_ms": float("nan")}}, "timing.warmup_ms = nan must be"),
+        ({"name": "t", "target": "dlrm", "timing": {"flush_bytes": float("inf")}}, "timing.flush_bytes = inf must be"),
+        ({"name": "t", "target": "dlrm", "timing": {"rep_ms": float("inf")}}, "timing.rep_ms = inf must be"),
     ],
 )
 def test_bad_specs_name_the_key(data, message):
