@@ -119,23 +119,6 @@ def _check_rows(rows: torch.Tensor, num_rows: int, where: str) -> None:
         raise ValueError(f"{where}: row ids span [{int(lo)}, {int(hi)}], table has {num_rows} rows")
 
 
-def _check_bags(rows: torch.Tensor, offsets: torch.Tensor, num_rows: int, where: str) -> None:
-    """_check_rows, and CSR offsets rising from 0 to len(rows) (validate_bags' contract), which the
-    compiled loops use as bounds. One device-to-host copy for all five numbers: on a CUDA table it
-    costs the one sync the rows check alone did. rows is non-empty, offsets has B + 1 >= 1 entries."""
-    lo, hi = torch.aminmax(rows)
-    o = offsets.long()
-    fall = (o[:-1] - o[1:]).amax() if o.numel() > 1 else o.new_zeros(())  # > 0 where offsets decrease
-    lo, hi, first, last, fall = torch.stack([lo.long(), hi.long(), o[0], o[-1], fall]).tolist()
-    if lo < 0 or hi >= num_rows:
-        raise ValueError(f"{where}: row ids span [{lo}, {hi}], table has {num_rows} rows")
-    if first != 0 or last != rows.numel() or fall > 0:
-        raise ValueError(
-            f"{where}: offsets must rise from 0 to len(rows) = {rows.numel()}; "
-            f"got offsets[0] = {first}, offsets[-1] = {last}" + (", and they decrease" if fall > 0 else "")
-        )
-
-
 def _use_cuda_update(weight: torch.Tensor, cuda_kernel: bool) -> bool:
     """The hand-written CUDA update applies: kernel 'cuda' is in use, on a contiguous float32/64 CUDA table."""
     return (
@@ -179,8 +162,9 @@ def sgd_from_bags(
         return
     if _use_cuda_update(weight, cuda_kernel):
         from kernels import cuda_bag
+        from kernels.validate import validate_bags  # here: kernels.validate imports this module
 
-        _check_bags(rows, offsets, weight.shape[0], "sgd_from_bags")  # the CUDA kernel trusts both
+        validate_bags(weight.shape[0], rows, offsets, where="sgd_from_bags")  # the CUDA kernel trusts both
         cuda_bag.sgd_from_bags(weight, rows, offsets, grad_out, per_sample_weights, lr)
         return
     fast = (

@@ -46,9 +46,36 @@ def validate_bags(
             raise ValueError(f"{at}{name} must be int32 or int64, got {t.dtype}")
         if t.dim() != 1:
             raise ValueError(f"{at}{name} must be 1-D, got shape {tuple(t.shape)}")
-    n = indices.numel()
     if offsets.numel() == 0:
         raise ValueError(f"{at}offsets must have B + 1 >= 1 entries, got none")
+    if not _bags_ok(num_rows, indices, offsets):
+        _name_the_fault(num_rows, indices, offsets, at, batch_size)
+    if per_sample_weights is not None:
+        if not per_sample_weights.is_floating_point():
+            raise ValueError(f"{at}per_sample_weights must be floating point, got {per_sample_weights.dtype}")
+        if per_sample_weights.shape != indices.shape:
+            raise ValueError(
+                f"{at}per_sample_weights has shape {tuple(per_sample_weights.shape)}, "
+                f"indices {tuple(indices.shape)}: they must match"
+            )
+
+
+def _bags_ok(num_rows: int | None, indices: torch.Tensor, offsets: torch.Tensor) -> bool:
+    """Every check at once, read back in one device-to-host copy (on a GPU, one sync per batch)."""
+    parts = [offsets[0].long(), offsets[-1].long() - indices.numel()]  # both 0 when right
+    if offsets.numel() > 1:
+        parts.append((offsets[1:] < offsets[:-1]).any().long())
+    if indices.numel() and num_rows is not None:
+        lo, hi = torch.aminmax(indices)
+        parts += [(lo < 0).long(), (hi.long() >= num_rows).long()]
+    return not any(torch.stack(parts).tolist())
+
+
+def _name_the_fault(
+    num_rows: int | None, indices: torch.Tensor, offsets: torch.Tensor, at: str, batch_size: int
+) -> None:
+    """The first fault _bags_ok found, named by position, bag and value (a slow path: bad input only)."""
+    n = indices.numel()
     first, last = int(offsets[0]), int(offsets[-1])
     if first != 0:
         raise ValueError(f"{at}offsets[0] must be 0, got {first}")
@@ -71,14 +98,7 @@ def validate_bags(
             i = int(bad[0, 0])
             bag = int(torch.searchsorted(offsets, torch.tensor(i, dtype=offsets.dtype), right=True)) - 1
             raise ValueError(f"{at}index {int(indices[i])} at position {i} (bag {bag}) is out of range [0, {num_rows})")
-    if per_sample_weights is not None:
-        if not per_sample_weights.is_floating_point():
-            raise ValueError(f"{at}per_sample_weights must be floating point, got {per_sample_weights.dtype}")
-        if per_sample_weights.shape != indices.shape:
-            raise ValueError(
-                f"{at}per_sample_weights has shape {tuple(per_sample_weights.shape)}, "
-                f"indices {tuple(indices.shape)}: they must match"
-            )
+    raise ValueError(f"{at}invalid bags (a check disagreed with its slow path: please report)")
 
 
 def validate_tables(

@@ -196,19 +196,24 @@ _ROWS, _OFFSETS = torch.tensor([4, 1, 1]), torch.tensor([0, 2, 3])
 @pytest.mark.parametrize(
     ("rows", "offsets", "message"),
     [
-        ([4, 1, 5], [0, 2, 3], r"row ids span \[1, 5\], table has 5 rows"),
-        ([4, -1, 1], [0, 2, 3], r"row ids span \[-1, 4\], table has 5 rows"),
-        ([4, 1, 1], [0, 2, 4], r"offsets must rise from 0 to len\(rows\) = 3; got offsets\[0\] = 0, offsets\[-1\] = 4"),
-        ([4, 1, 1], [1, 2, 3], r"got offsets\[0\] = 1, offsets\[-1\] = 3$"),
-        ([4, 1, 1], [0, 3, 2, 3], r"offsets\[-1\] = 3, and they decrease$"),
-        ([4, 1, 1], [0], r"offsets\[-1\] = 0$"),
+        ([4, 1, 5], [0, 2, 3], r"index 5 at position 2 \(bag 1\) is out of range \[0, 5\)"),
+        ([4, -1, 1], [0, 2, 3], r"index -1 at position 1 \(bag 0\) is out of range \[0, 5\)"),
+        ([4, 1, 1], [0, 2, 4], r"offsets\[-1\] = 4 overruns the 3 indices"),
+        ([4, 1, 1], [1, 2, 3], r"offsets\[0\] must be 0, got 1"),
+        ([4, 1, 1], [0, 3, 2, 3], r"offsets decrease at position 2 \(bag 1\): offsets\[1\] = 3 > offsets\[2\] = 2"),
+        ([4, 1, 1], [0], r"offsets\[-1\] = 0 overruns the 3 indices"),
     ],
 )
-def test_check_bags_refuses_rows_and_offsets_a_compiled_update_would_overrun(rows, offsets, message):
+def test_the_cuda_update_refuses_rows_and_offsets_it_would_overrun(monkeypatch, rows, offsets, message):
+    calls = []
+    monkeypatch.setattr(update, "_use_cuda_update", lambda weight, cuda_kernel: cuda_kernel)  # as on a GPU
+    monkeypatch.setattr(cuda_bag, "sgd_from_bags", lambda *args: calls.append(args))
+    weight = torch.zeros(5, 2)
     for dtype in (torch.int32, torch.int64):
-        with pytest.raises(ValueError, match=rf"^sgd_from_bags: .*{message}"):
-            update._check_bags(torch.tensor(rows, dtype=dtype), torch.tensor(offsets, dtype=dtype), 5, "sgd_from_bags")
-    update._check_bags(_ROWS, _OFFSETS, 5, "sgd_from_bags")  # the valid batch passes
+        r, o = torch.tensor(rows, dtype=dtype), torch.tensor(offsets, dtype=dtype)
+        with pytest.raises(ValueError, match=rf"^sgd_from_bags: {message}"):
+            update.sgd_from_bags(weight, r, o, torch.ones(o.numel() - 1, 2), None, 0.1, cuda_kernel=True)
+    assert calls == []
 
 
 def test_the_cuda_update_is_called_only_after_rows_and_offsets_are_checked(monkeypatch):
