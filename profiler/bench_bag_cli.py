@@ -153,7 +153,7 @@ def _fmt_us(s: float) -> str:
     return f"{s * 1e6:,.1f}"
 
 
-def _run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _run_bench(args: argparse.Namespace, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     import torch
 
     from kernels.asm import isa_in_force
@@ -222,7 +222,6 @@ def _run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     print(f"numba kernels compiled for {isa['numba_cpu_name']} ({isa['numba_cpu_features']})"
           + (f", --isa {args.isa}" if args.isa else ""))  # fmt: skip
     table_key, table, inputs_key, inputs, hp_bytes, fn = None, None, None, None, None, None
-    records: list[dict[str, Any]] = []
     for p in points:
         if p.table_key != table_key:
             table = inputs = fn = None  # free the previous table first (the last step holds it too)
@@ -312,7 +311,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     child = _isa_child(args, _bench_argv(args))
     if child is not None:
         return child
-    records = _run_bench(args)
+    records: list[dict[str, Any]] = []  # filled point by point: a Ctrl-C keeps what was measured
+    try:
+        _run_bench(args, records)
+    except KeyboardInterrupt:
+        if args.json_out and records:
+            write_json_atomic(args.json_out, records)
+            print(f"interrupted: wrote the {len(records)} points measured to {args.json_out}")
+        raise
     _geomeans(records)
     if args.json_out:
         write_json_atomic(args.json_out, records)

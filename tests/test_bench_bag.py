@@ -198,3 +198,23 @@ def test_the_gather_ceiling_says_when_it_has_no_row(capsys):
     assert "note: gather_ceiling times int64 forward bags only: no ceiling row for --backward" in out.err
     assert "gather_ceiling " not in out.out  # no row for it
     assert out.out.startswith("numba kernels compiled for ")  # the ISA in force, before the table
+
+
+def test_ctrl_c_keeps_the_points_measured(tmp_path, monkeypatch, capsys):
+    import profiler.bench_bag_cli as cli
+
+    shown = []
+
+    def print_then_stop(r, done):
+        shown.append(r["kernel"])
+        if len(shown) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the second point's row is printed
+
+    monkeypatch.setattr(cli, "_print_row", print_then_stop)
+    out = tmp_path / "b.json"
+    argv = ["bench", "embedding-bag", "--kernels", "torch,torch_naive,numba_w4", "--batch-size", "8",
+            "--num-rows", "100", "--embedding-dim", "8", "--pooling-factor", "2", "--warmup-ms", "1",
+            "--rep-ms", "2", "--json-out", str(out)]  # fmt: skip
+    assert main(argv) == 130
+    assert [r["kernel"] for r in json.loads(out.read_text())] == ["torch", "torch_naive"]
+    assert f"interrupted: wrote the 2 points measured to {out}" in capsys.readouterr().out
