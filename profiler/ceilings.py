@@ -70,6 +70,7 @@ class Ceiling:
     n_samples: int | None = None
     contended: bool = False
     warnings: list[str] = field(default_factory=list)
+    measured_value: float | None = None  # set when a slowed run took the fewer-thread value (monotone_in_threads)
 
     def validate(self) -> Ceiling:
         if self.kind not in ("bandwidth", "compute") or self.source not in ("measured", "derived"):
@@ -416,9 +417,6 @@ def measure_ceilings(
     return out + derived
 
 
-_STANDS = "value stands"
-
-
 def monotone_in_threads(ceilings: list[Ceiling]) -> list[Ceiling]:
     """No ceiling below the same limit at fewer threads: a machine that moved X GB/s on one thread can
     move X on two (one may idle). A lower many-thread figure is a run a neighbour slowed (2 threads on
@@ -435,9 +433,10 @@ def monotone_in_threads(ceilings: list[Ceiling]) -> list[Ceiling]:
         lower = best.get(group)
         if lower is not None and c.value < lower.value:
             why = (f"measured {c.value:.3g} at {c.threads} threads, below {lower.value:.3g} at {lower.threads}: "
-                   f"a slowed run; the {lower.threads}-thread {_STANDS}")  # fmt: skip
+                   f"a slowed run; the {lower.threads}-thread value stands")  # fmt: skip
             field_ = "gbps" if c.kind == "bandwidth" else "gflops"
-            c = replace(c, **{field_: lower.value}, warnings=[*c.warnings, why], method=f"{c.method}; {why}")
+            c = replace(c, **{field_: lower.value}, warnings=[*c.warnings, why], method=f"{c.method}; {why}",
+                        measured_value=c.value)  # fmt: skip
             out[i] = c
         if lower is None or c.value > lower.value:  # a borrowed value keeps naming the run it came from
             best[group] = c
@@ -472,5 +471,6 @@ def _line(c: Ceiling) -> str:
     value = f"{c.gbps:9.1f} GB/s" if c.kind == "bandwidth" else f"{c.gflops:9.1f} GFLOP/s"
     spread = f"IQR {c.iqr_s / c.median_s:4.0%}" if c.median_s and c.iqr_s is not None else "         "
     flag = " CONTENDED" if c.contended else ""
-    borrowed = [w for w in c.warnings if w.endswith(_STANDS)]  # from monotone_in_threads
-    return f"{c.source:8s} {c.key:40s} {value}  {spread}{flag}" + "".join(f"  ({w})" for w in borrowed)
+    if c.measured_value is not None:  # monotone_in_threads took the fewer-thread value
+        flag += f"  (measured {c.measured_value:.3g}: a slowed run; the fewer-thread value stands)"
+    return f"{c.source:8s} {c.key:40s} {value}  {spread}{flag}"
