@@ -86,7 +86,7 @@ class ResultFile:
 
     def __init__(self, path: str | Path, header: dict[str, Any]):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.path.parent)
         self._header = {"kind": "header", "schema_version": SCHEMA_VERSION, **header}
 
     def latest_status(self) -> dict[str, str]:
@@ -99,9 +99,8 @@ class ResultFile:
     def exclusive(self, owner: str) -> Iterator[None]:
         """Hold this file for one sweep: a second sweep into it fails at once, naming the first.
 
-        Also checks, before any point is measured, that the folder and file can be written.
+        Also checks, before any point is measured, that the file can be written.
         """
-        ensure_folder(self.path.parent)
         if self.path.is_dir():
             raise IsADirectoryError(f"{self.path}: is a folder; expected a results file or nothing")
         if self.path.exists() and not os.access(self.path, os.W_OK):
