@@ -1,7 +1,9 @@
 """`dlrmbench compare results/<skuA> results/<skuB> ...`: the same points on several machines, side by side.
 
 Points are aligned by their point key (a hash of every Point field but the sweep name), so a
-point matches only the identical measurement on another SKU. The first folder is the reference:
+point matches only the identical measurement on another SKU; a working set given relative to a
+cache (0.5*L2) is the same expression there, resolved to that machine's bytes, and the table shows
+each side's bytes where they differ. The first folder is the reference:
 each other side X gets the ratio tA/tX = time on A / time on X per point (> 1: X is faster), and
 the roofline and throughput plots overlay all sides, each labelled with its CPU (and GPU) name.
 Two folders of the same SKU (before and after a change, two VMs of one type) are told apart by
@@ -32,6 +34,7 @@ from profiler.results import (
     select,
     varying_fields,
 )
+from profiler.sweep_spec import format_bytes
 
 __all__ = ["Aligned", "add_commands", "align", "format_ratio_tables", "label_sides", "write_comparison"]
 
@@ -132,16 +135,21 @@ def align(sets: list[ResultSet]) -> tuple[list[Aligned], list[str]]:
 
 
 def format_ratio_tables(aligned: list[Aligned], skus: list[str], machines: dict[str, Machine]) -> str:
-    """One text table per sweep: per point and kernel, the reference's time and GB/s, each other side's
-    time and the ratio tA/tX = time on A / time on X (> 1: X is faster), and a geometric-mean line.
+    """One text table per sweep: per point and kernel, each side's time and GB/s and the ratio
+    tA/tX = time on A / time on X (> 1: X is faster), then a geometric mean per kernel and one over all kernels.
+
+    Times have 4 significant figures, in µs (ms when a table's longest time is 10 ms or more). A row
+    whose working-set expression (e.g. 0.5*L2) resolves to different bytes or memory levels on the sides
+    ends 'ws 512 KiB | 1 MiB' (one entry per side), and a note under the table says so.
 
     Args:
         aligned, skus: from align().
         machines: side key -> Machine (the sets' machines after label_sides()).
+    Returns:
+        The text, header lines first.
     """
     if not aligned:
         return "no point was measured on more than one of these machines"
-    ref = skus[0]
     lines = [f"{chr(65 + i)} = {_describe(s, machines.get(s))}" for i, s in enumerate(skus)]
     if len(skus) == 2:
         ratio = "tA/tB = time on A / time on B (> 1: B is faster than A)"
@@ -153,28 +161,88 @@ def format_ratio_tables(aligned: list[Aligned], skus: list[str], machines: dict[
     for (sweep,), group_rows in group_by(first, ["sweep"]).items():
         keys = {r["key"] for r in group_rows}
         group = [a for a in aligned if a.key in keys]
-        shown = varying_fields(group_rows, exclude=["kernel"])
-        labels = [point_label(next(iter(a.rows.values())), shown, short=True) for a in group]
-        label_w = max(10, *(len(x) for x in labels)) + 2
-        head = f"{'point':<{label_w}}{'kernel':<14}{'A ms':>10}{'A GB/s':>9}"
-        head += "".join(f"{chr(66 + i) + ' ms':>10}{'tA/t' + chr(66 + i):>7}" for i in range(len(skus) - 1))
-        lines += ["", f"sweep {sweep}", head]
-        for a, label in zip(group, labels, strict=True):
-            r0 = a.rows.get(ref)
-            row = f"{label:<{label_w}}{kernel_label(next(iter(a.rows.values()))):<14}"
-            row += f"{r0['median_s'] * 1e3:10.3f}{r0.get('gbps') or 0:9.2f}" if r0 else f"{'-':>10}{'-':>9}"
-            for other in skus[1:]:
-                r, q = a.rows.get(other), a.ratio(ref, other)
-                row += f"{r['median_s'] * 1e3:10.3f}" if r else f"{'-':>10}"
-                row += f"{q:6.2f}x" if q else f"{'-':>7}"
-            lines.append(row)
-        geo = ""
-        for other in skus[1:]:
-            qs = [q for a in group if (q := a.ratio(ref, other))]
-            gm = math.exp(sum(map(math.log, qs)) / len(qs)) if qs else None
-            geo += f"{'':10}{gm:6.2f}x" if gm else f"{'':10}{'-':>7}"
-        lines.append(f"{'geomean':<{label_w}}{'':14}{'':19}{geo}")
+        lines += ["", f"sweep {sweep}", *_sweep_table(group, group_rows, skus)]
     return "\n".join(lines)
+
+
+_MAX_WIDTH = 140  # characters in a table line, before the other sides' GB/s columns are left out
+
+
+def _sweep_table(group: list[Aligned], group_rows: list[dict[str, Any]], skus: list[str]) -> list[str]:
+    """One sweep's header, rows, geomean lines and working-set note (see format_ratio_tables)."""
+    ref, others = skus[0], skus[1:]
+    shown = varying_fields(group_rows, exclude=["kernel"])
+    labels = [point_label(next(iter(a.rows.values())), shown, short=True) for a in group]
+    label_w = max(10, *(len(x) for x in labels)) + 2
+    kernels = [kernel_label(next(iter(a.rows.values()))) for a in group]
+    ws = [_ws_cell(a, skus) for a in group]
+    scale, unit = (1e6, "µs") if max(r["median_s"] for a in group for r in a.rows.values()) < 1e-2 else (1e3, "ms")
+    # each other side's GB/s too, while the widest row stays within _MAX_WIDTH
+    ws_w = max((len(w) + 2 for w in ws if w), default=0)
+    side_gbps = label_w + 14 + 19 + len(others) * 26 + ws_w <= _MAX_WIDTH
+    other_w = 26 if side_gbps else 17
+
+    def side(r: dict[str, Any] | None, gbps: bool) -> str:
+        if r is None:
+            return f"{'-':>10}" + (f"{'-':>9}" if gbps else "")
+        return f"{_sig4(r['median_s'] * scale):>10}" + (f"{r.get('gbps') or 0:9.2f}" if gbps else "")
+
+    head = f"{'point':<{label_w}}{'kernel':<14}{'A ' + unit:>10}{'A GB/s':>9}"
+    for i in range(len(others)):
+        x = chr(66 + i)
+        head += f"{x + ' ' + unit:>10}" + (f"{x + ' GB/s':>9}" if side_gbps else "") + f"{'tA/t' + x:>7}"
+    out = [head]
+    for a, label, kernel, ws_cell in zip(group, labels, kernels, ws, strict=True):
+        row = f"{label:<{label_w}}{kernel:<14}{side(a.rows.get(ref), True)}"
+        for other in others:
+            row += side(a.rows.get(other), side_gbps) + _cell(a.ratio(ref, other))
+        out.append(row + (f"  {ws_cell}" if ws_cell else ""))
+    by_kernel = list(dict.fromkeys(kernels))
+    subsets = [(k, [a for a, kk in zip(group, kernels, strict=True) if kk == k]) for k in by_kernel]
+    for name, subset in (subsets if len(by_kernel) > 1 else []) + [("all kernels", group)]:
+        geo = "".join(f"{'':{other_w - 7}}{_cell(_geomean(subset, ref, other))}" for other in others)
+        out.append(f"{'geomean':<{label_w}}{name:<14}{'':19}{geo}")
+    if any(ws):
+        out.append(
+            "note: each row compares one working_set expression, resolved per machine from its caches; "
+            "'ws A | B': each side's hot set, where they differ"
+        )
+    return out
+
+
+def _sig4(x: float) -> str:
+    """4 significant figures without an exponent: 21.59, 0.1234, 345.5, 12345."""
+    if x <= 0:
+        return f"{x:.4g}"
+    return f"{x:.{max(0, 3 - math.floor(math.log10(x)))}f}"
+
+
+def _geomean(group: list[Aligned], ref: str, other: str) -> float | None:
+    qs = [q for a in group if (q := a.ratio(ref, other))]
+    return math.exp(sum(map(math.log, qs)) / len(qs)) if qs else None
+
+
+def _cell(q: float | None) -> str:
+    return f"{q:6.2f}x" if q else f"{'-':>7}"
+
+
+def _ws_cell(a: Aligned, skus: list[str]) -> str:
+    """'ws 512 KiB | 1 MiB' (levels added when they differ) when the sides resolved the working set apart, else ''."""
+    rows = [a.rows.get(s) for s in skus]
+    present = [r for r in rows if r]
+    sizes = {r.get("working_set_bytes") for r in present}
+    levels = {r.get("memory_level") for r in present}
+    if len(sizes) < 2 and len(levels) < 2:
+        return ""
+
+    def one(r: dict[str, Any] | None) -> str:
+        if r is None:
+            return "-"
+        n = r.get("working_set_bytes")
+        text = "all rows" if n is None else format_bytes(n)
+        return f"{text} {r.get('memory_level') or '?'}" if len(levels) > 1 else text
+
+    return "ws " + " | ".join(map(one, rows))
 
 
 def _describe(side: str, m: Machine | None) -> str:

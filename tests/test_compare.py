@@ -1,7 +1,10 @@
 """`dlrmbench compare`: two runs of one SKU are told apart by folder, the same folder twice is refused,
-and the ratio column is named for what it holds (time on A / time on B)."""
+the ratio column is named for what it holds (time on A / time on B), each kernel gets its own geomean,
+and a working set that resolves to different bytes on the two sides says so in its row."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from synthetic_results import CEILINGS, bag_point, write_sku
@@ -35,9 +38,12 @@ def test_two_runs_of_one_sku_are_compared_and_labelled_by_folder(tmp_path, capsy
     assert "tA/tB = time on A / time on B (> 1: B is faster than A); 2 aligned points" in text
     lines = text.splitlines()
     head = next(line for line in lines if line.startswith("point"))
-    assert head.split() == ["point", "kernel", "A", "ms", "A", "GB/s", "B", "ms", "tA/tB"]
-    row_8k = next(line for line in lines if line.startswith("ws=8K"))
-    assert row_8k.split()[1:3] == ["torch", "0.010"] and row_8k.split()[-2:] == ["0.005", "2.00x"]
+    assert head.split() == ["point", "kernel", "A", "µs", "A", "GB/s", "B", "µs", "B", "GB/s", "tA/tB"]
+    # 1e-5 s = 10.00 µs, 5e-6 s = 5.000 µs (4 significant figures); each moves 18952 + 4096 = 23048 bytes:
+    # 2.30 GB/s on A, 4.61 on B
+    row_8k = next(line for line in lines if line.startswith("ws=8K")).split()
+    assert row_8k[1:] == ["torch", "10.00", "2.30", "5.000", "4.61", "2.00x"]
+    assert "ws " not in text and "note:" not in text  # same bytes on both sides: nothing to flag
     assert "4.00x" in text
     assert sorted(p.name for p in out.iterdir()) == [
         "compare_roofline.png", "compare_roofline.svg", "compare_synth_throughput.png",
@@ -85,8 +91,9 @@ def test_distinct_skus_keep_their_plain_labels(tmp_path):
         "tA/tB = time on A / time on B (> 1: B is faster than A); 2 aligned points",
     ]
     head = next(line for line in text.splitlines() if line.startswith("point"))
-    assert head.split()[-3:] == ["B", "ms", "tA/tB"]  # the column the definition names: 1e-5 / 5e-6 below
-    assert next(line for line in text.splitlines() if line.startswith("ws=8K")).endswith("0.005  2.00x")
+    assert head.split()[-5:] == ["B", "µs", "B", "GB/s", "tA/tB"]  # the column the definition names: 1e-5 / 5e-6
+    row_8k = next(line for line in text.splitlines() if line.startswith("ws=8K")).split()
+    assert row_8k[4] == "5.000" and row_8k[-1] == "2.00x"
 
 
 def test_three_sides_define_each_ratio_column(tmp_path):
@@ -96,9 +103,9 @@ def test_three_sides_define_each_ratio_column(tmp_path):
     text = format_ratio_tables(aligned, skus, {k: v for s in sets for k, v in s.machines.items()})
     assert "tA/tX = time on A / time on X, for X in B, C (> 1: X is faster than A)" in text
     head = next(line for line in text.splitlines() if line.startswith("point"))
-    assert head.split()[-4:] == ["tA/tB", "C", "ms", "tA/tC"]
-    row_8k = next(line for line in text.splitlines() if line.startswith("ws=8K"))
-    assert row_8k.split()[-3:] == ["2.00x", "0.003", "3.00x"]
+    assert head.split()[-6:] == ["tA/tB", "C", "µs", "C", "GB/s", "tA/tC"]
+    row_8k = next(line for line in text.splitlines() if line.startswith("ws=8K")).split()
+    assert row_8k[2:] == ["10.00", "2.30", "5.000", "4.61", "2.00x", "3.333", "6.91", "3.00x"]  # C: 1e-5 / 3 s
 
 
 def test_the_same_folder_given_twice_is_refused(tmp_path, capsys, monkeypatch):
@@ -111,3 +118,56 @@ def test_the_same_folder_given_twice_is_refused(tmp_path, capsys, monkeypatch):
     assert f"error: sku-a and {folder} are the same folder; compare needs two different results folders" in err
     with pytest.raises(ValueError, match="same folder"):
         label_sides([load_results(folder), load_results(folder / "synth.jsonl")], ["sku-a", "sku-a/synth.jsonl"])
+
+
+def test_each_kernel_gets_its_geomean_beside_the_overall_one(tmp_path):
+    # torch is 2x slower on B at both points (0.5x, 0.5x); numba_w8 is 2x and 8x faster (geomean 4x).
+    # Over all four points: (0.5 * 0.5 * 2 * 8) ** (1/4) = 4 ** 0.25 = 1.41x, which hides the torch regression.
+    def points(t_torch, t_numba_8k, t_numba_256m):
+        return [
+            (bag_point("torch", working_set="8K"), t_torch, TRIAD_L1),
+            (bag_point("torch", working_set="256M"), t_torch, GATHER),
+            (bag_point("numba_w8", working_set="8K"), t_numba_8k, TRIAD_L1),
+            (bag_point("numba_w8", working_set="256M"), t_numba_256m, GATHER),
+        ]
+
+    a = write_sku(tmp_path, "sku-a", "CPU A", points(1e-5, 1e-5, 2e-4))
+    b = write_sku(tmp_path, "sku-b", "CPU B", points(2e-5, 5e-6, 2.5e-5))
+    sets = [load_results(a), load_results(b)]
+    aligned, skus = align(sets)
+    text = format_ratio_tables(aligned, skus, {k: v for s in sets for k, v in s.machines.items()})
+    geo = [line.split() for line in text.splitlines() if line.startswith("geomean")]
+    assert geo == [
+        ["geomean", "torch", "0.50x"],
+        ["geomean", "numba_w8", "4.00x"],
+        ["geomean", "all", "kernels", "1.41x"],
+    ]
+    lines = text.splitlines()
+    ratio_col = next(line for line in lines if line.startswith("point")).index("tA/tB") + len("tA/tB")
+    assert all(line.index("x") + 1 == ratio_col for line in lines if line.startswith("geomean"))
+
+
+def _set_resolved(folder, sweep, changes):
+    """Rewrite the resolved working set of stored points: {working_set expression: {derived key: value}}."""
+    path = folder / f"{sweep}.jsonl"
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    for rec in recs[1:]:
+        rec["derived"].update(changes.get(rec["point"]["working_set"], {}))
+    path.write_text("".join(json.dumps(x) + "\n" for x in recs))
+
+
+def test_a_working_set_resolved_to_different_bytes_shows_each_sides_bytes(tmp_path, capsys):
+    a = _run(tmp_path, "sku-a", "CPU A", 1e-5, 2e-4)
+    b = _run(tmp_path, "sku-b", "CPU B", 5e-6, 5e-5)
+    # as 0.5*L2 would on a machine with twice the L2: the same key, 8 KiB on A but 16 KiB on B;
+    # the 256M point keeps its bytes but B judged it against L3
+    _set_resolved(b, "synth", {"8K": {"working_set_bytes": 16 << 10}, "256M": {"memory_level": "L3"}})
+    assert main(["compare", str(a), str(b)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert next(line for line in lines if line.startswith("ws=8K")).endswith("2.00x  ws 8 KiB | 16 KiB")
+    assert next(line for line in lines if line.startswith("ws=256M")).endswith("4.00x  ws 256 MiB DRAM | 256 MiB L3")
+    assert lines[-1] == (
+        "note: each row compares one working_set expression, resolved per machine from its caches; "
+        "'ws A | B': each side's hot set, where they differ"
+    )
+    assert max(map(len, lines)) <= 140
