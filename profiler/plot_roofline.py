@@ -13,14 +13,15 @@ miscounted (or the ceiling was mismeasured), so it is flagged as an accounting e
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from profiler.ceilings import Ceiling
-from profiler.plot_style import AXIS_NAMES, color, machine_tags, marker, new_figure, roof_color
+from profiler.plot_style import AXIS_NAMES, color, kernel_styles, machine_tags, marker, new_figure, roof_color
 from profiler.results import Machine, group_by, point_label, varying_fields
 
 __all__ = [
@@ -92,29 +93,32 @@ def above_roof(
     return flagged
 
 
+def _threads(row: dict[str, Any]) -> int:
+    return int(row.get("measured_threads") or row.get("threads") or 1)
+
+
 def roofs_for(machine: Machine, rows: list[dict[str, Any]]) -> list[Ceiling]:
-    """The ceilings worth drawing for these points: per memory level the triad roof (and DRAM gather) at
-    the points' usual thread count, the best float32 GEMM, the derived peaks, and every ceiling a point
-    was judged against."""
+    """The ceilings worth drawing for these points: per memory level the triad roof (and DRAM gather),
+    the best float32 GEMM, the derived peaks, and every ceiling a point was judged against. Measured
+    roofs are taken at each thread count the points ran at (the nearest one the machine measured)."""
     devices = {str(r.get("device", "cpu")) for r in rows} or {"cpu"}
     pool = [c for c in machine.ceilings if any(_devices_match(c.device, d) for d in devices)]
-    threads_seen = Counter(int(r.get("measured_threads") or r.get("threads") or 1) for r in rows)
-    threads = threads_seen.most_common(1)[0][0] if threads_seen else 1
-
-    def nearest(cands: list[Ceiling]) -> list[Ceiling]:
-        if not cands:
-            return []
-        t = min({c.threads for c in cands}, key=lambda n: (abs(n - threads), -n))
-        return [c for c in cands if c.threads == t]
-
     measured = [c for c in pool if c.source == "measured"]
     chosen: list[Ceiling] = []
-    for level in _LEVELS:
-        chosen += nearest([c for c in measured if c.kind == "bandwidth" and c.level == level and c.name == "triad"])
-    chosen += nearest([c for c in measured if c.name == "gather"])
+    for threads in sorted({_threads(r) for r in rows}) or [1]:
+
+        def nearest(cands: list[Ceiling], threads: int = threads) -> list[Ceiling]:
+            if not cands:
+                return []
+            t = min({c.threads for c in cands}, key=lambda n: (abs(n - threads), -n))
+            return [c for c in cands if c.threads == t]
+
+        for level in _LEVELS:
+            chosen += nearest([c for c in measured if c.kind == "bandwidth" and c.level == level and c.name == "triad"])
+        chosen += nearest([c for c in measured if c.name == "gather"])
+        gemms = nearest([c for c in measured if c.kind == "compute" and c.dtype == "float32"])
+        chosen += [max(gemms, key=lambda c: c.value)] if gemms else []
     chosen += [c for c in measured if c.kind == "bandwidth" and not c.device.startswith("cpu")]
-    gemms = nearest([c for c in measured if c.kind == "compute" and c.dtype == "float32"])
-    chosen += [max(gemms, key=lambda c: c.value)] if gemms else []
     chosen += [c for c in pool if c.source == "derived" and c.dtype == "float32"]
     used = {r.get("ceiling") for r in rows}
     chosen += [c for c in machine.ceilings if c.key in used]
@@ -128,27 +132,37 @@ def _roof_label(c: Ceiling) -> str:
     return f"{c.name}{extra} {where} {c.threads}t: {unit}" + (" (derived)" if c.source == "derived" else "")
 
 
-def _draw_roofs(ax: Any, roofs: list[Ceiling], x_lo: float, x_hi: float, tint: str | None, sku: str) -> None:
+def _draw_roofs(
+    ax: Any, roofs: list[Ceiling], x_lo: float, x_hi: float, tint: str | None, sku: str, *, by_threads: bool = False
+) -> None:
     # Memory roofs bend at the measured compute roof: a derived peak is drawn (dashed) but is not
     # what the machine reached, so it does not lift the roofs (it does only where none was measured).
+    # With points at several thread counts (by_threads), each memory roof bends at the compute roof
+    # of its own thread count, and the labels on the plot name the count.
     measured_top = [c.value for c in roofs if c.kind == "compute" and c.source == "measured"]
     top = max(measured_top or [c.value for c in roofs if c.kind == "compute"], default=None)
+    tops: dict[int, float] = {}
+    for c in roofs if by_threads else []:
+        if c.kind == "compute" and c.source == "measured":
+            tops[c.threads] = max(tops.get(c.threads, 0.0), c.value)
     xs = [x_lo * (x_hi / x_lo) ** (i / 64) for i in range(65)]
     for i, c in enumerate(ordered := sorted(roofs, key=lambda c: (c.kind, -c.value))):
         style = "--" if c.source == "derived" else "-"
         col = tint or roof_color(i, len(ordered))
         label = (sku + ": " if sku else "") + _roof_label(c)
         tag = f"{sku} " if sku else ""
+        count = f" {c.threads}t" if by_threads else ""
         if c.kind == "compute":
             ax.plot([x_lo, x_hi], [c.value, c.value], style, color=col, lw=1.2, alpha=0.8, label=label)
-            ax.annotate(f"{tag}{c.name} {c.dtype}", (x_hi, c.value), xytext=(-3, 2), textcoords="offset points",
-                        fontsize=6, color=col, ha="right")  # fmt: skip
+            ax.annotate(f"{tag}{c.name} {c.dtype}{count}", (x_hi, c.value), xytext=(-3, 2),
+                        textcoords="offset points", fontsize=6, color=col, ha="right")  # fmt: skip
         else:
-            ys = [min(c.value * x, top) if top else c.value * x for x in xs]
+            bend = tops.get(c.threads, top)
+            ys = [min(c.value * x, bend) if bend else c.value * x for x in xs]
             ax.plot(xs, ys, style, color=col, lw=1.2, alpha=0.8, label=label)
             name = f"{c.name} {c.level}" if c.name != "triad" else c.level
-            ax.annotate(f"{tag}{name}", (xs[2], ys[2]), xytext=(0, 3), textcoords="offset points", fontsize=6,
-                        color=col)  # fmt: skip
+            ax.annotate(f"{tag}{name}{count}", (xs[2], ys[2]), xytext=(0, 3), textcoords="offset points",
+                        fontsize=6, color=col)  # fmt: skip
 
 
 def missing_ceilings(rows: list[dict[str, Any]], machines: dict[str, Machine]) -> list[str]:
@@ -165,9 +179,10 @@ def roofline_figure(
     title: str = "",
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> tuple[Figure, list[RoofCheck]]:
-    """Log-log roofline of the ok points, one marker per kernel, the machine's roofs as lines.
+    """Log-log roofline of the ok points, one colour and marker per kernel, the machine's roofs as lines.
 
     With several machines (compare), colours mark the machine and each machine's roofs take its colour.
+    With points at several thread counts, markers mark the thread count and roofs are drawn per count.
 
     Args:
         rows: flat rows (failed ones and those without FLOPs are skipped).
@@ -185,6 +200,9 @@ def roofline_figure(
     skus = list(dict.fromkeys(r["sku_id"] for r in pts))
     kernels = list(dict.fromkeys(r["kernel"] for r in pts))
     multi = len(skus) > 1
+    styles = kernel_styles(kernels)
+    threads = sorted({_threads(r) for r in pts})
+    by_threads = len(threads) > 1 and not multi  # with several machines, colour is the machine, marker the kernel
     tags, names = machine_tags(skus, {s: m.name for s, m in machines.items()})
     fig, (ax,) = new_figure(panel_in=(11.0, 6.0))
     ais = [float(r["arithmetic_intensity"]) for r in pts]
@@ -193,28 +211,37 @@ def roofline_figure(
         m = machines.get(sku)
         if m and m.ceilings:
             sku_rows = [r for r in pts if r["sku_id"] == sku]
-            _draw_roofs(ax, roofs_for(m, sku_rows), x_lo, x_hi, color(s) if multi else None, tags[sku])
+            _draw_roofs(ax, roofs_for(m, sku_rows), x_lo, x_hi, color(s) if multi else None, tags[sku],
+                        by_threads=len({_threads(r) for r in sku_rows}) > 1)  # fmt: skip
     bare = missing_ceilings(pts, machines)
     if bare:  # points without roofs read as a finished roofline unless the figure says otherwise
         who = ", ".join(tags[s] for s in bare) if multi else "this machine"
         ax.text(0.01, 0.99, f"no measured ceilings for {who}: roofs not drawn (dlrmbench machine --ceilings)",
                 transform=ax.transAxes, va="top", fontsize=8, color="firebrick")  # fmt: skip
     shown = {sweep: varying_fields(group, exclude=["kernel"]) for (sweep,), group in group_by(pts, ["sweep"]).items()}
+    proxies: list[Any] = []  # by_threads: legend entries for colour = kernel and marker = thread count
     for s, sku in enumerate(skus):
-        for k, kernel in enumerate(kernels):
-            group = [r for r in pts if r["sku_id"] == sku and r["kernel"] == kernel]
-            if not group:
-                continue
-            name = f"{tags[sku]}: {kernel}" if multi else kernel
-            col = color(s) if multi else color(k)
-            ax.scatter(
-                [r["arithmetic_intensity"] for r in group], [r["gflops"] for r in group], marker=marker(k),
-                s=46, color=col, edgecolors="black", linewidths=0.5, zorder=3, label=name,
-            )  # fmt: skip
-            for r in group if labels else []:
-                text = point_label(r, shown[r["sweep"]], short=True)
-                ax.annotate(text, (r["arithmetic_intensity"], r["gflops"]), fontsize=7, xytext=(4, 3),
-                            textcoords="offset points")  # fmt: skip
+        for kernel in kernels:
+            for t in threads:
+                group = [r for r in pts if r["sku_id"] == sku and r["kernel"] == kernel and _threads(r) == t]
+                if not group:
+                    continue
+                name = f"{tags[sku]}: {kernel}" if multi else kernel
+                col = color(s) if multi else styles[kernel][0]
+                shape = marker(threads.index(t)) if by_threads else styles[kernel][1]
+                ax.scatter(
+                    [r["arithmetic_intensity"] for r in group], [r["gflops"] for r in group], marker=shape,
+                    s=46, color=col, edgecolors="black", linewidths=0.5, zorder=3,
+                    label="_nolegend_" if by_threads else name, gid=f"{kernel} {t}t",
+                )  # fmt: skip
+                for r in group if labels else []:
+                    text = point_label(r, shown[r["sweep"]], short=True)
+                    ax.annotate(text, (r["arithmetic_intensity"], r["gflops"]), fontsize=7, xytext=(4, 3),
+                                textcoords="offset points")  # fmt: skip
+    if by_threads:
+        proxies = [Patch(facecolor=styles[k][0], edgecolor="black", lw=0.5, label=k) for k in kernels]
+        proxies += [Line2D([], [], ls="none", marker=marker(i), color="gray", markeredgecolor="black",
+                           label=f"{t} thread" + ("s" if t != 1 else "")) for i, t in enumerate(threads)]  # fmt: skip
     if flagged:
         ax.scatter([f.row["arithmetic_intensity"] for f in flagged], [f.row["gflops"] for f in flagged], s=150,
                    marker="o", facecolors="none", edgecolors="red", linewidths=1.8, zorder=4,
@@ -226,5 +253,7 @@ def roofline_figure(
     ax.set_ylabel("achieved performance (GFLOP/s)")
     ax.set_title(title or f"Roofline: {names}", fontsize=10 if multi else 12)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)
+    handles, names_ = ax.get_legend_handles_labels()
+    ax.legend(handles + proxies, names_ + [p.get_label() for p in proxies], fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), framealpha=0.85)  # fmt: skip
     return fig, flagged

@@ -6,6 +6,8 @@ display or on global pyplot state; saving uses the Agg (PNG) and SVG canvases.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,10 @@ from profiler.sweep_spec import format_bytes  # re-exported: the figures' byte l
 __all__ = [
     "AXIS_NAMES",
     "BYTE_FIELDS",
+    "ceiling_color",
     "color",
     "format_bytes",
+    "kernel_styles",
     "machine_tags",
     "marker",
     "new_figure",
@@ -53,6 +57,10 @@ BYTE_FIELDS = frozenset({"working_set_bytes", "working_set", "table_bytes", "byt
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
            "tab:cyan", "tab:gray")  # fmt: skip
+# Kernels: no greys or black, which ceiling lines use; registry kernels take the first colours in order
+_KERNEL_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                  "tab:olive", "tab:cyan", "navy", "gold", "teal", "magenta", "maroon", "lime")  # fmt: skip
+_CEILING_COLORS = ("black", "dimgray", "gray", "darkgray", "silver")
 
 
 _TITLE_CHARS = 80  # about what a one-panel figure's title holds at 10-11 pt before it is clipped
@@ -66,6 +74,34 @@ def marker(i: int) -> str:
 def color(i: int) -> str:
     """The i-th colour of the qualitative palette."""
     return _COLORS[i % len(_COLORS)]
+
+
+def ceiling_color(i: int) -> str:
+    """The i-th colour of the ceiling lines: greys and black, a family no kernel uses."""
+    return _CEILING_COLORS[i % len(_CEILING_COLORS)]
+
+
+@cache
+def _registry_names() -> tuple[str, ...]:
+    from kernels import list_kernels  # lazy: plots of stored results need no backend until they name kernels
+
+    return tuple(k.name for k in list_kernels())
+
+
+def kernel_styles(kernels: Iterable[str], registry: Sequence[str] | None = None) -> dict[str, tuple[str, str]]:
+    """A fixed kernel -> (colour, marker) map, so a kernel looks the same in every figure.
+
+    Args:
+        kernels: the kernel names to style (any order; the order does not change the result).
+        registry: kernel names in registry order; default kernels.list_kernels().
+    Returns:
+        {name: (colour, marker)}: registry kernels by their registry position, other names after
+        them in sorted order.
+    """
+    order = list(_registry_names() if registry is None else registry)
+    order += sorted(set(kernels) - set(order))
+    index = {k: i for i, k in enumerate(order)}
+    return {k: (_KERNEL_COLORS[index[k] % len(_KERNEL_COLORS)], marker(index[k])) for k in kernels}
 
 
 def roof_color(i: int, n: int) -> str:

@@ -17,8 +17,10 @@ from profiler.plot_roofline import roofs_for
 from profiler.plot_style import (
     AXIS_NAMES,
     BYTE_FIELDS,
+    ceiling_color,
     color,
     format_bytes,
+    kernel_styles,
     machine_tags,
     marker,
     new_figure,
@@ -51,7 +53,7 @@ def _draw_ceilings(ax: Any, machine: Machine, rows: list[dict[str, Any]], tint: 
     bw = [c for c in machine.ceilings if c.key in used and c.kind == "bandwidth"]
     bw = bw or [c for c in roofs_for(machine, rows) if c.kind == "bandwidth"]  # points judged against none
     for i, c in enumerate(sorted(bw, key=lambda c: -c.value)):
-        col = tint or color(i + 5)
+        col = tint or ceiling_color(i)  # greys: no kernel's colour
         ax.axhline(c.value, color=col, ls="--" if c.source == "derived" else "-", lw=0.9, alpha=0.6)
         text = f"{prefix}{c.name} {c.level} {c.threads}t {c.value:.0f} GB/s"
         ax.annotate(text, (1.0, c.value), xycoords=("axes fraction", "data"), xytext=(-3, 2),
@@ -102,6 +104,8 @@ def throughput_figure(
     multi = len(skus) > 1
     tags, names = machine_tags(skus, {s: m.name for s, m in machines.items()})
     line_values = list(dict.fromkeys(r.get(line) for r in pts))
+    # a kernel keeps its colour and marker across figures; other line fields keep the palette's order
+    styles = kernel_styles(line_values) if line == "kernel" else {}
     for ax, (facet_values, panel_rows) in zip(axes, panels.items(), strict=False):
         for s, sku in enumerate(skus):
             m = machines.get(sku)
@@ -116,11 +120,12 @@ def throughput_figure(
             group = sorted(group, key=lambda r: value_of(r, x))
             k = line_values.index(value)
             s = skus.index(sku)
-            col = color(s) if multi else color(k)
+            col_k, marker_k = styles.get(value) or (color(k), marker(k))
+            col = color(s) if multi else col_k
             shown = str(value) if line == "kernel" else f"{line}={value}"  # kernels name themselves; W=2 needs its key
             name = f"{tags[sku]}: {shown}" if multi else shown
             xs = [value_of(r, x) for r in group]
-            ax.plot(xs, [r[y] for r in group], marker=marker(k), ms=5, color=col, lw=1.5, label=name,
+            ax.plot(xs, [r[y] for r in group], marker=marker_k, ms=5, color=col, lw=1.5, label=name,
                     ls=["-", "--", ":", "-."][k % 4] if multi else "-")  # fmt: skip
             bands = [band(r, y) for r in group]
             if all(bands):

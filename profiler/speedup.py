@@ -8,12 +8,14 @@ working set. speedup = baseline median time / kernel median time (> 1: faster th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from profiler.plot_style import color, new_figure
+from profiler.plot_style import kernel_styles, new_figure
 from profiler.results import POINT_FIELDS, point_label, varying_fields
 
 __all__ = ["SpeedupTable", "format_speedup_table", "speedup_figure", "speedups"]
@@ -30,6 +32,11 @@ class SpeedupTable:
     kernels: list[str]
     labels: list[str]
     values: dict[tuple[str, str], float | None]  # (label, kernel) -> speedup
+    missing: dict[tuple[str, str], str] = field(default_factory=dict)  # (label, kernel) -> why no value
+
+    def why_missing(self, label: str, kernel: str) -> str:
+        """Why a point has no speedup: 'failed', 'baseline failed', 'not run' or 'no baseline'."""
+        return self.missing.get((label, kernel), "failed")
 
     def geomean(self, kernel: str) -> float | None:
         """Geometric mean speedup of `kernel` over the points where it and the baseline both ran."""
@@ -61,12 +68,18 @@ def speedups(rows: list[dict[str, Any]], baseline: str = "torch") -> SpeedupTabl
         times.setdefault(key, {})[r["kernel"]] = float(r["median_s"]) if ok else None
         labels[key] = point_label(r, shown, short=not shown)
     values: dict[tuple[str, str], float | None] = {}
+    missing: dict[tuple[str, str], str] = {}
     for key, by_kernel in times.items():
         base = by_kernel.get(baseline)
         for k in kernels:
             t = by_kernel.get(k)
             values[(labels[key], k)] = base / t if base and t else None
-    return SpeedupTable(baseline, kernels, list(dict.fromkeys(labels.values())), values)
+            if not (base and t):
+                missing[(labels[key], k)] = (
+                    "not run" if k not in by_kernel else "failed" if not t
+                    else "no baseline" if baseline not in by_kernel else "baseline failed"
+                )  # fmt: skip
+    return SpeedupTable(baseline, kernels, list(dict.fromkeys(labels.values())), values, missing)
 
 
 def format_speedup_table(table: SpeedupTable) -> str:
@@ -92,13 +105,26 @@ def speedup_figure(table: SpeedupTable, *, title: str = "") -> Figure:
         raise ValueError(f"only the baseline kernel {table.baseline!r} is present; nothing to compare it with")
     title = title or f"Speedup over {table.baseline} (baseline time / kernel time)"
     n = len(table.labels)
+    styles = kernel_styles(table.kernels)
     if n * len(others) <= _MAX_BARS:
         fig, (ax,) = new_figure(panel_in=(max(7.0, 0.9 * n * max(1, len(others)) ** 0.5 + 3), 5.0))
         w = 0.8 / len(others)
+        top = max([1.0, *(v for v in table.values.values() if v)])
         for j, k in enumerate(others):
             xs = [i + (j - (len(others) - 1) / 2) * w for i in range(n)]
-            ys = [table.values.get((label, k)) or 0.0 for label in table.labels]
-            ax.bar(xs, ys, w, color=color(j), label=k)
+            ys = [table.values.get((label, k)) for label in table.labels]
+            ok = [(x, y) for x, y in zip(xs, ys, strict=True) if y]
+            col = styles[k][0]
+            if ok:
+                ax.bar([x for x, _ in ok], [y for _, y in ok], w, color=col, label=k)
+            for x, y, label in zip(xs, ys, table.labels, strict=True):
+                if y:
+                    continue
+                # a failed point is no bar at all: a hatched, unfilled stub at the axis saying why
+                ax.bar(x, 0.06 * top, w, fill=False, edgecolor=col, hatch="//", lw=0.8,
+                       label="_nolegend_" if ok else k, gid="failed")  # fmt: skip
+                ax.text(x, 0.07 * top, table.why_missing(label, k), rotation=90, ha="center", va="bottom",
+                        fontsize=7, color=col)  # fmt: skip
         ax.axhline(1.0, color="black", lw=0.8, ls="--")
         ax.set_xticks(range(n), table.labels, rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center",
                       fontsize=8)  # fmt: skip
@@ -108,15 +134,19 @@ def speedup_figure(table: SpeedupTable, *, title: str = "") -> Figure:
         ax.grid(True, axis="y", alpha=0.3)
     else:
         fig, (ax,) = new_figure(panel_in=(1.2 * len(others) + 5, 0.28 * n + 2.0))
-        grid = [[math.log2(table.values.get((label, k)) or 1.0) for k in others] for label in table.labels]
-        lim = max(1.0, *(abs(v) for row in grid for v in row))
-        im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        logs = [[math.log2(v) if (v := table.values.get((label, k))) else math.nan for k in others]
+                for label in table.labels]  # fmt: skip
+        grid = np.ma.masked_invalid(np.array(logs, dtype=float))  # (points, kernels); failed cells masked
+        lim = max(1.0, float(np.abs(grid).max()) if grid.count() else 0.0)
+        cmap = colormaps["RdBu"].with_extremes(bad="lightgray")  # a failed cell is grey, not "no change"
+        im = ax.imshow(grid, cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
         ax.set_xticks(range(len(others)), others, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(n), table.labels, fontsize=7)
         for i, label in enumerate(table.labels):
             for j, k in enumerate(others):
                 v = table.values.get((label, k))
-                ax.text(j, i, f"{v:.2f}" if v else "-", ha="center", va="center", fontsize=6)
-        fig.colorbar(im, ax=ax, label=f"log2 speedup over {table.baseline}")
+                ax.text(j, i, f"{v:.2f}" if v else table.why_missing(label, k), ha="center", va="center",
+                        fontsize=6)  # fmt: skip
+        fig.colorbar(im, ax=ax, label=f"log2 speedup over {table.baseline} (grey: no value)")
     ax.set_title(title)
     return fig

@@ -6,15 +6,17 @@ import json
 from dataclasses import replace
 
 import pytest
+from matplotlib.colors import to_hex, to_rgb
 from synthetic_results import CEILINGS, bag_point, write_sku
 
 from profiler.cli import main
 from profiler.compare import align, format_ratio_tables, write_comparison
 from profiler.plot_roofline import above_roof, roofline_figure
 from profiler.plot_style import save_figure
+from profiler.plot_throughput import throughput_figure
 from profiler.plots import make_plot, plot_settings
 from profiler.results import band, group_by, load_results, select
-from profiler.speedup import format_speedup_table, speedups
+from profiler.speedup import format_speedup_table, speedup_figure, speedups
 from profiler.sweep_spec import Point
 
 TRIAD_L1, TRIAD_L2, _, GATHER, _, _ = CEILINGS
@@ -205,3 +207,107 @@ def test_a_roofline_without_ceilings_says_so_in_the_figure_and_on_stderr(tmp_pat
     assert fig.axes[0].get_lines() and not any("no measured" in t.get_text() for t in fig.axes[0].texts)
     assert main(["plot", str(measured), "--kind", "roofline", "--out", str(out)]) == 0
     assert "no measured ceilings" not in capsys.readouterr().err
+
+
+def _points_of(ax, kernel):
+    """The scatter collections of one kernel's points (labelled with its name)."""
+    return [c for c in ax.collections if c.get_label() == kernel]
+
+
+def test_a_kernel_has_one_colour_and_marker_in_every_figure(tmp_path):
+    rs = load_results(_one_sku(tmp_path))  # torch, numba_w8, torch_naive (only at 256M)
+    fig_all, _ = roofline_figure(rs.rows, rs.machines)
+    fig_w8, _ = roofline_figure(select(rs.rows, ["kernel=numba_w8"]), rs.machines)
+    (w8_all,), (w8_alone,) = _points_of(fig_all.axes[0], "numba_w8"), _points_of(fig_w8.axes[0], "numba_w8")
+    assert to_hex(w8_all.get_facecolor()[0]) == to_hex(w8_alone.get_facecolor()[0])
+    assert (w8_all.get_paths()[0].vertices == w8_alone.get_paths()[0].vertices).all()  # same marker
+    roof_colours = {k: to_hex(_points_of(fig_all.axes[0], k)[0].get_facecolor()[0]) for k in ("torch", "torch_naive")}
+    assert len({*roof_colours.values(), to_hex(w8_all.get_facecolor()[0])}) == 3
+    # speedup bars leave the baseline out: the others must not shift into its colour
+    table = speedups(rs.rows, "torch")
+    bars = {c.get_label(): to_hex(c.patches[0].get_facecolor()) for c in speedup_figure(table).axes[0].containers}
+    assert bars["torch_naive"] == roof_colours["torch_naive"]
+    assert bars["numba_w8"] == to_hex(w8_all.get_facecolor()[0])
+    fig_t, _ = throughput_figure(select(rs.rows, ["kernel=torch_naive"]), rs.machines, x="working_set_bytes")
+    lines = {line.get_label(): line for line in fig_t.axes[0].get_lines()}
+    assert to_hex(lines["torch_naive"].get_color()) == roof_colours["torch_naive"]
+
+
+def test_throughput_ceiling_lines_use_no_kernel_colour(tmp_path):
+    rs = load_results(_one_sku(tmp_path))
+    fig, _ = throughput_figure(rs.rows, rs.machines, x="working_set_bytes")
+    ax = fig.axes[0]
+    kernel_colours = {to_rgb(line.get_color()) for line in ax.get_lines() if line.get_label() in
+                      ("torch", "numba_w8", "torch_naive")}  # fmt: skip
+    ceilings = [line for line in ax.get_lines() if set(line.get_xdata()) == {0, 1}]  # axhline: x in axes units
+    assert len(ceilings) == 3  # the triad L1d, triad L2 and gather roofs the points were judged against
+    for line in ceilings:
+        r, g, b = to_rgb(line.get_color())
+        assert r == g == b and (r, g, b) not in kernel_colours  # a grey, never a kernel's colour
+
+
+def test_a_failed_kernel_is_drawn_as_failed_not_as_zero(tmp_path):
+    pts = [(bag_point("torch", working_set="8K"), 1e-5, TRIAD_L1),
+           (bag_point("numba_w8", working_set="8K"), None, None),  # failed
+           (bag_point("torch", working_set="512K"), 2e-5, TRIAD_L2),
+           (bag_point("numba_w8", working_set="512K"), 1e-5, TRIAD_L2)]  # fmt: skip
+    rs = load_results(write_sku(tmp_path, "sku-a", "CPU", pts))
+    table = speedups(rs.rows, "torch")
+    ax = speedup_figure(table).axes[0]
+    solid = [p for p in ax.patches if p.get_fill()]
+    assert [p.get_height() for p in solid] == pytest.approx([2.0])  # one real bar, no zero-height one
+    (stub,) = [p for p in ax.patches if not p.get_fill()]
+    assert stub.get_hatch() == "//" and stub.get_x() + stub.get_width() / 2 == pytest.approx(0.0)
+    assert [t.get_text() for t in ax.texts] == ["failed"]
+    assert table.why_missing("working_set=8K", "numba_w8") == "failed"
+
+
+def test_a_failed_cell_of_the_heat_map_is_grey_and_says_failed(tmp_path):
+    pts = []
+    for b in range(1, 26):  # 25 points x 2 kernels > 48 bars: a heat map
+        pts.append((bag_point("torch", batch_size=b * 8), 1e-5, TRIAD_L1))
+        pts.append((bag_point("numba_w8", batch_size=b * 8), None if b == 3 else 1e-5, TRIAD_L1))
+        pts.append((bag_point("numba_w4", batch_size=b * 8), 5e-6, TRIAD_L1))
+    rs = load_results(write_sku(tmp_path, "sku-a", "CPU", pts))
+    ax = speedup_figure(speedups(rs.rows, "torch")).axes[0]
+    grid = ax.images[0].get_array()
+    col = [t.get_text() for t in ax.get_xticklabels()].index("numba_w8")
+    assert grid.mask[2, col] and grid.mask.sum() == 1  # the failed cell is masked (drawn grey), not log2(1) = 0
+    assert ax.images[0].get_cmap().get_bad()[:3] == pytest.approx((0.827, 0.827, 0.827), abs=1e-3)
+    assert [t.get_text() for t in ax.texts].count("failed") == 1
+
+
+def _threads_sku(tmp_path):
+    """torch at 1 and 2 threads; the machine measured triad L1d and gemm at both counts."""
+    t2 = [replace(TRIAD_L1, threads=2, gbps=400.0), replace(CEILINGS[4], threads=2, gflops=200.0)]
+    ceilings = [TRIAD_L1, CEILINGS[4], *t2]
+    pts = [(bag_point("torch", working_set="8K"), 1e-6, TRIAD_L1),
+           (bag_point("torch", working_set="8K", threads=2), 5e-7, t2[0])]  # fmt: skip
+    folder = write_sku(tmp_path, "sku-a", "CPU", pts, ceilings=ceilings)
+    path = folder / "synth.jsonl"
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    for rec in recs[1:]:
+        rec["measurement"]["threads"] = rec["point"]["threads"] or 1  # what the runner records
+    path.write_text("".join(json.dumps(x) + "\n" for x in recs))
+    return load_results(folder)
+
+
+def test_a_roofline_of_two_thread_counts_draws_the_roofs_of_each(tmp_path):
+    rs = _threads_sku(tmp_path)
+    assert sorted(r["measured_threads"] for r in rs.rows) == [1, 2]
+    fig, _ = roofline_figure(rs.rows, rs.machines)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    # each memory roof bends at the gemm of its own thread count
+    assert max(lines["triad L1d 1t: 200 GB/s"].get_ydata()) == pytest.approx(100.0)
+    assert max(lines["triad L1d 2t: 400 GB/s"].get_ydata()) == pytest.approx(200.0)
+    assert "gemm float32 2t: 200 GFLOP/s" in lines and "gemm float32 1t: 100 GFLOP/s" in lines
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "1 thread" in legend and "2 threads" in legend
+    one, two = (c for c in ax.collections if c.get_gid() in ("torch 1t", "torch 2t"))
+    assert not (one.get_paths()[0].vertices.shape == two.get_paths()[0].vertices.shape
+                and (one.get_paths()[0].vertices == two.get_paths()[0].vertices).all())  # fmt: skip
+    # one thread count: no per-count legend, roofs as before
+    fig1, _ = roofline_figure([r for r in rs.rows if r["measured_threads"] == 1], rs.machines)
+    legend1 = [t.get_text() for t in fig1.axes[0].get_legend().get_texts()]
+    assert "torch" in legend1 and not any("thread" in t for t in legend1)
