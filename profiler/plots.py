@@ -16,7 +16,7 @@ from typing import Any
 from profiler.plot_roofline import DEFAULT_TOLERANCE, missing_ceilings, roofline_figure
 from profiler.plot_style import save_figure
 from profiler.plot_throughput import throughput_figure
-from profiler.results import Machine, load_results, select, varying_fields
+from profiler.results import Machine, load_results, point_label, select, varying_fields
 from profiler.speedup import format_speedup_table, speedup_figure, speedups
 from profiler.sweep_spec import SweepSpec, load_spec
 
@@ -116,9 +116,11 @@ def make_plot(
             f"run `dlrmbench machine --ceilings` on that machine"
             for sku in missing_ceilings([r for r in rows if r.get("status") == "ok"], machines)
         ]
+        axes = varying_fields(rows, exclude=["kernel"])
         result.flagged = [
-            f"{f.row['kernel']} {f.row['key']} ({f.row['sweep']}): {f.row['gflops']:.3g} GFLOP/s is "
-            f"{f.ratio:.2f}x its roof {f.roof_gflops:.3g} GFLOP/s ({f.ceiling}): {f.cause}"
+            f"{f.row['kernel']} {point_label(f.row, axes, short=True)} ({f.row['sweep']}, point {f.row['key']}): "
+            f"{f.row['gflops']:.3g} GFLOP/s is {f.ratio:.2f}x its roof {f.roof_gflops:.3g} GFLOP/s ({f.ceiling}): "
+            f"{f.cause}"
             for f in flagged
         ]
     elif kind == "throughput":

@@ -89,6 +89,7 @@ def test_a_point_above_its_roof_is_flagged_and_one_below_is_not(tmp_path, capsys
     assert main(["plot", str(folder), "--kind", "roofline", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "1.50x its roof" in err and "its roof was measured under contention" in err
+    assert "over B=64 E=1000 D=16 L=4 T=1 (synth, point " in err  # named by its shape, the hash kept for lookups
     assert "accounting error" not in err
 
 
