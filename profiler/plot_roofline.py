@@ -158,10 +158,12 @@ def _draw_roofs(
                         textcoords="offset points", fontsize=6, color=col, ha="right")  # fmt: skip
         else:
             bend = tops.get(c.threads, top)
-            ys = [min(c.value * x, bend) if bend else c.value * x for x in xs]
-            ax.plot(xs, ys, style, color=col, lw=1.2, alpha=0.8, label=label)
+            knee = bend / c.value if bend else None  # where the slanted roof meets the flat one: drawn exactly
+            line_xs = sorted({*xs, knee}) if knee and x_lo < knee < x_hi else xs
+            ys = [min(c.value * x, bend) if bend else c.value * x for x in line_xs]
+            ax.plot(line_xs, ys, style, color=col, lw=1.2, alpha=0.8, label=label)
             name = f"{c.name} {c.level}" if c.name != "triad" else c.level
-            ax.annotate(f"{tag}{name}{count}", (xs[2], ys[2]), xytext=(0, 3), textcoords="offset points",
+            ax.annotate(f"{tag}{name}{count}", (line_xs[2], ys[2]), xytext=(0, 3), textcoords="offset points",
                         fontsize=6, color=col)  # fmt: skip
 
 

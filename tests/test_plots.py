@@ -68,6 +68,18 @@ def test_roofline_places_a_point_at_its_intensity_and_gflops(tmp_path):
     assert flagged == []  # 22.8 GB/s under a 200 GB/s roof
 
 
+def test_memory_roofs_bend_exactly_at_the_compute_roof(tmp_path):
+    # triad L1d 200 GB/s meets the 100 GFLOP/s GEMM roof at 100 / 200 = 0.5 FLOP/byte; DRAM 20 GB/s at 5
+    folder = write_sku(tmp_path, "sku-a", "CPU", [(bag_point(working_set="8K"), 1e-6, TRIAD_L1)])
+    rs = load_results(folder)
+    fig, _ = roofline_figure(rs.rows, rs.machines)
+    lines = {ln.get_label(): ln.get_xydata() for ln in fig.axes[0].get_lines()}
+    for label, knee in (("triad L1d 1t: 200 GB/s", 0.5), ("triad DRAM 1t: 20 GB/s", 5.0)):
+        xy = lines[label]
+        assert any(x == pytest.approx(knee) and y == pytest.approx(100.0) for x, y in xy)
+        assert all(y <= 100.0 + 1e-9 for _, y in xy) and max(y for x, y in xy if x < knee) < 100.0
+
+
 def test_a_point_above_its_roof_is_flagged_and_one_below_is_not(tmp_path, capsys):
     bytes_moved = 256 * 64 + 256 * 8 + 65 * 8 + 64 * 64
     over = bag_point("over", working_set="256M")
