@@ -168,6 +168,12 @@ def save_figure(fig: Figure, out: str | Path) -> list[Path]:
         raise ValueError(f"{out}: output format {suffix!r} is not supported; use .png, .svg, or no suffix for both")
     paths = [out] if suffix else [out.with_name(out.name + ".png"), out.with_name(out.name + ".svg")]
     out.parent.mkdir(parents=True, exist_ok=True)
+    import matplotlib
+
     for p in paths:
-        fig.savefig(p, dpi=120 if p.suffix.lower() == ".png" else "figure")
+        if p.suffix.lower() == ".png":
+            fig.savefig(p, dpi=120)
+        else:  # no date and fixed ids: the same figure gives the same file (a committed example stays put)
+            with matplotlib.rc_context({"svg.hashsalt": "dlrmbench"}):
+                fig.savefig(p, dpi="figure", metadata={"Date": None})
     return paths

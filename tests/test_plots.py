@@ -324,3 +324,9 @@ def test_a_roofline_of_two_thread_counts_draws_the_roofs_of_each(tmp_path):
     fig1, _ = roofline_figure([r for r in rs.rows if r["measured_threads"] == 1], rs.machines)
     legend1 = [t.get_text() for t in fig1.axes[0].get_legend().get_texts()]
     assert "torch" in legend1 and not any("thread" in t for t in legend1)
+
+
+def test_the_same_plot_drawn_twice_gives_the_same_svg_bytes(tmp_path):
+    rs = load_results(_one_sku(tmp_path))
+    a, b = (save_figure(roofline_figure(rs.rows, rs.machines)[0], tmp_path / f"{n}.svg")[0] for n in "ab")
+    assert a.read_bytes() == b.read_bytes() and b"<dc:date>" not in a.read_bytes()
