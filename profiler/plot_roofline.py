@@ -22,7 +22,7 @@ from matplotlib.patches import Patch
 
 from profiler.ceilings import Ceiling
 from profiler.plot_style import AXIS_NAMES, color, kernel_styles, machine_tags, marker, new_figure, roof_color
-from profiler.results import Machine, group_by, point_label, varying_fields
+from profiler.results import Machine, group_by, point_label, shared_label, varying_fields
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -253,7 +253,7 @@ def roofline_figure(
     ax.set_xlim(x_lo, x_hi)
     ax.set_xlabel(AXIS_NAMES["arithmetic_intensity"])
     ax.set_ylabel("achieved performance (GFLOP/s)")
-    ax.set_title(title or f"Roofline: {names}", fontsize=10 if multi else 12)
+    ax.set_title(title or f"Roofline: {names}\n{shared_label(rows)}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     handles, names_ = ax.get_legend_handles_labels()
     ax.legend(handles + proxies, names_ + [p.get_label() for p in proxies], fontsize=7, loc="upper left",

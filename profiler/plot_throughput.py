@@ -27,7 +27,7 @@ from profiler.plot_style import (
     use_byte_ticks,
     use_value_ticks,
 )
-from profiler.results import Machine, band, group_by, point_label, value_of, varying_fields
+from profiler.results import Machine, band, group_by, point_label, shared_label, value_of, varying_fields
 
 __all__ = ["MAX_PANELS", "throughput_figure"]
 
@@ -147,5 +147,5 @@ def throughput_figure(
             ax.set_title(point_label(dict(zip(facets, facet_values, strict=True)), facets), fontsize=9)
         ax.legend(fontsize=7, loc="best", framealpha=0.85, title="median, p25-p75 band", title_fontsize=7)
     heading = f"{AXIS_NAMES.get(y, y)} vs {AXIS_NAMES.get(x, x)}"
-    fig.suptitle(title or (f"{heading}\n{names}" if multi else f"{heading}: {names}"), fontsize=11)
+    fig.suptitle(title or f"{heading}{chr(10) if multi else ': '}{names}\n{shared_label(rows)}", fontsize=11)
     return fig, notes

@@ -29,6 +29,7 @@ __all__ = [
     "machine_name",
     "point_label",
     "select",
+    "shared_label",
     "value_of",
     "varying_fields",
 ]
@@ -36,6 +37,7 @@ __all__ = [
 POINT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Point))
 _SHORT = {"batch_size": "B", "num_rows": "E", "embedding_dim": "D", "pooling_factor": "L", "num_tables": "T",
           "working_set": "ws", "distribution": "dist", "embedding_grad": "grad", "world_size": "W"}  # fmt: skip
+_SHAPE = ("batch_size", "num_rows", "embedding_dim", "pooling_factor", "num_tables")
 _BYTES_PER_ELEMENT = 4  # float32 tables: a working set of "all" is the whole table
 
 
@@ -242,6 +244,21 @@ def kernel_label(row: dict[str, Any]) -> str:
     return str(row.get("backend") or "-") if row.get("target") == "all_to_all" else str(row["kernel"])
 
 
+def shared_label(rows: list[dict[str, Any]]) -> str:
+    """What a figure's points have in common, for its title: 'sweep quickstart: B=512 E=2000000 D=64 L=20 T=1
+    2 threads' (the sweep, or how many, the shape fields with one value over all rows, the threads measured)."""
+    if not rows:
+        return ""
+    sweeps = list(dict.fromkeys(str(r.get("sweep")) for r in rows))
+    same = [f for f in _SHAPE if f in rows[0] and len({str(r.get(f)) for r in rows}) == 1]
+    threads = {r.get("measured_threads") or r.get("threads") for r in rows}  # as measured (0 asks torch's default)
+    head = f"sweep {sweeps[0]}" if len(sweeps) == 1 else f"{len(sweeps)} sweeps"
+    shape = point_label(rows[0], same, short=True) if same else ""
+    n = threads.pop() if len(threads) == 1 else None
+    count = f"{n} thread{'s' if n != 1 else ''}" if n else ""
+    return head + (": " if shape or count else "") + " ".join(x for x in (shape, count) if x)
+
+
 def point_label(row: dict[str, Any], keys: list[str], *, short: bool = False) -> str:
     """'batch_size=128 embedding_dim=64' for the given fields (the axes that vary).
 
@@ -249,5 +266,5 @@ def point_label(row: dict[str, Any], keys: list[str], *, short: bool = False) ->
     W world size).
     With no keys (a single point per kernel), the shape: 'B=128 E=100000 D=16 L=10 T=26'.
     """
-    keys = keys or ["batch_size", "num_rows", "embedding_dim", "pooling_factor", "num_tables"]
+    keys = keys or list(_SHAPE)
     return " ".join(f"{_SHORT.get(k, k) if short else k}={row.get(k)}" for k in keys)

@@ -66,6 +66,8 @@ def test_roofline_places_a_point_at_its_intensity_and_gflops(tmp_path):
     assert x == pytest.approx(flops / bytes_moved)
     assert y == pytest.approx(flops / 1e-6 / 1e9)
     assert flagged == []  # 22.8 GB/s under a 200 GB/s roof
+    # the title says what the points share: the sweep, the shape bag_point gives them, the threads measured
+    assert fig.axes[0].get_title().splitlines()[1] == "sweep synth: B=64 E=1000 D=16 L=4 T=1 1 thread"
 
 
 def test_memory_roofs_bend_exactly_at_the_compute_roof(tmp_path):
