@@ -236,12 +236,20 @@ def roofline_figure(
                     s=46, color=col, edgecolors="black", linewidths=0.5, zorder=3,
                     label="_nolegend_" if by_threads else name, gid=f"{kernel} {t}t",
                 )  # fmt: skip
+                slowed = [r for r in group if r.get("contended")]  # hollowed: a neighbour competed for the CPUs
+                if slowed:
+                    ax.scatter([r["arithmetic_intensity"] for r in slowed], [r["gflops"] for r in slowed],
+                               marker=shape, s=26, color="white", zorder=3.5,
+                               gid=f"{kernel} {t}t contended")  # fmt: skip
                 for r in group if labels else []:
                     text = point_label(r, shown[r["sweep"]], short=True)
                     ax.annotate(text, (r["arithmetic_intensity"], r["gflops"]), fontsize=7, xytext=(4, 3),
                                 textcoords="offset points")  # fmt: skip
+    if any(r.get("contended") for r in pts):
+        proxies.append(Line2D([], [], ls="none", marker="o", color="white", markeredgecolor="black",
+                              label="hollow: measured under contention"))  # fmt: skip
     if by_threads:
-        proxies = [Patch(facecolor=styles[k][0], edgecolor="black", lw=0.5, label=k) for k in kernels]
+        proxies = [Patch(facecolor=styles[k][0], edgecolor="black", lw=0.5, label=k) for k in kernels] + proxies
         proxies += [Line2D([], [], ls="none", marker=marker(i), color="gray", markeredgecolor="black",
                            label=f"{t} thread" + ("s" if t != 1 else "")) for i, t in enumerate(threads)]  # fmt: skip
     if flagged:

@@ -53,6 +53,14 @@ def test_contended_points_can_be_left_out(tmp_path):
     assert len(load_results(folder).rows) == 7
     rs = load_results(folder, include_contended=False)
     assert len(rs.rows) == 6 and rs.excluded_contended == 1 and key not in {r["key"] for r in rs.rows}
+    # kept, a contended point is drawn hollow (a white centre over its kernel's marker), and the legend says so
+    rs = load_results(folder)
+    fig, _ = roofline_figure(rs.rows, rs.machines)
+    hollow = [c for c in fig.axes[0].collections if c.get_gid() == "torch 1t contended"]
+    assert len(hollow) == 1 and len(hollow[0].get_offsets()) == 1
+    row = next(r for r in rs.rows if r["key"] == key)
+    assert tuple(hollow[0].get_offsets()[0]) == pytest.approx((row["arithmetic_intensity"], row["gflops"]))
+    assert "hollow: measured under contention" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
 
 
 def test_roofline_places_a_point_at_its_intensity_and_gflops(tmp_path):
