@@ -153,7 +153,8 @@ def _fmt_us(s: float) -> str:
     return f"{s * 1e6:,.1f}"
 
 
-def _run_bench(args: argparse.Namespace, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _run_bench(args: argparse.Namespace, records: list[dict[str, Any]]) -> None:
+    """Measure every point of `args`, appending each record to `records` as it finishes."""
     import torch
 
     from kernels.asm import isa_in_force
@@ -243,7 +244,6 @@ def _run_bench(args: argparse.Namespace, records: list[dict[str, Any]]) -> list[
         rec = record(p, m, {**extra, **isa, "huge_page_bytes": hp_bytes})
         records.append(rec)
         _print_row(rec, records)
-    return records
 
 
 def _point_label(r: dict[str, Any]) -> str:

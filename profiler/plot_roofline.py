@@ -22,7 +22,7 @@ from matplotlib.patches import Patch
 
 from profiler.ceilings import Ceiling
 from profiler.plot_style import AXIS_NAMES, color, kernel_styles, machine_tags, marker, new_figure, roof_color
-from profiler.results import Machine, group_by, point_label, shared_label, varying_fields
+from profiler.results import Machine, group_by, point_label, shared_label, threads_of, varying_fields
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -94,7 +94,15 @@ def above_roof(
 
 
 def _threads(row: dict[str, Any]) -> int:
-    return int(row.get("measured_threads") or row.get("threads") or 1)
+    return threads_of(row) or 1
+
+
+def _nearest(cands: list[Ceiling], threads: int) -> list[Ceiling]:
+    """The candidates measured at the thread count nearest `threads` (the higher one on a tie)."""
+    if not cands:
+        return []
+    t = min({c.threads for c in cands}, key=lambda n: (abs(n - threads), -n))
+    return [c for c in cands if c.threads == t]
 
 
 def roofs_for(machine: Machine, rows: list[dict[str, Any]]) -> list[Ceiling]:
@@ -105,18 +113,13 @@ def roofs_for(machine: Machine, rows: list[dict[str, Any]]) -> list[Ceiling]:
     pool = [c for c in machine.ceilings if any(_devices_match(c.device, d) for d in devices)]
     measured = [c for c in pool if c.source == "measured"]
     chosen: list[Ceiling] = []
-    for threads in sorted({_threads(r) for r in rows}) or [1]:
-
-        def nearest(cands: list[Ceiling], threads: int = threads) -> list[Ceiling]:
-            if not cands:
-                return []
-            t = min({c.threads for c in cands}, key=lambda n: (abs(n - threads), -n))
-            return [c for c in cands if c.threads == t]
-
+    for t in sorted({_threads(r) for r in rows}) or [1]:
         for level in _LEVELS:
-            chosen += nearest([c for c in measured if c.kind == "bandwidth" and c.level == level and c.name == "triad"])
-        chosen += nearest([c for c in measured if c.name == "gather"])
-        gemms = nearest([c for c in measured if c.kind == "compute" and c.dtype == "float32"])
+            chosen += _nearest(
+                [c for c in measured if c.kind == "bandwidth" and c.level == level and c.name == "triad"], t
+            )
+        chosen += _nearest([c for c in measured if c.name == "gather"], t)
+        gemms = _nearest([c for c in measured if c.kind == "compute" and c.dtype == "float32"], t)
         chosen += [max(gemms, key=lambda c: c.value)] if gemms else []
     chosen += [c for c in measured if c.kind == "bandwidth" and not c.device.startswith("cpu")]
     chosen += [c for c in pool if c.source == "derived" and c.dtype == "float32"]
@@ -255,7 +258,7 @@ def roofline_figure(
     if flagged:
         ax.scatter([f.row["arithmetic_intensity"] for f in flagged], [f.row["gflops"] for f in flagged], s=150,
                    marker="o", facecolors="none", edgecolors="red", linewidths=1.8, zorder=4,
-                   label=f"above its roof (> {tolerance:.0%}): accounting error")  # fmt: skip
+                   label=f"above its roof (> {tolerance:.0%})")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(x_lo, x_hi)

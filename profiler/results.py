@@ -30,6 +30,7 @@ __all__ = [
     "point_label",
     "select",
     "shared_label",
+    "threads_of",
     "value_of",
     "varying_fields",
 ]
@@ -244,6 +245,11 @@ def kernel_label(row: dict[str, Any]) -> str:
     return str(row.get("backend") or "-") if row.get("target") == "all_to_all" else str(row["kernel"])
 
 
+def threads_of(row: dict[str, Any]) -> int:
+    """The threads a point ran on: as measured, else as asked (0: not known, torch's default was asked)."""
+    return int(row.get("measured_threads") or row.get("threads") or 0)
+
+
 def shared_label(rows: list[dict[str, Any]]) -> str:
     """What a figure's points have in common, for its title: 'sweep quickstart: B=512 E=2000000 D=64 L=20 T=1
     2 threads' (the sweep, or how many, the shape fields with one value over all rows, the threads measured)."""
@@ -251,7 +257,7 @@ def shared_label(rows: list[dict[str, Any]]) -> str:
         return ""
     sweeps = list(dict.fromkeys(str(r.get("sweep")) for r in rows))
     same = [f for f in _SHAPE if f in rows[0] and len({str(r.get(f)) for r in rows}) == 1]
-    threads = {r.get("measured_threads") or r.get("threads") for r in rows}  # as measured (0 asks torch's default)
+    threads = {threads_of(r) for r in rows}
     head = f"sweep {sweeps[0]}" if len(sweeps) == 1 else f"{len(sweeps)} sweeps"
     shape = point_label(rows[0], same, short=True) if same else ""
     n = threads.pop() if len(threads) == 1 else None
