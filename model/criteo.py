@@ -142,11 +142,15 @@ class CriteoData:
         self._epoch[0] = epoch
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.batches_from(0)
+
+    def batches_from(self, first: int) -> Iterator[Batch]:
+        """This epoch's batches from position `first` on; a resumed run skips those it trained without building them."""
         order = np.arange(len(self))
         if self.shuffle:
             np.random.default_rng((self.seed, self._epoch[0])).shuffle(order)
             self._epoch[0] += 1
-        for i in order:
+        for i in order[first:]:
             yield self.batch(int(i))
 
     def batch(self, i: int) -> Batch:

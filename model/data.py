@@ -66,7 +66,11 @@ class RandomData:
         return math.ceil(self.data_size / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        for i in range(len(self)):
+        return self.batches_from(0)
+
+    def batches_from(self, first: int) -> Iterator[Batch]:
+        """Batches `first`.. (each seeded by its index): a resumed run skips those it trained, unbuilt."""
+        for i in range(first, len(self)):
             yield self.batch(i)
 
     def batch(self, i: int) -> Batch:

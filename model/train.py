@@ -202,7 +202,8 @@ def run(
     that `resume` (model.checkpoint.Resume) continues from, as does one saved every
     `train.save_freq` iterations; a resumed run's steps, evaluations and weights are those of
     the run not stopped. A data source with `set_epoch` is told each epoch (its order may depend
-    on it), so a resumed epoch replays the same batches.
+    on it), so a resumed epoch replays the same batches; one with `batches_from(j)` starts the
+    resumed epoch at batch j without building those before it.
     """
     if train.test_predictions_out and test_data is None:
         raise ValueError("--test-predictions-out needs test data (--test-fraction or --test-raw-data-file)")
@@ -297,10 +298,11 @@ def run(
             if hasattr(data, "set_epoch"):
                 data.set_epoch(epoch)
             t_data = time.perf_counter()
-            for j, batch in enumerate(data):
+            skip = start[1] if epoch == start[0] and hasattr(data, "batches_from") else 0
+            for j, batch in enumerate(data.batches_from(skip) if skip else data, skip):
                 if j >= nbatches:
                     break
-                if (epoch, j) < start:
+                if (epoch, j) < start:  # a source that cannot skip builds the batches it trained before
                     t_data = time.perf_counter()
                     continue  # trained before the run was stopped
                 batch = batch.to(device)

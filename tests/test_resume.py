@@ -13,6 +13,7 @@ import torch
 
 import model.train
 from model.checkpoint import load_checkpoint
+from model.criteo import CriteoData
 from profiler.cli import main
 
 
@@ -78,7 +79,17 @@ def test_a_run_stopped_by_ctrl_c_goes_on_as_if_never_stopped(tmp_path, monkeypat
     ckpt = load_checkpoint(tmp_path / "cut.pt", torch.device("cpu"))
     assert ckpt["resume"]["iterations"] == stop_at and not (tmp_path / "cut.json").exists()
 
+    built = []  # the training batches the resumed run builds: only those it has still to train
+    build = CriteoData.batch
+
+    def counted(self, i):
+        if self.start == 0:  # the training rows; the test split starts after them
+            built.append(i)
+        return build(self, i)
+
+    monkeypatch.setattr(CriteoData, "batch", counted)
     assert main([*_argv(tmp_path, "cut"), f"--load-model={tmp_path / 'cut.pt'}"]) == 0
+    assert len(built) == 27 - stop_at
     assert f"going on from {tmp_path / 'cut.pt'}: iteration {stop_at}" in capsys.readouterr().out
     resumed = json.loads((tmp_path / "cut.json").read_text())
     assert resumed["iterations"] == 27 and resumed["resumed_at_iteration"] == stop_at
