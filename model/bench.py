@@ -46,6 +46,7 @@ def bench_dlrm(
     learning_rate: float = 0.01,
     reference_style: bool = False,
     optimizer: str = "sgd",
+    records: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Time training steps (forward, BCE, backward, optimizer) of each (kernel, gradient mode) per batch size.
 
@@ -54,6 +55,7 @@ def bench_dlrm(
     With `reference_style`, the same model computed the reference implementation's way
     (model.reference_style) runs first, as the baseline of the comparison, with torch's own
     optimizer (torch.optim.SGD or Adagrad, as the reference); `optimizer` is a --optimizer name.
+    Records go into `records` (returned) as each batch size finishes, so a Ctrl-C keeps those done.
     """
     if reference_style and optimizer not in _REFERENCE_OPTIMIZERS:
         raise ValueError(
@@ -61,7 +63,7 @@ def bench_dlrm(
             "repository; compare against it with scripts/vs_reference.py --optimizer rwsadagrad"
         )
     loss_fn = make_loss(LossFunction.BCE, (1.0, 1.0))
-    records = []
+    records = [] if records is None else records
     for B in batch_sizes:
         data = RandomData(config.table_rows, config.num_dense, B, B * (steps + warmup), pooling_factor, fixed, seed)
         runs = []
@@ -165,14 +167,24 @@ def _cmd(args: argparse.Namespace) -> int:
         f"{torch.get_num_threads()} threads, {args.steps} timed steps after {args.warmup} warm-up, "
         f"optimizer {args.optimizer}"
     )
-    records = bench_dlrm(
-        config, args.batch_size, args.kernels, [EmbeddingGrad(g) for g in args.embedding_grad],
-        pooling_factor=args.num_indices_per_lookup, fixed=args.num_indices_per_lookup_fixed, steps=args.steps,
-        warmup=args.warmup, reference_style=args.reference_style, optimizer=args.optimizer,
-    )  # fmt: skip
+    records: list[dict[str, Any]] = []  # filled batch size by batch size: a Ctrl-C keeps those finished
+    meta = {"torch": torch.__version__, "numpy": np.__version__}
+    try:
+        bench_dlrm(
+            config, args.batch_size, args.kernels, [EmbeddingGrad(g) for g in args.embedding_grad],
+            pooling_factor=args.num_indices_per_lookup, fixed=args.num_indices_per_lookup_fixed, steps=args.steps,
+            warmup=args.warmup, reference_style=args.reference_style, optimizer=args.optimizer, records=records,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        if records:
+            _print_table(records)
+            if args.json_out:
+                write_json_atomic(args.json_out, {"versions": meta, "records": records, "interrupted": True})
+                sizes = sorted({r["batch_size"] for r in records})
+                print(f"interrupted: wrote the batch sizes measured ({', '.join(map(str, sizes))}) to {args.json_out}")
+        raise
     _print_table(records)
     if args.json_out:
-        meta = {"torch": torch.__version__, "numpy": np.__version__}
         write_json_atomic(args.json_out, {"versions": meta, "records": records})
         print(f"wrote {args.json_out}")
     return 0

@@ -174,6 +174,27 @@ def test_bench_dlrm_runs_each_optimizer_beside_the_reference_style(tmp_path, cap
     assert "fused updates are SGD only" in capsys.readouterr().err
 
 
+def test_bench_dlrm_interrupted_keeps_the_batch_sizes_it_finished(tmp_path, monkeypatch, capsys):
+    from model.data import RandomData
+
+    build = RandomData.batch
+
+    def ctrl_c_at_64(self, i):
+        if self.batch_size == 64:
+            raise KeyboardInterrupt
+        return build(self, i)
+
+    monkeypatch.setattr(RandomData, "batch", ctrl_c_at_64)
+    out = tmp_path / "b.json"
+    argv = ["bench", "dlrm", "--arch-embedding-size=500x3", "--arch-mlp-bot=13-8-4", "--arch-sparse-feature-size=4",
+            "--arch-mlp-top=8-1", "--batch-size=32,64,128", "--steps=2", "--warmup=1", "--kernels=torch",
+            f"--json-out={out}"]  # fmt: skip
+    assert main(argv) == 130
+    kept = json.loads(out.read_text())
+    assert kept["interrupted"] is True and [r["batch_size"] for r in kept["records"]] == [32]
+    assert f"wrote the batch sizes measured (32) to {out}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
