@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from profiler.plot_style import kernel_styles, new_figure
 from profiler.results import POINT_FIELDS, point_label, varying_fields
@@ -109,26 +110,35 @@ def speedup_figure(table: SpeedupTable, *, title: str = "") -> Figure:
     if n * len(others) <= _MAX_BARS:
         fig, (ax,) = new_figure(panel_in=(max(7.0, 0.9 * n * max(1, len(others)) ** 0.5 + 3), 5.0))
         w = 0.8 / len(others)
-        top = max([1.0, *(v for v in table.values.values() if v)])
+        # a log axis with bars from 1: 2x faster and 2x slower stand equally far from the baseline
+        values = [v for v in table.values.values() if v]
+        lo, hi = min([0.5, *values]) / 1.25, max([2.0, *values]) * 1.25
+        stub = (hi / lo) ** 0.06  # a failed point's stub: 6% of the axis up from 1
         for j, k in enumerate(others):
             xs = [i + (j - (len(others) - 1) / 2) * w for i in range(n)]
             ys = [table.values.get((label, k)) for label in table.labels]
             ok = [(x, y) for x, y in zip(xs, ys, strict=True) if y]
             col = styles[k][0]
             if ok:
-                ax.bar([x for x, _ in ok], [y for _, y in ok], w, color=col, label=k)
+                ax.bar([x for x, _ in ok], [y - 1.0 for _, y in ok], w, bottom=1.0, color=col, label=k)
             for x, y, label in zip(xs, ys, table.labels, strict=True):
                 if y:
                     continue
-                # a failed point is no bar at all: a hatched, unfilled stub at the axis saying why
-                ax.bar(x, 0.06 * top, w, fill=False, edgecolor=col, hatch="//", lw=0.8,
+                # a failed point is no bar at all: a hatched, unfilled stub at the baseline saying why
+                ax.bar(x, stub - 1.0, w, bottom=1.0, fill=False, edgecolor=col, hatch="//", lw=0.8,
                        label="_nolegend_" if ok else k, gid="failed")  # fmt: skip
-                ax.text(x, 0.07 * top, table.why_missing(label, k), rotation=90, ha="center", va="bottom",
+                ax.text(x, stub * 1.02, table.why_missing(label, k), rotation=90, ha="center", va="bottom",
                         fontsize=7, color=col)  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_ylim(lo, hi)
+        ticks = [2.0**e for e in range(math.floor(math.log2(lo)), math.ceil(math.log2(hi)) + 1)]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.axhline(1.0, color="black", lw=0.8, ls="--")
         ax.set_xticks(range(n), table.labels, rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center",
                       fontsize=8)  # fmt: skip
-        ax.set_ylabel(f"speedup over {table.baseline} (x)")
+        ax.set_ylabel(f"speedup over {table.baseline} (log scale)")
         ax.set_xlabel("point")
         ax.legend(fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)

@@ -277,8 +277,9 @@ def test_a_failed_kernel_is_drawn_as_failed_not_as_zero(tmp_path):
     rs = load_results(write_sku(tmp_path, "sku-a", "CPU", pts))
     table = speedups(rs.rows, "torch")
     ax = speedup_figure(table).axes[0]
-    solid = [p for p in ax.patches if p.get_fill()]
-    assert [p.get_height() for p in solid] == pytest.approx([2.0])  # one real bar, no zero-height one
+    (solid,) = [p for p in ax.patches if p.get_fill()]  # one real bar, no zero-height one
+    assert (solid.get_y(), solid.get_y() + solid.get_height()) == pytest.approx((1.0, 2.0))  # from 1x up to 2x
+    assert ax.get_yscale() == "log"  # a 2x speedup and a 2x slowdown stand equally far from 1x
     (stub,) = [p for p in ax.patches if not p.get_fill()]
     assert stub.get_hatch() == "//" and stub.get_x() + stub.get_width() / 2 == pytest.approx(0.0)
     assert [t.get_text() for t in ax.texts] == ["failed"]
