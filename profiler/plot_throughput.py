@@ -127,6 +127,10 @@ def throughput_figure(
             xs = [value_of(r, x) for r in group]
             ax.plot(xs, [r[y] for r in group], marker=marker_k, ms=5, color=col, lw=1.5, label=name,
                     ls=["-", "--", ":", "-."][k % 4] if multi else "-")  # fmt: skip
+            slowed = [r for r in group if r.get("contended")]  # hollowed: a neighbour competed for the CPUs
+            if slowed:
+                ax.plot([value_of(r, x) for r in slowed], [r[y] for r in slowed], ls="none", marker=marker_k, ms=3,
+                        color="white", zorder=3.5, label="_nolegend_", gid=f"{name} contended")  # fmt: skip
             bands = [band(r, y) for r in group]
             if all(bands):
                 ax.fill_between(xs, [b[0] for b in bands], [b[1] for b in bands], color=col, alpha=0.2, lw=0)
@@ -145,6 +149,9 @@ def throughput_figure(
         ax.grid(True, which="major", alpha=0.3)
         if facets:
             ax.set_title(point_label(dict(zip(facets, facet_values, strict=True)), facets), fontsize=9)
+        if any(r.get("contended") for r in panel_rows):
+            ax.plot([], [], ls="none", marker="o", ms=5, color="white", markeredgecolor="black",
+                    label="hollow: measured under contention")  # fmt: skip
         ax.legend(fontsize=7, loc="best", framealpha=0.85, title="median, p25-p75 band", title_fontsize=7)
     heading = f"{AXIS_NAMES.get(y, y)} vs {AXIS_NAMES.get(x, x)}"
     fig.suptitle(title or f"{heading}{chr(10) if multi else ': '}{names}\n{shared_label(rows)}", fontsize=11)

@@ -61,6 +61,11 @@ def test_contended_points_can_be_left_out(tmp_path):
     row = next(r for r in rs.rows if r["key"] == key)
     assert tuple(hollow[0].get_offsets()[0]) == pytest.approx((row["arithmetic_intensity"], row["gflops"]))
     assert "hollow: measured under contention" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    # and in the throughput lines, at the same point's x and y
+    fig, _ = throughput_figure(rs.rows, rs.machines, x="working_set_bytes")
+    (hollow,) = [line for line in fig.axes[0].get_lines() if line.get_gid() == "torch contended"]
+    assert (hollow.get_xdata()[0], hollow.get_ydata()[0]) == pytest.approx((row["working_set_bytes"], row["gbps"]))
+    assert "hollow: measured under contention" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
 
 
 def test_roofline_places_a_point_at_its_intensity_and_gflops(tmp_path):
