@@ -220,7 +220,10 @@ def build_sources(args: argparse.Namespace, cfg: DLRMConfig, pooling: int) -> Da
         raise ValueError("give --locality or --data-trace-file, not both")
     spec = args.locality or (f"sd:{args.data_trace_file}" if args.data_trace_file else "uniform")
     data = SyntheticData(random, parse_locality(spec, cfg.num_tables))
-    return DataSources(data, None, None, [f"data: synthetic, {data.describe()}"],
+    short = data.shortfalls(args.mini_batch_size * args.num_batches if args.num_batches else None)
+    if len(short) > 3:  # one line per table would bury the rest; name the first few
+        short = [*short[:2], f"... and {len(short) - 2} more tables like them (give larger tables)"]
+    return DataSources(data, None, None, [f"data: synthetic, {data.describe()}", *(f"note: {s}" for s in short)],
                        {"data_generation": "synthetic", "locality": spec})  # fmt: skip
 
 

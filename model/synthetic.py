@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from model.data import Batch, RandomData
-from model.stack_distance import LRUStream
+from model.stack_distance import LRUStream, coprime_multiplier
 from model.traces import StackDistanceProfile
 
 __all__ = ["DEFAULT_ZIPF_EXPONENT", "Locality", "SyntheticData", "TableLocality", "ZipfRows", "parse_locality"]
@@ -106,10 +106,7 @@ def _affine_permutation(n: int, rng: np.random.Generator) -> tuple[int, int]:
     """(a, b) with gcd(a, n) = 1, so k -> (a*k + b) mod n permutes [0, n): hot ranks land on scattered rows."""
     if n == 1:
         return 1, 0
-    while True:
-        a = int(rng.integers(1, n))
-        if math.gcd(a, n) == 1:
-            return a, int(rng.integers(n))
+    return coprime_multiplier(n, rng), int(rng.integers(n))
 
 
 class ZipfRows:
@@ -199,6 +196,26 @@ class SyntheticData:
             starts = [0, *ends[:-1]]
             rows = [s.take(b - a) for s, a, b in zip(streams, starts, ends, strict=True)]
             yield Batch(base.dense, torch.from_numpy(np.concatenate(rows)), base.offsets, base.labels)
+
+    def shortfalls(self, samples: int | None = None) -> list[str]:
+        """Notes on stack-distance tables with fewer rows than the first accesses their profile asks of
+        `samples` samples (default: an epoch): once every row is out, a first access reuses the least
+        recently used row, and the table's distances depart from its profile."""
+        n = self.random.data_size if samples is None else samples
+        L = self.random.pooling_factor
+        notes = []
+        for t, (loc, E) in enumerate(zip(self.locality, self.table_rows, strict=True)):
+            if loc.kind != Locality.STACK_DISTANCE or loc.profile is None:
+                continue
+            c = min(E, L)  # a bag's lookups: L fixed, else max(1, round(u * c)), of mean c/2 + 1/(2c)
+            accesses = n * (L if self.random.fixed else c / 2 + 1 / (2 * c))
+            first = float(loc.profile.normalized_cdf()[0])
+            needed = math.ceil(first * accesses)
+            if needed > E:
+                notes.append(f"table {t}: {E:,} rows, but its profile makes {first:.1%} of accesses first ones, "
+                             f"about {needed:,} new rows in {accesses:,.0f} accesses: past {E:,} the stream "
+                             "reuses the least recently used row and departs from the profile")  # fmt: skip
+        return notes
 
     def describe(self) -> str:
         kinds = {loc.describe() for loc in self.locality}

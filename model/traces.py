@@ -54,19 +54,29 @@ class StackDistanceProfile:
     distances: tuple[int, ...]  # distinct stack distances, ascending; 0 = first access
     cdf: tuple[float, ...]  # P(distance <= distances[i])
 
-    def validate(self, where: str = "profile") -> Self:
+    def validate(self, where: str = "profile", file: bool = False) -> Self:
+        """Check the distances and CDF; `file`: `where` is the profile's path, and errors name its line."""
+        at = (lambda line: f"{where}:{line}") if file else (lambda line: where)
         if not self.distances or len(self.distances) != len(self.cdf):
             raise ValueError(
                 f"{where}: {len(self.distances)} stack distances but {len(self.cdf)} CDF values (need equal, >= 1)"
             )
         d = np.asarray(self.distances)
         c = np.asarray(self.cdf)
-        if d[0] < 0 or np.any(np.diff(d) <= 0):
-            raise ValueError(f"{where}: stack distances must be >= 0 and strictly increasing")
-        if not np.isfinite(c).all() or c[0] < 0 or np.any(np.diff(c) < 0):
-            raise ValueError(f"{where}: the CDF must be finite, non-negative and non-decreasing")
+        if d[0] != 0:
+            raise ValueError(f"{at(2)}: stack distances must start at 0 (a first access; every trace has one), "
+                             f"the first is {d[0]}")  # fmt: skip
+        if np.any(np.diff(d) <= 0):
+            i = int(np.argmax(np.diff(d) <= 0)) + 1
+            raise ValueError(f"{at(2)}: stack distances must be strictly increasing: value {i + 1} ({d[i]}) "
+                             f"follows {d[i - 1]}")  # fmt: skip
+        if not np.isfinite(c).all() or c[0] <= 0 or np.any(np.diff(c) < 0):
+            bad = (~np.isfinite(c)) | np.r_[c[0] <= 0, np.diff(c) < 0]
+            i = int(np.argmax(bad))
+            raise ValueError(f"{at(3)}: the CDF must be finite and non-decreasing, with P(distance 0) > 0: "
+                             f"value {i + 1} is {c[i]}" + (f" after {c[i - 1]}" if i else ""))  # fmt: skip
         if abs(c[-1] - 1.0) > _CDF_TOLERANCE:
-            raise ValueError(f"{where}: the CDF must end at 1.0, it ends at {c[-1]}")
+            raise ValueError(f"{at(3)}: the CDF must end at 1.0, it ends at {c[-1]}")
         return self
 
     @classmethod
@@ -93,7 +103,7 @@ class StackDistanceProfile:
             values.append(tuple(_numbers(line, kind, p, n, what)))
             if not values[-1]:
                 raise ValueError(f"{p}:{n}: {what}: no value (the line is blank)")
-        return cls(*values).validate(str(p))
+        return cls(*values).validate(str(p), file=True)
 
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write the three lines, values separated by ", ", as the reference reads them."""
