@@ -150,3 +150,32 @@ def test_a_stop_at_the_last_step_ends_the_run_and_a_shorter_run_has_nothing_left
     assert "the saved run had done its 1 epoch(s) (9 iterations): raise --nepochs" in capsys.readouterr().err
     assert main([*_argv(tmp_path, "e", "--nepochs=2"), f"--load-model={tmp_path / 'e.pt'}"]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["iterations"] == 18
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys):
+    _criteo(tmp_path / "c.txt")
+    handler = signal.getsignal(signal.SIGINT)
+    make, done = model.train.make_optimizer, []
+
+    def make_twice_interrupted(*args, **kwargs):  # two Ctrl-Cs inside the 4th step, before its update
+        opt = make(*args, **kwargs)
+        step = opt.step
+
+        def interrupted_step(*a, **kw):
+            if len(done) == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # the first asks the loop to stop after this step...
+                os.kill(os.getpid(), signal.SIGINT)  # ...the second stops it here
+            out = step(*a, **kw)
+            done.append(True)
+            return out
+
+        opt.step = interrupted_step
+        return opt
+
+    monkeypatch.setattr(model.train, "make_optimizer", make_twice_interrupted)
+    assert main(_argv(tmp_path, "x")) == 130
+    captured = capsys.readouterr()
+    assert len(done) == 3  # the 4th step's update never ran
+    assert "interrupted after iteration" not in captured.out and "dlrmbench train: interrupted" in captured.err
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.json").exists()  # no checkpoint of a half step
+    assert signal.getsignal(signal.SIGINT) is handler  # the run's handler is gone again
