@@ -149,9 +149,9 @@ def test_a_dead_rank_makes_the_other_exit_with_a_message():
     procs = [ctx.Process(target=_cli_rank, args=(r, port, argv, 4.0 if r == 1 else 0.0, out)) for r in (0, 1)]
     for p in procs:
         p.start()
-    rank, code, err, elapsed = out.get(timeout=120)
+    rank, code, err, elapsed = out.get(timeout=300)
     for p in procs:
         p.join(timeout=60)
     assert rank == 0 and code == 3
     assert "rank 0: a peer rank failed or a collective timed out" in err
-    assert elapsed < 60
+    assert elapsed < 100  # left by the failure, not by the end of its 1,000,000 batches (generous: spawns)
