@@ -8,6 +8,7 @@ import torch
 
 from profiler import ceilings
 from profiler.ceilings import Ceiling, derived_ceilings, level_working_sets
+from profiler.timer import Measurement
 
 FP = {
     "affinity_cpus": 2,
@@ -140,3 +141,158 @@ def test_stream_loops_cover_every_element_when_chunks_do_not_divide_it() -> None
     out[:] = -7.0
     k["gather"](table, idx, out, 2, 4)  # more chunks than bags
     np.testing.assert_array_equal(out, [[2, 4], [6, 8], [10, 12]])
+
+
+# Timing fixed, so each ceiling's number can be checked against bytes or FLOPs counted by hand.
+# The fast time is the 10th percentile (numpy's default quantile): here the second smallest of 11,
+# which is neither the minimum nor the median.
+SAMPLES = [4e-3, 1e-3, 2e-3, 9e-3, 3e-3, 5e-3, 8e-3, 6e-3, 7e-3, 1.5e-3, 2.5e-3]
+BUDGET = {"warmup_ms": 1.0, "rep_ms": 1.0}
+
+
+def _fixed_measure(*sample_sets: list[float], run: bool = True):
+    """A stand-in for profiler.timer.measure: calls fn once (so spies see the work), returns the next fixed samples."""
+    left = list(sample_sets)
+
+    def fake(fn, *, threads=None, device="cpu", **_budget) -> Measurement:
+        if run:
+            fake.results.append(fn())
+        return Measurement(samples_s=list(left.pop(0)), threads=threads or 1, device=device)
+
+    fake.results = []
+    return fake
+
+
+def _stream_spies(monkeypatch) -> list[tuple]:
+    """Replace the numba STREAM loops by spies recording (arrays, threads, reps) of each call."""
+    import profiler.stream
+
+    calls: list[tuple] = []
+
+    def copy(a, b, threads, reps):
+        calls.append(((a, b), threads, reps))
+
+    def triad(a, b, c, s, threads, reps):
+        calls.append(((a, b, c), threads, reps))
+
+    monkeypatch.setattr(profiler.stream, "kernels", lambda: {"copy": copy, "triad": triad})
+    return calls
+
+
+@pytest.mark.parametrize(("kind", "narrays"), [("copy", 2), ("triad", 3)])  # STREAM: copy b=a 2 words, triad 3
+def test_stream_gbps_is_stream_bytes_of_every_sweep_over_the_fast_time(monkeypatch, kind, narrays) -> None:
+    calls = _stream_spies(monkeypatch)
+    monkeypatch.setattr(ceilings, "measure", _fixed_measure(SAMPLES))
+    ws = 256 << 10
+    c = ceilings.stream_ceiling(kind, "L2", ws, 2, BUDGET)
+    ((arrays, threads, reps),) = calls
+    n = arrays[0].size
+    assert len(arrays) == narrays and all(a.size == n and a.dtype == np.float32 for a in arrays) and threads == 2
+    one_sweep = narrays * 4 * n  # float32: each array read or written once per sweep, no write-allocate
+    assert one_sweep <= ws and c.working_set_bytes == one_sweep
+    assert reps > 1  # cache-resident: swept many times per timed call, about 64 MiB counted per call
+    assert (64 << 20) - one_sweep < reps * one_sweep <= 64 << 20
+    fast_s = float(np.quantile(SAMPLES, 0.10))
+    assert c.gbps == pytest.approx(reps * one_sweep / fast_s / 1e9, rel=1e-12)
+    assert c.fast_s == pytest.approx(fast_s) and c.level == "L2" and c.name == kind
+
+
+@pytest.mark.parametrize("torch_faster", [True, False])
+def test_l3_triad_counts_the_faster_of_the_loop_and_torch(monkeypatch, torch_faster) -> None:
+    calls = _stream_spies(monkeypatch)
+    adds = []
+    real_add = torch.add
+
+    def add(*args, **kw):
+        adds.append(kw["out"].numel())
+        return real_add(*args, **kw)
+
+    monkeypatch.setattr(torch, "add", add)
+    slow = [2 * s for s in SAMPLES]
+    loop_samples, torch_samples = (slow, SAMPLES) if torch_faster else (SAMPLES, slow)
+    monkeypatch.setattr(ceilings, "measure", _fixed_measure(loop_samples, torch_samples))
+    c = ceilings.stream_ceiling("triad", "L3", 1 << 20, 1, BUDGET)
+    ((arrays, _, reps),) = calls
+    n = arrays[0].size
+    assert reps > 1 and adds == [n] * reps  # torch's timed call does the same sweeps as the loop's
+    fast_s = float(np.quantile(SAMPLES, 0.10))
+    assert c.gbps == pytest.approx(reps * 3 * 4 * n / fast_s / 1e9, rel=1e-12)
+    assert c.method.startswith("torch's triad kernel") == torch_faster
+
+
+def _gather_spy(monkeypatch) -> list[tuple]:
+    import profiler.stream
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(profiler.stream, "kernels", lambda: {"gather": lambda *args: calls.append(args)})
+    return calls
+
+
+def _embedding_bag_bytes(num_bags: int, lookups: int, dim: int) -> int:
+    """By hand: read every looked-up float32 row, the int64 indices and B + 1 int64 offsets; write B rows."""
+    return lookups * dim * 4 + lookups * 8 + (num_bags + 1) * 8 + num_bags * dim * 4
+
+
+def test_gather_gbps_is_embedding_bag_bytes_over_the_fast_time(monkeypatch) -> None:
+    import kernels
+
+    calls = _gather_spy(monkeypatch)
+    monkeypatch.setattr(kernels, "list_kernels", lambda: [])  # the numba loop alone
+    monkeypatch.setattr(ceilings, "measure", _fixed_measure(SAMPLES))
+    c = ceilings._gather_ceiling(64, 1 << 20, 1, BUDGET)
+    ((table, idx, out, pooling, _),) = calls
+    assert table.shape == (4096, 64) and idx.size == out.shape[0] * pooling and out.shape[1] == 64
+    fast_s = float(np.quantile(SAMPLES, 0.10))
+    assert c.gbps == pytest.approx(_embedding_bag_bytes(out.shape[0], idx.size, 64) / fast_s / 1e9, rel=1e-12)
+
+
+def test_gather_ceiling_takes_the_fastest_kernel(monkeypatch) -> None:
+    import types
+
+    import kernels
+
+    calls = _gather_spy(monkeypatch)
+    seen = []
+
+    def probe(table, idx, offsets):
+        seen.append((tuple(table.shape), idx.numel(), offsets.tolist()))
+
+    entry = types.SimpleNamespace(name="probe", available=True, devices=("cpu",), fn=probe)
+    monkeypatch.setattr(kernels, "list_kernels", lambda: [entry])
+    monkeypatch.setattr(ceilings, "measure", _fixed_measure([3 * s for s in SAMPLES], SAMPLES))  # loop, probe
+    c = ceilings._gather_ceiling(64, 1 << 20, 1, BUDGET)
+    ((_, idx, out, pooling, _),) = calls
+    nbags = out.shape[0]
+    assert seen and all(s == ((4096, 64), idx.size, list(range(0, idx.size + 1, pooling))) for s in seen)
+    fast_s = float(np.quantile(SAMPLES, 0.10))  # the probe's, 3x faster than the loop
+    assert c.gbps == pytest.approx(_embedding_bag_bytes(nbags, idx.size, 64) / fast_s / 1e9, rel=1e-12)
+    assert "kernel probe" in c.method.split(": ")[-1]
+
+
+def test_gemm_gflops_is_2mkn_over_the_fast_time(monkeypatch) -> None:
+    fake = _fixed_measure(SAMPLES)
+    monkeypatch.setattr(ceilings, "measure", fake)
+    c = ceilings.gemm_ceiling((96, 40, 72), "float32", 1, BUDGET)
+    (product,) = fake.results
+    assert product.shape == (96, 72)  # the timed call is the (96 x 40) @ (40 x 72) product
+    fast_s = float(np.quantile(SAMPLES, 0.10))
+    assert c.gflops == pytest.approx(2 * 96 * 40 * 72 / fast_s / 1e9, rel=1e-12)  # a multiply and an add per MAC
+
+
+def test_device_copy_counts_a_read_and_a_write(monkeypatch) -> None:
+    """_gpu_ceilings on the CPU: its timed copy_ returns the destination; the GEMMs are not run."""
+    copied = []
+
+    def fake(fn, *, threads=None, device="cpu", **_budget) -> Measurement:
+        if not copied:
+            copied.append(fn())  # the first timed call is the copy
+        return Measurement(samples_s=list(SAMPLES), threads=threads or 1, device=device)
+
+    monkeypatch.setattr(ceilings, "measure", fake)
+    found: list[Ceiling] = []
+    ceilings._gpu_ceilings("cpu", True, BUDGET, found.append)
+    (dst,) = copied
+    copy = next(c for c in found if c.name == "copy")
+    fast_s = float(np.quantile(SAMPLES, 0.10))
+    assert copy.gbps == pytest.approx(2 * dst.numel() * 4 / fast_s / 1e9, rel=1e-12)
+    assert copy.working_set_bytes == 2 * dst.numel() * 4
