@@ -98,7 +98,8 @@ class CriteoData:
     """Rows [start, stop) of a cache in batches of B: one lookup per table per sample.
 
     With `shuffle`, each epoch visits the batches in a new order (seeded); samples within a
-    batch stay neighbours in the file. Without it, file order, as the reference by default.
+    batch stay neighbours in the file. Without it, file order (the reference shuffles its
+    training rows once, at preprocessing, by default).
     """
 
     cache: CriteoCache

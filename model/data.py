@@ -43,9 +43,10 @@ class RandomData:
     """Uniform random batches in the reference's `--data-generation random` form.
 
     Each sample draws, per table, L lookups (`fixed`) or max(1, round(u * min(E, L))) with
-    u ~ U[0, 1), as the reference does; rows are uniform in [0, E). Unlike the reference,
-    rows are drawn with replacement (it de-duplicates within a bag, which shortens bags of
-    tiny tables). Batch i is seeded from (seed, i), so every epoch sees the same data.
+    u ~ U[0, 1), as the reference does; rows are uniform in [0, E) (the reference's
+    round(u * (E - 1)) draws rows 0 and E - 1 half as often). Unlike the reference, rows are
+    drawn with replacement (it de-duplicates within a bag, which shortens bags of tiny tables).
+    Batch i is seeded from (seed, i), so every epoch sees the same data.
     """
 
     table_rows: tuple[int, ...]  # E per table

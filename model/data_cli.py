@@ -91,7 +91,8 @@ def add_data_arguments(p: argparse.ArgumentParser, flag_bool: Any) -> None:
         "--test-freq",
         type=int,
         default=-1,
-        help="evaluate on the test split every N iterations (default: only at the end)",
+        help="evaluate on the test split every N batches of an epoch and at each epoch's end, as the reference "
+        "(default: only at the end of the run, which is always evaluated)",
     )
     ds.add_argument(
         "--test-predictions-out",
@@ -218,13 +219,23 @@ def build_sources(args: argparse.Namespace, cfg: DLRMConfig, pooling: int) -> Da
         return DataSources(random, None, None, [], {"data_generation": "random"})
     if args.locality and args.data_trace_file:
         raise ValueError("give --locality or --data-trace-file, not both")
-    spec = args.locality or (f"sd:{args.data_trace_file}" if args.data_trace_file else "uniform")
+    spec = args.locality or (f"sd:{_trace_path(args.data_trace_file)}" if args.data_trace_file else "uniform")
     data = SyntheticData(random, parse_locality(spec, cfg.num_tables))
     short = data.shortfalls(args.mini_batch_size * args.num_batches if args.num_batches else None)
     if len(short) > 3:  # one line per table would bury the rest; name the first few
         short = [*short[:2], f"... and {len(short) - 2} more tables like them (give larger tables)"]
     return DataSources(data, None, None, [f"data: synthetic, {data.describe()}", *(f"note: {s}" for s in short)],
                        {"data_generation": "synthetic", "locality": spec})  # fmt: skip
+
+
+def _trace_path(path: str) -> str:
+    """--data-trace-file's path, `{t}` standing for the table. The reference's own convention, a `j`
+    for the table (its default is ./input/dist_emb_j.log), is taken too when the file as named is
+    absent: every `j` of the file's name (not its folders, as the reference does) becomes `{t}`."""
+    p = Path(path)
+    if "{t}" in path or p.exists() or "j" not in p.name:
+        return path
+    return str(p.with_name(p.name.replace("j", "{t}")))
 
 
 def fit_tables(cfg: DLRMConfig, need: tuple[int, ...], explicit: bool) -> tuple[DLRMConfig, str]:

@@ -69,7 +69,7 @@ class TrainConfig:
     save_freq: int = 0  # with save_model: also save a resumable checkpoint every this many iterations (0: off)
     json_out: str = ""
     profile_trace: str = ""  # non-empty: after training, profile a few steps, write this Chrome trace
-    test_freq: int = 0  # with test data: evaluate every this many iterations (0: only at the end)
+    test_freq: int = 0  # with test data: every this many batches of an epoch and at its end (0: at the end)
     lr_num_warmup_steps: int = 0  # the reference's LRPolicyScheduler flags (model.optim.LRSchedule); 0: none
     lr_decay_start_step: int = 0
     lr_num_decay_steps: int = 0
@@ -188,8 +188,10 @@ def run(
 ) -> dict[str, Any]:
     """Train (or with inference_only, evaluate) DLRM on `data`; returns the --json-out record.
 
-    With `test_data`, the model is evaluated on it every `train.test_freq` iterations and at
-    the end; the record then holds "test" (auc, accuracy, logloss, samples) and "test_history".
+    With `test_data`, the model is evaluated on it every `train.test_freq` batches of an epoch
+    and at each epoch's end, as the reference (`j` counting within the epoch), and always at the
+    end of the run (also with test_freq 0, where the reference never evaluates); the record then
+    holds "test" (auc, accuracy, logloss, samples) and "test_history".
     Evaluation time is left out of every throughput figure.
 
     With `dist_ctx` (torch.distributed is up), the model is the hybrid-parallel one: each
@@ -349,8 +351,8 @@ def run(
                     window_samples = window_iters = 0
                     window_step_s = 0.0
                 last, progress = (epoch, j), ((epoch, j + 1) if j + 1 < per_epoch else (epoch + 1, 0))
-                if test_data is not None and train.test_freq and iters % train.test_freq == 0:
-                    test(*last)
+                if test_data is not None and train.test_freq and ((j + 1) % train.test_freq == 0 or j + 1 == per_epoch):
+                    test(*last)  # as the reference: every test_freq batches of an epoch, and at its end
                 if progress[0] == train.nepochs:
                     continue  # the last step: a stop asked now finds the run done, and it ends as usual
                 if stop.requested or (train.save_model and train.save_freq and iters % train.save_freq == 0):

@@ -235,6 +235,10 @@ def test_train_on_a_dataset_reports_test_metrics(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "--num-indices-per-lookup 5 ignored: the data has 1 lookup(s) per bag" in text and "L=1 fixed," in text
     assert json.loads(out.read_text())["pooling_factor"] == 1
+    assert main([*argv, "--nepochs=2", "--test-freq=4"]) == 0
+    # the reference's schedule: every 4 batches of an epoch (j counted within it) and at each epoch's end
+    tested = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("Testing at")]
+    assert tested == [f"Testing at - it {j}/10 of epoch {e}" for e in range(2) for j in (4, 8, 10)]
 
 
 def test_test_predictions_out_holds_every_test_row(tmp_path, capsys):

@@ -236,6 +236,14 @@ def test_train_with_synthetic_locality(tmp_path, capsys):
     assert main([*base, f"--data-trace-file={tmp_path / 'p.log'}", f"--json-out={out}"]) == 0
     assert "data: synthetic, stack distances from" in capsys.readouterr().out
     assert json.loads(out.read_text())["data"]["locality"].startswith("sd:")
+    # the reference's convention: a j in the file's name stands for the table (./input/dist_emb_j.log)
+    jdir = tmp_path / "jobs"  # a j in a folder's name stays
+    jdir.mkdir()
+    for t in range(3):
+        (jdir / f"dist_emb_{t}.log").write_text(f"0\n0, 1, {t + 2}\n0.3, 0.6, 1.0\n")
+    assert main([*base, f"--data-trace-file={jdir / 'dist_emb_j.log'}", f"--json-out={out}"]) == 0
+    assert json.loads(out.read_text())["data"]["locality"] == f"sd:{jdir / 'dist_emb_{t}.log'}"
+    assert "table 2: stack distances from" in capsys.readouterr().out  # one profile per table
     assert main([*base, "--locality=zipf:1.09,uniform,zipf"]) == 0
     assert main([*base, "--locality=zipf", f"--data-trace-file={tmp_path / 'p.log'}"]) == 2
     assert main(["train", "--preset=tiny", "--locality=zipf"]) == 2
