@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.bench_bag_cli import parse_int_list
+from profiler.cli import check_output_path
 from profiler.contention import usable_cpus
 from profiler.store import write_json_atomic
 
@@ -25,12 +27,22 @@ __all__ = ["add_bench_targets", "bench_dist"]
 
 
 def bench_dist(
-    world_sizes: list[int], train_args: list[str], *, threads: int, timeout_s: float
+    world_sizes: list[int],
+    train_args: list[str],
+    *,
+    threads: int,
+    timeout_s: float,
+    records: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run `dlrmbench train` with each world size; returns rank 0's records with the split."""
+    """Run `dlrmbench train` with each world size; returns rank 0's records with the split.
+
+    Records go into `records` (returned) as each world size finishes, so a failure or Ctrl-C keeps
+    those measured. Step times are the median step (one slow step does not move it); efficiency
+    is against the first world size's.
+    """
     from model.distributed import free_port  # torch: only when a benchmark runs
 
-    records = []
+    records = [] if records is None else records
     cpus = usable_cpus()
     with tempfile.TemporaryDirectory() as tmp:
         for world in world_sizes:
@@ -44,23 +56,58 @@ def bench_dist(
                        f"--master_port={free_port()}", f"--log-dir={tmp}",  # else torchrun leaves a /tmp dir per run
                        "-m", "profiler.cli", *args, "--dist-backend=gloo"]  # fmt: skip
             env = {**os.environ, "OMP_NUM_THREADS": str(per_proc)}
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-            if proc.returncode != 0:
-                raise ValueError(f"{world} processes: dlrmbench train failed (exit {proc.returncode}):\n"
-                                 f"{proc.stderr[-1500:]}")  # fmt: skip
+            code, stderr = _run_group(cmd, env, timeout_s, f"{world} process(es)")
+            if code != 0:
+                said = [ln for ln in stderr.splitlines() if "error:" in ln and "ChildFailedError" not in ln]
+                raise ValueError(f"{world} process(es): dlrmbench train failed (exit {code})"
+                                 + (f": {said[0].split('error:', 1)[1].strip()}" if said else "")
+                                 + f"\n{stderr[-1500:]}")  # fmt: skip
             rec = json.loads(out.read_text())
             dist_rec = rec.get("distributed", {})
             a2a, ar = dist_rec.get("all_to_all_ms_per_iter", 0.0), dist_rec.get("all_reduce_ms_per_iter", 0.0)
+            step_ms = rec.get("step_ms_median", rec["ms_per_iter"])
+            batch = rec["samples"] / rec["iterations"]
             records.append({
-                "world_size": world, "threads_per_process": per_proc, "ms_per_iter": rec["ms_per_iter"],
-                "all_to_all_ms": a2a, "all_reduce_ms": ar, "compute_ms": rec["ms_per_iter"] - a2a,
-                "step_samples_per_s": rec["step_samples_per_s"], "samples_per_s": rec["samples_per_s"],
-                "placement": dist_rec.get("placement"),
+                "world_size": world, "threads_per_process": per_proc, "ms_per_iter": step_ms,
+                "mean_ms_per_iter": rec["ms_per_iter"], "all_to_all_ms": a2a, "all_reduce_ms": ar,
+                "compute_ms": step_ms - a2a, "step_samples_per_s": 1000.0 * batch / step_ms,
+                "samples_per_s": rec["samples_per_s"], "placement": dist_rec.get("placement"),
+                "contended": bool(rec.get("contention", {}).get("contended")), "contention": rec.get("contention"),
             })  # fmt: skip
-    base = records[0]["step_samples_per_s"] / records[0]["world_size"]
-    for r in records:
-        r["scaling_efficiency"] = r["step_samples_per_s"] / (r["world_size"] * base)
+            base = records[0]["step_samples_per_s"] / records[0]["world_size"]
+            for r in records:
+                r["scaling_efficiency"] = r["step_samples_per_s"] / (r["world_size"] * base)
     return records
+
+
+def _run_group(cmd: list[str], env: dict[str, str], timeout_s: float, what: str) -> tuple[int, str]:
+    """Run cmd in a process group of its own; on a timeout or Ctrl-C stop the whole group, ranks included
+    (killing torchrun alone leaves its workers running, on the CPUs the next measurement needs)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=timeout_s)
+        return proc.returncode, stderr
+    except subprocess.TimeoutExpired:
+        _stop_group(proc)
+        raise ValueError(f"{what}: dlrmbench train did not finish in --timeout {timeout_s:g} s; "
+                         "its processes were stopped") from None  # fmt: skip
+    except BaseException:
+        _stop_group(proc)
+        raise
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.communicate(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -69,7 +116,33 @@ def _cmd(args: argparse.Namespace) -> int:
         f"--arch-mlp-bot=13-512-256-64-{args.dim}", "--arch-mlp-top=512-256-1",
         f"--mini-batch-size={args.batch_size}", f"--num-batches={args.num_batches}", "--print-freq=1000000",
     ]  # fmt: skip
-    records = bench_dist(args.nprocs, train_args, threads=args.threads, timeout_s=args.timeout)
+    too_many = [w for w in args.nprocs if w > args.tables or w < 1]
+    if too_many:
+        raise ValueError(f"--nprocs {','.join(map(str, too_many))}: each process owns whole tables, so a world "
+                         f"size must be 1 to --tables ({args.tables})")  # fmt: skip
+    if args.json_out:
+        check_output_path("--json-out", args.json_out)
+    records: list[dict[str, Any]] = []
+    try:
+        bench_dist(args.nprocs, train_args, threads=args.threads, timeout_s=args.timeout, records=records)
+    except (ValueError, KeyboardInterrupt):
+        if records:
+            print(
+                f"kept the world sizes measured before the failure: {', '.join(str(r['world_size']) for r in records)}"
+            )
+            _print_table(args, records)
+            if args.json_out:
+                write_json_atomic(args.json_out, records)
+                print(f"wrote {args.json_out}")
+        raise
+    _print_table(args, records)
+    if args.json_out:
+        write_json_atomic(args.json_out, records)
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+def _print_table(args: argparse.Namespace, records: list[dict[str, Any]]) -> None:
     print(f"hybrid-parallel DLRM training, {args.tables} tables x {args.rows:,} rows, D={args.dim}, "
           f"global batch {args.batch_size}, gloo on this machine ({os.cpu_count()} CPUs)")  # fmt: skip
     head = (f"{'procs':>5} {'threads':>7} {'step ms':>8} {'compute':>8} {'all-to-all':>10} {'all-reduce*':>11} "
@@ -81,10 +154,12 @@ def _cmd(args: argparse.Namespace) -> int:
               f"{r['all_to_all_ms']:>10.2f} {r['all_reduce_ms']:>11.2f} {r['step_samples_per_s']:>10,.0f} "
               f"{r['scaling_efficiency']:>9.0%}")  # fmt: skip
     print("* DDP's all-reduce overlaps the backward pass: its time is launch to completion, not all added to the step")
-    if args.json_out:
-        write_json_atomic(args.json_out, records)
-        print(f"wrote {args.json_out}")
-    return 0
+    print("step ms: the median step of rank 0; efficiency: samples/s over W x the first row's")
+    for r in records:
+        if r.get("contended"):
+            why = "; ".join((r.get("contention") or {}).get("reasons", []))
+            print(f"warning: {r['world_size']} process(es) ran under contention ({why}): its times understate this "
+                  "machine")  # fmt: skip
 
 
 def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:

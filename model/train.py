@@ -259,6 +259,7 @@ def run(
 
     losses: list[float] = list(resume.losses or []) if resume else []
     step_s = data_s = 0.0
+    step_times: list[float] = []  # this process's steps, for a median robust to a slow one
     samples = 0
     iters = iters0 = resume.iterations if resume else 0
     start = (resume.epoch, resume.batch) if resume else (0, 0)
@@ -332,9 +333,11 @@ def run(
                 _sync(device)
                 dt = time.perf_counter() - t0
                 step_s += dt
+                step_times.append(dt)
                 samples += B
                 iters += 1
-                window_loss += loss.detach() * batch.batch_size
+                if batch.batch_size:  # a rank whose slice is empty has a NaN mean loss (of nothing): it adds none
+                    window_loss += loss.detach() * batch.batch_size
                 window_samples += batch.batch_size
                 window_iters += 1
                 window_step_s += dt
@@ -385,6 +388,7 @@ def run(
         "samples_per_s": samples / wall_s,
         "step_samples_per_s": samples / step_s,
         "ms_per_iter": 1000.0 * step_s / (iters - iters0),
+        "step_ms_median": 1000.0 * float(np.median(step_times)),
         "data_ms_per_iter": 1000.0 * data_s / (iters - iters0),
         "wall_s": wall_s,
         "warmup_s": warmup_s,

@@ -59,6 +59,24 @@ def _check_args(world_size: int, batch_size: int, num_tables: int, embedding_dim
         raise ValueError(f"embedding_dim={embedding_dim}: must be >= 1")
 
 
+def nccl_tests_bandwidths(
+    world_size: int, batch_size: int, num_tables: int, embedding_dim: int, seconds: float, *, mode: str = "forward"
+) -> tuple[float, float]:
+    """(algbw, busbw) in GB/s as nccl-tests define them for all-to-all, to compare with its tables.
+
+    algbw = the send buffer of a rank (its chunk for itself included) / time; busbw = algbw * (W - 1) / W,
+    the share that crosses between ranks. Tables and samples may split unevenly here; the busiest
+    rank's buffer, T_r * B * D * 4 bytes (twice in train: the backward exchange), is taken.
+    """
+    from model.distributed import place_tables
+
+    _check_args(world_size, batch_size, num_tables, embedding_dim)
+    held = max(len(t) for t in place_tables((1,) * num_tables, 1, world_size).tables)
+    buffer = held * batch_size * embedding_dim * _ELEMENT_BYTES * (1 if mode == "forward" else 2)
+    algbw = buffer / seconds / 1e9
+    return algbw, algbw * (world_size - 1) / world_size
+
+
 def all_to_all_bytes(
     world_size: int, batch_size: int, num_tables: int, embedding_dim: int, *, mode: str = "forward"
 ) -> list[tuple[int, int]]:

@@ -274,7 +274,7 @@ def _run_all_to_all(
     timeout_s (--point-timeout; 0: the collective's default) bounds the launch and each rank's collectives:
     run_point's alarm interrupts only this process.
     """
-    from profiler.collective import all_to_all_bytes, time_all_to_all
+    from profiler.collective import all_to_all_bytes, nccl_tests_bandwidths, time_all_to_all
 
     if point.mode not in ("forward", "train"):
         raise ValueError(f"mode={point.mode!r} is not valid for all_to_all; allowed: forward, train")
@@ -297,6 +297,8 @@ def _run_all_to_all(
         "bytes_received_per_rank": [r for _, r in per_rank],
         "samples_per_s": point.batch_size / m.median_s,
     }
+    algbw, busbw = nccl_tests_bandwidths(*args, m.median_s, mode=point.mode)
+    extra |= {"algbw_gbps": algbw, "busbw_gbps": busbw}  # nccl-tests' figures; gbps counts what crosses, both ways
     return m, Cost(sent, received, 0), extra
 
 

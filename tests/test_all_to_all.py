@@ -21,7 +21,14 @@ import time
 import pytest
 import torch
 
-from profiler.collective import CollectiveFailure, _launch, all_to_all_bytes, all_to_all_once, time_all_to_all
+from profiler.collective import (
+    CollectiveFailure,
+    _launch,
+    all_to_all_bytes,
+    all_to_all_once,
+    nccl_tests_bandwidths,
+    time_all_to_all,
+)
 from profiler.runner import run_point
 from profiler.sweep_spec import Point, expand, load_spec, parse_spec
 from profiler.timer import Measurement
@@ -60,6 +67,15 @@ def test_bytes_worked_by_hand():
     for W, B, T, D in [(3, 10, 7, 4), (4, 2048, 26, 16)]:
         pairs = all_to_all_bytes(W, B, T, D)
         assert sum(s for s, _ in pairs) == sum(r for _, r in pairs)
+
+
+def test_nccl_tests_bandwidths_by_hand():
+    # nccl-tests (AlltoAllGetBw): algbw = a rank's send buffer / time, busbw = algbw * (W - 1) / W.
+    # W=4, T=26, B=2048, D=16: the busiest rank holds 7 tables, 7 x 2048 x 16 x 4 = 917,504 bytes; in 1 ms
+    algbw, busbw = nccl_tests_bandwidths(4, 2048, 26, 16, 1e-3)
+    assert algbw == pytest.approx(0.917504) and busbw == pytest.approx(0.917504 * 3 / 4)
+    assert nccl_tests_bandwidths(4, 2048, 26, 16, 1e-3, mode="train")[0] == pytest.approx(2 * 0.917504)
+    assert nccl_tests_bandwidths(1, 8, 3, 2, 1e-3)[1] == 0.0  # one rank: nothing crosses
 
 
 @pytest.mark.parametrize(
@@ -192,6 +208,10 @@ def test_run_point_times_an_all_to_all_and_the_report_shows_it(tmp_path):
     assert d["gbps"] == pytest.approx(d["bytes_moved"] / rec["median_s"] / 1e9)
     assert d["frac_of_ceiling"] is None and d["ceiling"] is None and d["memory_level"] is None
     assert d["bytes_sent_per_rank"] == [192, 192] and d["backend"] == "gloo"
+    # nccl-tests' algbw: a rank's send buffer, 2 tables x 8 samples x 3 x 4 bytes = 192, twice in train; busbw half
+    assert d["algbw_gbps"] == pytest.approx(384 / rec["median_s"] / 1e9) and d["busbw_gbps"] == pytest.approx(
+        d["algbw_gbps"] / 2
+    )
 
     folder = tmp_path / "results" / "sku"
     ResultFile(folder / "t.jsonl", {"sweep": "t", "sku_id": "sku", "fingerprint": {}}).append(
