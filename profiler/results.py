@@ -256,7 +256,10 @@ def shared_label(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     sweeps = list(dict.fromkeys(str(r.get("sweep")) for r in rows))
-    same = [f for f in _SHAPE if f in rows[0] and len({str(r.get(f)) for r in rows}) == 1]
+    shape = _SHAPE
+    if all(r.get("target") == "all_to_all" for r in rows):  # pooled vectors: no rows, no lookups per bag
+        shape = (*(f for f in _SHAPE if f not in ("num_rows", "pooling_factor")), "world_size")
+    same = [f for f in shape if f in rows[0] and len({str(r.get(f)) for r in rows}) == 1]
     threads = {threads_of(r) for r in rows}
     head = f"sweep {sweeps[0]}" if len(sweeps) == 1 else f"{len(sweeps)} sweeps"
     shape = point_label(rows[0], same, short=True) if same else ""

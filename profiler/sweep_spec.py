@@ -40,6 +40,11 @@ class Target(StrEnum):
     ALL_TO_ALL = "all_to_all"  # the model's embedding all-to-all on world_size local gloo processes
 
 
+# fields an all-to-all point does not use: an axis over one would measure the same thing again
+_NOT_ALL_TO_ALL = ("kernel", "num_rows", "pooling_factor", "distribution", "working_set", "embedding_grad",
+                   "bottom_mlp", "top_mlp")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Point:
     """One measurement. B batch, T tables, E rows per table, D dim, L pooling factor, W world size.
@@ -147,6 +152,12 @@ class SweepSpec:
         sizes = [self.fixed.get("world_size", 1), *self.axes.get("world_size", [])]
         if self.target != Target.ALL_TO_ALL and any(w != 1 for w in sizes):
             raise ValueError(f"{where}: world_size applies to target all_to_all only (got {self.target})")
+        if self.target == Target.ALL_TO_ALL:
+            moot = sorted(k for k in (*self.axes, *self.fixed) if k in _NOT_ALL_TO_ALL)
+            if moot:
+                raise ValueError(f"{where}: {', '.join(moot)} do(es) not apply to target all_to_all (it moves "
+                                 "pooled vectors: batch_size, num_tables, embedding_dim, world_size and mode shape "
+                                 "it)")  # fmt: skip
         _check_keys(self.plot, _PLOT_KEYS, "plot", where)
         _check_keys(self.timing, _TIMING_KEYS, "timing", where)
         for key, value in self.timing.items():

@@ -168,6 +168,10 @@ def test_spec_with_target_all_to_all_expands_over_world_size():
     [
         ({"target": "all_to_all", "axes": {"world_size": [0]}}, "world_size = 0 must be >= 1"),
         ({"target": "dlrm", "fixed": {"world_size": 2}}, "world_size applies to target all_to_all only"),
+        (
+            {"target": "all_to_all", "axes": {"kernel": ["torch", "numba_w8"]}, "fixed": {"num_rows": 10}},
+            "kernel, num_rows do.es. not apply to target all_to_all",
+        ),
     ],
 )
 def test_bad_world_size_in_a_spec(data, message):
@@ -196,7 +200,7 @@ def test_point_keys_without_world_size_are_unchanged():
 def test_run_point_times_an_all_to_all_and_the_report_shows_it(tmp_path):
     from profiler.plots import plot_settings
     from profiler.report import write_report
-    from profiler.results import load_results
+    from profiler.results import load_results, shared_label
     from profiler.store import ResultFile
 
     point = Point(target="all_to_all", world_size=2, batch_size=8, num_tables=4, embedding_dim=3, mode="train")
@@ -224,6 +228,7 @@ def test_run_point_times_an_all_to_all_and_the_report_shows_it(tmp_path):
     paths = write_report(folder, tmp_path / "report")
     page = paths[0].read_text()
     assert "| gloo |" in page and "t_throughput.png" in page
+    assert shared_label(rows) == "sweep t: B=8 D=3 T=4 W=2 1 thread"  # no table rows or lookups: it has none
 
 
 def test_run_point_reports_failures_of_all_to_all_points(monkeypatch):
