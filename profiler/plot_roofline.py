@@ -21,7 +21,18 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from profiler.ceilings import Ceiling
-from profiler.plot_style import AXIS_NAMES, color, kernel_styles, machine_tags, marker, new_figure, roof_color
+from profiler.plot_style import (
+    AXIS_NAMES,
+    SHARED_TINT,
+    color,
+    group_equal,
+    kernel_styles,
+    machine_tags,
+    marker,
+    new_figure,
+    roof_color,
+    value_key,
+)
 from profiler.results import Machine, group_by, point_label, shared_label, threads_of, varying_fields
 
 __all__ = [
@@ -170,6 +181,10 @@ def _draw_roofs(
                         fontsize=6, color=col)  # fmt: skip
 
 
+def _roof_key(c: Ceiling) -> tuple:
+    return (c.kind, c.name, c.level, c.dtype, c.threads, c.source, value_key(c.value))
+
+
 def missing_ceilings(rows: list[dict[str, Any]], machines: dict[str, Machine]) -> list[str]:
     """SKU ids among `rows` whose machine has no ceilings (no machine.json, or one without --ceilings)."""
     skus = dict.fromkeys(r["sku_id"] for r in rows)
@@ -212,12 +227,17 @@ def roofline_figure(
     fig, (ax,) = new_figure(panel_in=(11.0, 6.0))
     ais = [float(r["arithmetic_intensity"]) for r in pts]
     x_lo, x_hi = min(ais) / 10, max(max(ais) * 10, 100.0)
-    for s, sku in enumerate(skus):
+    drawn: dict[str, tuple[list[Ceiling], bool]] = {}  # sku -> its roofs, and whether per thread count
+    for sku in skus:
         m = machines.get(sku)
         if m and m.ceilings:
             sku_rows = [r for r in pts if r["sku_id"] == sku]
-            _draw_roofs(ax, roofs_for(m, sku_rows), x_lo, x_hi, color(s) if multi else None, tags[sku],
-                        by_threads=len({_threads(r) for r in sku_rows}) > 1)  # fmt: skip
+            drawn[sku] = (roofs_for(m, sku_rows), len({_threads(r) for r in sku_rows}) > 1)
+    keys = {sku: (sorted(_roof_key(c) for c in roofs), split) for sku, (roofs, split) in drawn.items()}
+    for group in group_equal(keys):  # machines with the very same roofs share one set of lines
+        roofs, split = drawn[group[0]]
+        tint = (color(skus.index(group[0])) if len(group) == 1 else SHARED_TINT) if multi else None
+        _draw_roofs(ax, roofs, x_lo, x_hi, tint, ", ".join(tags[s] for s in group), by_threads=split)
     bare = missing_ceilings(pts, machines)
     if bare:  # points without roofs read as a finished roofline unless the figure says otherwise
         who = ", ".join(tags[s] for s in bare) if multi else "this machine"

@@ -130,6 +130,28 @@ def machine_tags(skus: list[str], names: dict[str, str]) -> tuple[dict[str, str]
     return tags, line if len(line) <= _TITLE_CHARS else "\n".join(parts)
 
 
+SHARED_TINT = "dimgray"  # lines several machines share (same roofs, same caches): drawn once, tagged "A, B"
+
+
+def group_equal(keys: dict[str, Any]) -> list[list[str]]:
+    """The skus grouped by equal `keys[sku]` (in first-seen order): machines whose roofs or caches are the
+    same get one line tagged with all of them, instead of lines drawn over each other with garbled labels."""
+    groups: list[list[str]] = []
+    for sku, key in keys.items():
+        for g in groups:
+            if keys[g[0]] == key:
+                g.append(sku)
+                break
+        else:
+            groups.append([sku])
+    return groups
+
+
+def value_key(value: float) -> float:
+    """A roof's value to 3 significant figures, as its label shows it: equal labels, one line."""
+    return float(f"{value:.3g}")
+
+
 def use_byte_ticks(axis: Any) -> None:
     """Label a log axis at powers of two, in KiB / MiB / GiB instead of raw byte counts."""
     axis.set_major_locator(LogLocator(base=2, numticks=10))

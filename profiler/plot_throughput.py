@@ -17,15 +17,18 @@ from profiler.plot_roofline import roofs_for
 from profiler.plot_style import (
     AXIS_NAMES,
     BYTE_FIELDS,
+    SHARED_TINT,
     ceiling_color,
     color,
     format_bytes,
+    group_equal,
     kernel_styles,
     machine_tags,
     marker,
     new_figure,
     use_byte_ticks,
     use_value_ticks,
+    value_key,
 )
 from profiler.results import Machine, band, group_by, point_label, shared_label, value_of, varying_fields
 
@@ -48,10 +51,14 @@ def _draw_caches(ax: Any, machine: Machine, tint: str, prefix: str) -> None:
                     va="top")  # fmt: skip
 
 
-def _draw_ceilings(ax: Any, machine: Machine, rows: list[dict[str, Any]], tint: str | None, prefix: str) -> None:
+def _bandwidth_roofs(machine: Machine, rows: list[dict[str, Any]]) -> list[Any]:
+    """The bandwidth ceilings the rows were judged against (else the roofs that apply to them)."""
     used = {r.get("ceiling") for r in rows}
     bw = [c for c in machine.ceilings if c.key in used and c.kind == "bandwidth"]
-    bw = bw or [c for c in roofs_for(machine, rows) if c.kind == "bandwidth"]  # points judged against none
+    return bw or [c for c in roofs_for(machine, rows) if c.kind == "bandwidth"]  # points judged against none
+
+
+def _draw_ceilings(ax: Any, bw: list[Any], tint: str | None, prefix: str) -> None:
     for i, c in enumerate(sorted(bw, key=lambda c: -c.value)):
         col = tint or ceiling_color(i)  # greys: no kernel's colour
         ax.axhline(c.value, color=col, ls="--" if c.source == "derived" else "-", lw=0.9, alpha=0.6)
@@ -107,15 +114,26 @@ def throughput_figure(
     # a kernel keeps its colour and marker across figures; other line fields keep the palette's order
     styles = kernel_styles(line_values) if line == "kernel" else {}
     for ax, (facet_values, panel_rows) in zip(axes, panels.items(), strict=False):
-        for s, sku in enumerate(skus):
-            m = machines.get(sku)
-            prefix = f"{tags[sku]}: " if multi else ""
-            if m and x in BYTE_FIELDS:
-                _draw_caches(ax, m, color(s) if multi else "gray", prefix)
-            if m and y == "gbps" and m.ceilings:
-                _draw_ceilings(
-                    ax, m, [r for r in panel_rows if r["sku_id"] == sku], color(s) if multi else None, prefix
-                )
+        known = [sku for sku in skus if machines.get(sku)]
+
+        def tint_and_prefix(group: list[str]) -> tuple[str | None, str]:
+            if not multi:
+                return None, ""
+            tint = color(skus.index(group[0])) if len(group) == 1 else SHARED_TINT
+            return tint, ", ".join(tags[s] for s in group) + ": "
+
+        if x in BYTE_FIELDS:  # machines with the same caches share their lines
+            for group in group_equal({sku: machines[sku].cache_sizes_bytes() for sku in known}):
+                tint, prefix = tint_and_prefix(group)
+                _draw_caches(ax, machines[group[0]], tint or "gray", prefix)
+        if y == "gbps":
+            shown = {sku: _bandwidth_roofs(machines[sku], [r for r in panel_rows if r["sku_id"] == sku])
+                     for sku in known if machines[sku].ceilings}  # fmt: skip
+            keys = {sku: sorted((c.name, c.level, c.threads, c.source, value_key(c.value)) for c in roofs)
+                    for sku, roofs in shown.items()}  # fmt: skip
+            for group in group_equal(keys):
+                tint, prefix = tint_and_prefix(group)
+                _draw_ceilings(ax, shown[group[0]], tint, prefix)
         for (sku, value), group in group_by(panel_rows, ["sku_id", line]).items():
             group = sorted(group, key=lambda r: value_of(r, x))
             k = line_values.index(value)

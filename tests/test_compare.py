@@ -172,3 +172,36 @@ def test_a_working_set_resolved_to_different_bytes_shows_each_sides_bytes(tmp_pa
         "'ws A | B': each side's hot set, where they differ"
     )
     assert max(map(len, lines)) <= 140
+
+
+def _roof_lines(ax):
+    return {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def test_machines_with_the_same_roofs_share_one_set_of_lines(tmp_path):
+    from dataclasses import replace
+
+    from matplotlib.colors import to_rgb
+
+    before = _run(tmp_path / "before", "sku-a", "Synthetic CPU A", 1e-5, 2e-4)
+    after = _run(tmp_path / "after", "sku-a", "Synthetic CPU A", 5e-6, 5e-5)  # same machine.json: same roofs
+    sets = label_sides([load_results(before), load_results(after)], ["before", "after"])
+    machines = {k: v for s in sets for k, v in s.machines.items()}
+    rows = [r for a in align(sets)[0] for r in a.rows.values()]
+    roofs = {k: v for k, v in _roof_lines(roofline_figure(rows, machines)[0].axes[0]).items() if ": torch" not in k}
+    # 6 roofs drawn once each (not twice over each other), tagged with both sides, in a neutral grey
+    assert len(roofs) == len(CEILINGS) and all(k.startswith("A, B: ") for k in roofs)
+    assert all(len(set(to_rgb(line.get_color()))) == 1 for line in roofs.values())
+    fig, _ = throughput_figure(rows, machines, x="working_set_bytes", y="gbps")
+    notes = [t.get_text() for t in fig.axes[0].texts]  # cache sizes and ceilings, each once for both
+    assert notes and all(n.startswith("A, B: ") for n in notes) and len(notes) == len(set(notes))
+    # a faster DRAM on B: each side gets its own roofs again, in its colour
+    faster = [replace(c, gbps=c.gbps * 2) if c.level == "DRAM" else c for c in CEILINGS]
+    pts = [(bag_point("torch", working_set="8K"), 5e-6, TRIAD_L1), (bag_point("torch", working_set="256M"), 5e-5,
+                                                                     faster[3])]  # fmt: skip
+    other = write_sku(tmp_path / "other", "sku-a", "Synthetic CPU A", pts, ceilings=faster)
+    sets = label_sides([load_results(before), load_results(other)], ["before", "other"])
+    machines = {k: v for s in sets for k, v in s.machines.items()}
+    rows = [r for a in align(sets)[0] for r in a.rows.values()]
+    roofs = [k for k in _roof_lines(roofline_figure(rows, machines)[0].axes[0]) if ": torch" not in k]
+    assert sorted(k[:3] for k in roofs) == ["A: "] * len(CEILINGS) + ["B: "] * len(CEILINGS)
