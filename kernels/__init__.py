@@ -36,7 +36,7 @@ def embedding_bag(
     entry = get(name, weight.device.type)
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (rows, dim), got shape {tuple(weight.shape)}")
-    validate_bags(weight.shape[0], indices, offsets, per_sample_weights)
+    validate_bags(weight.shape[0], indices, offsets, per_sample_weights, device=weight.device)
     if per_sample_weights is not None and per_sample_weights.dtype != weight.dtype:
         # torch refuses the mix; the compiled kernels would cast silently: one rule for all
         psw = per_sample_weights.dtype

@@ -51,6 +51,7 @@ def _kernels(width: int, index_bits: int, float_bits: int = 32) -> numba_simd.Nu
     return numba_simd.build(width, index_bits, float_bits)
 
 
+_INT32_MAX = 2**31 - 1  # past this many lookups, offsets need int64 (and the indices widen with them)
 _FLOAT_BITS = {torch.float32: 32, torch.float64: 64}
 _INDEX_BITS = {torch.int32: 32, torch.int64: 64}
 
@@ -63,6 +64,14 @@ def _float_bits(name: str, t: torch.Tensor) -> int:
     if not t.is_cpu:
         raise NotImplementedError(f"numba kernels run on CPU tensors, got {t.device}; use kernel 'torch' or 'cuda'")
     return bits
+
+
+def _check_grad_out(grad_out: torch.Tensor, offsets: torch.Tensor, dim: int | None = None) -> None:
+    """grad_out must be (B, D): the loops read row bag(k) of it for every lookup k."""
+    B = offsets.numel() - 1
+    if grad_out.dim() != 2 or grad_out.shape[0] != B or (dim is not None and grad_out.shape[1] != dim):
+        want = f"({B}, {dim})" if dim is not None else f"({B}, D)"
+        raise ValueError(f"grad_out has shape {tuple(grad_out.shape)}, the {B} bags need {want}")
 
 
 @dataclass(frozen=True)
@@ -99,8 +108,11 @@ class NumbaBag:
         parallel: bool = True,
     ) -> None:
         rows, dim = weight.shape
-        if offsets.dtype != indices.dtype:
-            offsets = offsets.to(indices.dtype)
+        if offsets.dtype != indices.dtype:  # one index type for the loop: offsets reach N, so past int32 widen
+            if indices.numel() > _INT32_MAX:
+                indices, offsets = indices.long(), offsets.long()
+            else:
+                offsets = offsets.to(indices.dtype)
         if not indices.is_contiguous():
             indices = indices.contiguous()
         if not offsets.is_contiguous():
@@ -145,6 +157,7 @@ class NumbaBag:
     ) -> torch.Tensor:
         """Each lookup's weight gradient, psw[k] * grad_out[bag(k)]: (N, D) of grad_out's dtype."""
         _float_bits("gradients", grad_out)
+        _check_grad_out(grad_out, offsets)
         grad_out = grad_out.contiguous()
         vals = torch.empty(indices.numel(), grad_out.shape[1], dtype=grad_out.dtype)
         if vals.numel():
@@ -169,6 +182,7 @@ class NumbaBag:
             raise ValueError(f"weight is {weight.dtype} but grad_out is {grad_out.dtype}: they must match")
         if not weight.is_contiguous():
             raise ValueError("sgd_ updates in place: weight must be contiguous")
+        _check_grad_out(grad_out, offsets, weight.shape[1])
         if indices.numel() and weight.numel():
             self._run(numba_simd.Op.SGD, weight.detach(), indices, offsets, psw, grad_out.contiguous(), lr=lr)
 

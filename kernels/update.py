@@ -160,11 +160,13 @@ def sgd_from_bags(
         )
     if rows.numel() == 0:
         return
+    from kernels.validate import validate_bags  # here: kernels.validate imports this module
+
+    # the compiled CPU loop and the CUDA kernel trust rows, offsets and weights alike
+    validate_bags(weight.shape[0], rows, offsets, per_sample_weights, where="sgd_from_bags", device=weight.device)
     if _use_cuda_update(weight, cuda_kernel):
         from kernels import cuda_bag
-        from kernels.validate import validate_bags  # here: kernels.validate imports this module
 
-        validate_bags(weight.shape[0], rows, offsets, where="sgd_from_bags")  # the CUDA kernel trusts both
         cuda_bag.sgd_from_bags(weight, rows, offsets, grad_out, per_sample_weights, lr)
         return
     fast = (
@@ -176,7 +178,6 @@ def sgd_from_bags(
             values = values * per_sample_weights.unsqueeze(1)
         weight.index_add_(0, rows, values, alpha=-lr)
         return
-    _check_rows(rows, weight.shape[0], "sgd_from_bags")
     w = weight.detach().numpy()
     psw = per_sample_weights if per_sample_weights is not None else weight.new_empty(0)
     _sgd_from_bags_partitioned(

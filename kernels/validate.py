@@ -26,6 +26,7 @@ def validate_bags(
     *,
     where: str = "",
     batch_size: int = 0,
+    device: torch.device | None = None,
 ) -> None:
     """Raise ValueError unless (indices, offsets) describe valid bags over `num_rows` rows.
 
@@ -39,8 +40,17 @@ def validate_bags(
         per_sample_weights: optional 1-D floating tensor, one weight per index.
         where: context for the message.
         batch_size: B when the bags are T tables x B (table-batched): messages then name the table and bag.
+        device: the table's; every input must be on it (a compiled CPU loop would read a GPU pointer).
     """
     at = f"{where}: " if where else ""
+    on = {"indices": indices.device, "offsets": offsets.device}
+    if per_sample_weights is not None:
+        on["per_sample_weights"] = per_sample_weights.device
+    want = device if device is not None else indices.device
+    stray = [f"{name} on {d}" for name, d in on.items() if d != want]
+    if stray:
+        raise ValueError(f"{at}{', '.join(stray)}, but the {'table' if device is not None else 'indices'} on "
+                         f"{want}: every input must be on one device")  # fmt: skip
     for name, t in (("indices", indices), ("offsets", offsets)):
         if t.dtype not in _INDEX_DTYPES:
             raise ValueError(f"{at}{name} must be int32 or int64, got {t.dtype}")
@@ -80,7 +90,8 @@ def _name_the_fault(
     if first != 0:
         raise ValueError(f"{at}offsets[0] must be 0, got {first}")
     if last != n:
-        raise ValueError(f"{at}offsets[-1] = {last} overruns the {n} indices (it must equal len(indices))")
+        fault = "overruns" if last > n else "stops short of"
+        raise ValueError(f"{at}offsets[-1] = {last} {fault} the {n} indices (it must equal len(indices))")
     if offsets.numel() > 1:
         bad = (offsets[1:] < offsets[:-1]).nonzero()
         if bad.numel():

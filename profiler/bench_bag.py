@@ -62,6 +62,9 @@ class BagPoint:
             raise ValueError(f"index_dtype={self.index_dtype!r}: allowed: int32, int64")
         if self.index_dtype == "int32" and self.num_rows > 2**31 - 1:
             raise ValueError(f"num_rows={self.num_rows} does not fit int32 indices")
+        if self.index_dtype == "int32" and self.batch_size * self.pooling_factor > 2**31 - 1:
+            raise ValueError(f"batch_size x pooling_factor = {self.batch_size * self.pooling_factor:,} lookups: "
+                             "their offsets do not fit int32 (use --index-dtype int64)")  # fmt: skip
         parse_distribution(self.distribution)
         return self
 
@@ -245,9 +248,12 @@ def step_fn(p: BagPoint, x: Inputs) -> tuple[Callable[[], object], dict[str, Any
     import torch.nn.functional as F
 
     from kernels import get
+    from kernels.validate import validate_bags
 
     extra: dict[str, Any] = {}
     t, idx, off, g, lr = x.table, x.indices, x.offsets, x.grad_out, x.lr
+    for batch in x.batches:  # the compiled loops below are called unchecked: check what they will read, once
+        validate_bags(t.shape[0], batch, off, device=t.device)
     rot = itertools.cycle(x.batches)  # each call takes the next index batch
     if p.kernel == GATHER_CEILING:
         from profiler.stream import kernels as stream_kernels

@@ -22,7 +22,7 @@ import kernels
 from profiler.ceilings import Ceiling
 from profiler.collective import CollectiveFailure
 from profiler.metrics import Cost, dlrm_step_cost, embedding_bag_cost, fused_sgd_cost, rates
-from profiler.sweep_spec import Point, format_bytes, resolve_bytes
+from profiler.sweep_spec import Point, check_sizes, format_bytes, resolve_bytes
 from profiler.timer import measure
 from profiler.workload import check_memory, hot_rows, make_bag_inputs
 
@@ -105,6 +105,7 @@ def run_point(
     notes: list[str] = []
     requested: dict[str, int] = {}
     try:
+        check_sizes(point)  # a Point built by hand skips the spec's checks; zero rows divide by zero below
         ws = resolve_bytes(point.working_set, caches)
         table_bytes = point.num_tables * point.num_rows * point.embedding_dim * 4
         if ws is not None and ws > table_bytes and point.target == "embedding_bag":

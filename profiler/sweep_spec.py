@@ -30,7 +30,17 @@ from enum import StrEnum, unique
 from pathlib import Path
 from typing import Any, Self
 
-__all__ = ["Point", "SweepSpec", "Target", "expand", "format_bytes", "load_spec", "parse_spec", "resolve_bytes"]
+__all__ = [
+    "Point",
+    "SweepSpec",
+    "Target",
+    "check_sizes",
+    "expand",
+    "format_bytes",
+    "load_spec",
+    "parse_spec",
+    "resolve_bytes",
+]
 
 
 @unique
@@ -172,6 +182,12 @@ def _check_keys(d: dict[str, Any], allowed: set[str], section: str, where: str) 
     unknown = sorted(set(d) - allowed)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown} in [{section}]; allowed: {sorted(allowed)}")
+
+
+def check_sizes(point: Point, where: str = "point") -> None:
+    """The spec's checks of a point's sizes (integers >= 1; threads >= 0), for points built by hand."""
+    for key in sorted(_INT_FIELDS):
+        _check_value(key, getattr(point, key), where)
 
 
 def _check_value(key: str, value: Any, where: str) -> None:

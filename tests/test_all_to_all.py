@@ -239,6 +239,8 @@ def test_run_point_reports_failures_of_all_to_all_points(monkeypatch):
     assert rec["status"] == "failed" and "mode='backward' is not valid for all_to_all" in rec["reason"]
     rec = run_point(Point(world_size=2), fingerprint={}, ceilings=[])
     assert rec["status"] == "failed" and "only all_to_all points run on several processes" in rec["reason"]
+    rec = run_point(Point(num_rows=0), fingerprint={}, ceilings=[])  # built by hand, past the spec's checks
+    assert rec["status"] == "failed" and rec["reason"] == "ValueError: point: num_rows = 0 must be >= 1"
 
     def crashed(*args, **kwargs):
         raise CollectiveFailure("all-to-all on 2 gloo rank(s) failed: rank 1 exited with code 1: boom")

@@ -73,6 +73,10 @@ def test_expand_is_table_major_with_kernels_innermost():
         expand(["torch"], rows=[1])
     with pytest.raises(ValueError, match="int32"):
         BagPoint("torch", 1, 2**31, 1, 1, index_dtype="int32").validate()
+    # 2^21 bags x 2^10 lookups: the last offset, 2^31, would wrap to -2^31 in int32 offsets
+    with pytest.raises(ValueError, match="2,147,483,648 lookups: their offsets do not fit int32"):
+        BagPoint("torch", 2**21, 100, 4, 2**10, index_dtype="int32").validate()
+    BagPoint("torch", 2**21, 100, 4, 2**10 - 1, index_dtype="int32").validate()  # 2^31 - 2^21 fits
 
 
 def test_point_cost_by_hand():

@@ -201,7 +201,7 @@ _ROWS, _OFFSETS = torch.tensor([4, 1, 1]), torch.tensor([0, 2, 3])
         ([4, 1, 1], [0, 2, 4], r"offsets\[-1\] = 4 overruns the 3 indices"),
         ([4, 1, 1], [1, 2, 3], r"offsets\[0\] must be 0, got 1"),
         ([4, 1, 1], [0, 3, 2, 3], r"offsets decrease at position 2 \(bag 1\): offsets\[1\] = 3 > offsets\[2\] = 2"),
-        ([4, 1, 1], [0], r"offsets\[-1\] = 0 overruns the 3 indices"),
+        ([4, 1, 1], [0], r"offsets\[-1\] = 0 stops short of the 3 indices"),
     ],
 )
 def test_the_cuda_update_refuses_rows_and_offsets_it_would_overrun(monkeypatch, rows, offsets, message):

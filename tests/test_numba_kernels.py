@@ -195,3 +195,48 @@ def test_without_numba_the_widths_list_as_unavailable():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("False numba is not importable"), out
+
+
+@pytest.mark.parametrize("name", NAMES[-1:])
+def test_mixed_index_types_past_int32_lookups_widen_not_wrap(name, monkeypatch):
+    # int32 indices with int64 offsets used to narrow the offsets to int32; past 2^31 - 1 lookups they wrapped
+    # (a silently wrong sum, or a read out of bounds). The limit is lowered here so 13 lookups cross it.
+    monkeypatch.setattr(numba_bag, "_INT32_MAX", 4)
+    weight, indices, offsets, psw = _batch(3, torch.int32, seed=4)
+    got = kernels.embedding_bag(name, weight, indices, offsets.long(), psw)
+    torch.testing.assert_close(got, _reference(weight, indices, offsets, psw), atol=ATOL, rtol=1e-5)
+
+
+def test_inputs_on_another_device_than_the_table_are_refused():
+    weight, indices, offsets, psw = _batch(3)
+    # a compiled CPU loop would read a device pointer; "meta" stands in for a GPU on CPU-only machines
+    with pytest.raises(ValueError, match="indices on meta, offsets on meta, but the table on cpu"):
+        kernels.embedding_bag("numba_w16", weight, indices.to("meta"), offsets.to("meta"))
+    with pytest.raises(ValueError, match="per_sample_weights on meta, but the table on cpu"):
+        kernels.embedding_bag("numba_w16", weight, indices, offsets, psw.to("meta"))
+
+
+def test_grad_out_of_the_wrong_shape_is_refused():
+    bag = numba_bag.get_numba_bag("numba_w16")
+    weight, indices, offsets, _ = _batch(3)
+    with pytest.raises(ValueError, match=r"grad_out has shape \(1, 3\), the 6 bags need \(6, 3\)"):
+        bag.sgd_(weight, indices, offsets, torch.zeros(1, 3), 0.1)
+    with pytest.raises(ValueError, match=r"grad_out has shape \(6,\), the 6 bags need \(6, D\)"):
+        bag.lookup_grads(torch.zeros(6), indices, offsets)
+
+
+def test_the_fused_update_checks_offsets_and_weights_on_cpu():
+    from kernels.update import sgd_from_bags
+
+    weight, indices, offsets, psw = _batch(3)
+    g = torch.ones(6, 3)
+    for bad, kwargs, message in [
+        ("offsets past the rows", {"offsets": torch.tensor([0, 2, 4, 6, 8, 10, 64])}, "overruns the 13 indices"),
+        ("float offsets", {"offsets": offsets.double()}, "offsets must be int32 or int64"),
+        ("short weights", {"per_sample_weights": psw[:5]}, r"per_sample_weights has shape \(5,\)"),
+    ]:
+        args = {"offsets": offsets, "per_sample_weights": psw} | kwargs
+        before = weight.clone()
+        with pytest.raises(ValueError, match=message):
+            sgd_from_bags(weight, indices, args["offsets"], g, args["per_sample_weights"], 0.1)
+        assert torch.equal(weight, before), bad  # refused before any row was touched
