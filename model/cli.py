@@ -262,7 +262,8 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
                          f"{sources.pooling_factor} lookup(s) per bag")  # fmt: skip
         pooling = sources.pooling_factor
     if sources.table_rows is not None:
-        cfg, note = fit_tables(cfg, sources.table_rows, bool(args.arch_embedding_size or args.load_model))
+        given_by = f"--load-model {args.load_model}" if args.load_model else "--arch-embedding-size"
+        cfg, note = fit_tables(cfg, sources.table_rows, bool(args.arch_embedding_size or args.load_model), given_by)
         notes.append(note)
     _check_memory(cfg, args.scale)
     output_bias = _output_bias(args, sources.train, notes)

@@ -238,13 +238,16 @@ def _trace_path(path: str) -> str:
     return str(p.with_name(p.name.replace("j", "{t}")))
 
 
-def fit_tables(cfg: DLRMConfig, need: tuple[int, ...], explicit: bool) -> tuple[DLRMConfig, str]:
+def fit_tables(
+    cfg: DLRMConfig, need: tuple[int, ...], explicit: bool, given_by: str = "--arch-embedding-size"
+) -> tuple[DLRMConfig, str]:
     """Table sizes for data that fixes them: the data's unless given explicitly, which must then cover it.
 
     Args:
         cfg: the model config so far.
         need: rows each table needs.
         explicit: whether the sizes were given (--arch-embedding-size or a loaded model).
+        given_by: what gave them, for the message when they are too small.
     Returns:
         (config with the sizes, a note).
     """
@@ -262,6 +265,10 @@ def fit_tables(cfg: DLRMConfig, need: tuple[int, ...], explicit: bool) -> tuple[
         t = short[0]
         raise ValueError(
             f"table {t} has {cfg.table_rows[t]} rows but the data needs {need[t]} ({len(short)} table(s) too "
-            "small): omit --arch-embedding-size to take the sizes from the data"
+            + (
+                "small): omit --arch-embedding-size to take the sizes from the data"
+                if given_by == "--arch-embedding-size"
+                else f"small) in {given_by}: a model trained on this data (or with --max-ind-range) fits it"
+            )
         )
     return cfg, "table sizes as given (they cover the data)"

@@ -422,3 +422,22 @@ def test_cache_files_cut_short_are_built_again(tmp_path):
     cache, built = preprocess(path, folder)
     assert built
     np.testing.assert_array_equal(cache.cats, want)
+
+
+def test_a_loaded_model_too_small_for_the_data_says_so(tmp_path, capsys):
+    few = _write(tmp_path / "few.txt", [_line(str(i % 2), cats=[f"{i % 2:x}"] * 26) for i in range(8)])
+    many = _write(tmp_path / "many.txt", [_line(str(i % 2), cats=[f"{i:x}"] * 26) for i in range(8)])
+    base = ["train", "--data-generation=dataset", "--arch-sparse-feature-size=4", "--arch-mlp-bot=13-4",
+            "--arch-mlp-top=4-1", "--mini-batch-size=4", "--nepochs=1"]  # fmt: skip
+    model = tmp_path / "m.pt"
+    assert (
+        main([*base, f"--raw-data-file={few}", f"--processed-data-file={tmp_path / 'c1'}", f"--save-model={model}"])
+        == 0
+    )
+    capsys.readouterr()
+    # 2 values + the empty and unseen rows = 4 rows a table; the other file has 8 values: 10 rows needed
+    assert main([*base, f"--raw-data-file={many}", f"--processed-data-file={tmp_path / 'c2'}",
+                 f"--load-model={model}"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"table 0 has 4 rows but the data needs 10 (26 table(s) too small) in --load-model {model}" in err
+    assert "omit --arch-embedding-size" not in err
