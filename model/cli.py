@@ -266,7 +266,12 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         cfg, note = fit_tables(cfg, sources.table_rows, bool(args.arch_embedding_size or args.load_model), given_by)
         notes.append(note)
     _check_memory(cfg, args.scale)
-    output_bias = _output_bias(args, sources.train, notes)
+    if state is not None and resume is None and args.output_bias_init == "prior":
+        # a finished model's weights, its bias among them, replace the prior: the same command reloads it
+        notes.append(f"--output-bias-init prior not applied: {args.load_model}'s weights (its bias too) are loaded")
+        output_bias = None
+    else:
+        output_bias = _output_bias(args, sources.train, notes)
     say = print if not args.dist_backend or os.environ.get("RANK", "0") == "0" else (lambda *_a: None)
     for note in notes:
         say(note)

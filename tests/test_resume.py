@@ -179,3 +179,17 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys):
     assert "interrupted after iteration" not in captured.out and "dlrmbench train: interrupted" in captured.err
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.json").exists()  # no checkpoint of a half step
     assert signal.getsignal(signal.SIGINT) is handler  # the run's handler is gone again
+
+
+def test_a_finished_model_reloads_with_the_same_command_and_its_bias_prior(tmp_path, capsys):
+    _criteo(tmp_path / "c.txt")
+    argv = [*_argv(tmp_path, "p", "--nepochs=1"), "--output-bias-init=prior"]
+    assert main(argv) == 0
+    finished = _weights(tmp_path / "p.pt")
+    capsys.readouterr()
+    assert main([*argv, f"--load-model={tmp_path / 'p.pt'}", "--learning-rate=0", "--embedding-learning-rate=0",
+                 "--ema-decay=0"]) == 0  # fmt: skip
+    assert "--output-bias-init prior not applied" in capsys.readouterr().out
+    again = _weights(tmp_path / "p.pt")  # nothing learnt at rate 0: the loaded weights, not a fresh prior
+    for name in finished:
+        torch.testing.assert_close(again[name], finished[name])
