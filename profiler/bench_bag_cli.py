@@ -288,7 +288,9 @@ def _print_row(r: dict[str, Any], done: list[dict[str, Any]]) -> None:
     notes = [f"{r['frac_of_gather']:.0%} of the plain loop"] if r["frac_of_gather"] else []
     if r.get("prefetch_rows") is not None:
         notes.append(f"prefetch {r['prefetch_rows']}")
-    notes = "; ".join(notes + r["warnings"])[:90]
+    if r.get("kernel_note"):
+        notes.append(r["kernel_note"])
+    notes = "; ".join(notes + r["warnings"])[:120]
     print(
         f"{r['kernel']:<15} {_point_label(r):<44} {_fmt_us(r['median_s']):>11} {r['lookups_per_s']:>10.3g} "
         f"{r['gbps']:>7.1f} {vs:>8}  {notes}",
