@@ -87,16 +87,29 @@ class _FusedSGDBag(torch.autograd.Function):
         from kernels.update import sgd_from_bags
 
         weight, rows, offsets = ctx.saved_tensors
-        sgd_from_bags(weight, rows, offsets, grad_out.contiguous(), None, ctx.lr, cuda_kernel=ctx.cuda_kernel)
+        # checked before the forward (fused_sgd_bag): the same saved tensors need no second pass (or GPU sync)
+        sgd_from_bags(weight, rows, offsets, grad_out.contiguous(), None, ctx.lr, cuda_kernel=ctx.cuda_kernel,
+                      checked=True)  # fmt: skip
         return None, None, None, None, None
 
 
 def fused_sgd_bag(
-    fn: Callable[..., torch.Tensor], weight: torch.Tensor, rows: torch.Tensor, offsets: torch.Tensor, lr: float
+    fn: Callable[..., torch.Tensor],
+    weight: torch.Tensor,
+    rows: torch.Tensor,
+    offsets: torch.Tensor,
+    lr: float,
+    *,
+    checked: bool = False,
 ) -> torch.Tensor:
     """Kernel `fn`'s forward; its backward applies SGD to `weight` directly and returns no gradient.
 
     This is FBGEMM's fused-optimizer backward: the (N, D) per-lookup gradient and the
-    sparse tensor holding it are never built.
+    sparse tensor holding it are never built. The rows and offsets are checked here, once for
+    both passes, unless the caller has (`checked`, as the model's fused_rows does).
     """
+    if not checked:
+        from kernels.validate import validate_bags
+
+        validate_bags(weight.shape[0], rows, offsets, where="fused_sgd_bag", device=weight.device)
     return _FusedSGDBag.apply(weight, rows, offsets, fn, lr)

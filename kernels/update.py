@@ -138,6 +138,7 @@ def sgd_from_bags(
     lr: float,
     *,
     cuda_kernel: bool = False,
+    checked: bool = False,
 ) -> None:
     """The embedding-bag backward with SGD fused in: weight[rows[i]] -= lr * psw[i] * grad_out[bag(i)].
 
@@ -152,18 +153,19 @@ def sgd_from_bags(
         cuda_kernel: kernel 'cuda' is in use: a contiguous float32/64 CUDA table takes its update
             (kernels/cuda). Other callers leave it False, so they never need that extension built;
             a CUDA table then takes torch's index_add_.
+        checked: rows, offsets and weights were validated already (fused_sgd_bag's forward did).
     """
     B = offsets.numel() - 1
     if grad_out.shape != (B, weight.shape[1]) or rows.dim() != 1:
         raise ValueError(
             f"sgd_from_bags: grad_out {tuple(grad_out.shape)} does not match {B} bags of dim {weight.shape[1]}"
         )
+    if not checked:  # the compiled CPU loop and the CUDA kernel trust rows, offsets and weights alike
+        from kernels.validate import validate_bags  # here: kernels.validate imports this module
+
+        validate_bags(weight.shape[0], rows, offsets, per_sample_weights, where="sgd_from_bags", device=weight.device)
     if rows.numel() == 0:
         return
-    from kernels.validate import validate_bags  # here: kernels.validate imports this module
-
-    # the compiled CPU loop and the CUDA kernel trust rows, offsets and weights alike
-    validate_bags(weight.shape[0], rows, offsets, per_sample_weights, where="sgd_from_bags", device=weight.device)
     if _use_cuda_update(weight, cuda_kernel):
         from kernels import cuda_bag
 

@@ -95,7 +95,7 @@ class Embeddings(nn.Module):
         if self.grad == EmbeddingGrad.FUSED and self.training and torch.is_grad_enabled():
             if self.fused_lr is None:
                 raise ValueError("embedding_grad=fused needs the learning rate: set Embeddings.fused_lr")
-            out = kernels.fused_sgd_bag(self._fn, self.weight, rows, offsets, self.fused_lr)  # (T*B, D)
+            out = kernels.fused_sgd_bag(self._fn, self.weight, rows, offsets, self.fused_lr, checked=True)  # (T*B, D)
         else:
             sparse = self.grad != EmbeddingGrad.DENSE
             out = self._fn(self.weight, rows, offsets, None, "sum", sparse)  # (T*B, D)

@@ -174,7 +174,7 @@ def test_the_fused_backward_asks_for_the_cuda_update_only_for_kernel_cuda(monkey
     import kernels
 
     asked: list[bool] = []
-    monkeypatch.setattr(update, "sgd_from_bags", lambda *a, cuda_kernel=False: asked.append(cuda_kernel))
+    monkeypatch.setattr(update, "sgd_from_bags", lambda *a, cuda_kernel=False, checked=False: asked.append(cuda_kernel))
     torch_fn = kernels.get("torch").fn
 
     def cuda_like(*args, **kwargs):  # what kernels/cuda_bag.py registers carries the mark

@@ -202,9 +202,15 @@ def test_mixed_index_types_past_int32_lookups_widen_not_wrap(name, monkeypatch):
     # int32 indices with int64 offsets used to narrow the offsets to int32; past 2^31 - 1 lookups they wrapped
     # (a silently wrong sum, or a read out of bounds). The limit is lowered here so 13 lookups cross it.
     monkeypatch.setattr(numba_bag, "_INT32_MAX", 4)
+    built = numba_bag._kernels
+    bits = []
+    monkeypatch.setattr(numba_bag, "_kernels", lambda w, ib, fb=32: (bits.append(ib), built(w, ib, fb))[1])
     weight, indices, offsets, psw = _batch(3, torch.int32, seed=4)
     got = kernels.embedding_bag(name, weight, indices, offsets.long(), psw)
+    assert bits == [64]  # the int64 loop: narrowing the offsets to int32 would have wrapped them
     torch.testing.assert_close(got, _reference(weight, indices, offsets, psw), atol=ATOL, rtol=1e-5)
+    kernels.embedding_bag(name, weight, indices[:4], torch.tensor([0, 4]), psw[:4])  # 4 lookups: under the limit
+    assert bits == [64, 32]
 
 
 def test_inputs_on_another_device_than_the_table_are_refused():
@@ -240,3 +246,20 @@ def test_the_fused_update_checks_offsets_and_weights_on_cpu():
         with pytest.raises(ValueError, match=message):
             sgd_from_bags(weight, indices, args["offsets"], g, args["per_sample_weights"], 0.1)
         assert torch.equal(weight, before), bad  # refused before any row was touched
+
+
+def test_fused_sgd_bag_checks_rows_once_before_its_forward(monkeypatch):
+    import kernels.validate
+
+    fn = kernels.get("numba_w16").fn
+    weight = torch.zeros(5, 16, requires_grad=True)
+    with pytest.raises(ValueError, match=r"fused_sgd_bag: index 5 at position 1 \(bag 0\) is out of range \[0, 5\)"):
+        kernels.fused_sgd_bag(fn, weight, torch.tensor([1, 5]), torch.tensor([0, 2]), 0.1)  # used to segfault
+    seen = []
+    check = kernels.validate.validate_bags
+    monkeypatch.setattr(
+        kernels.validate, "validate_bags", lambda *a, **k: (seen.append(k.get("where")), check(*a, **k))
+    )
+    kernels.fused_sgd_bag(fn, weight, torch.tensor([1, 4]), torch.tensor([0, 2]), 0.1).sum().backward()
+    assert seen == ["fused_sgd_bag"]  # once for the forward and the update, not again in the backward
+    assert weight.detach()[[1, 4]].eq(-0.1).all() and weight.detach()[[0, 2, 3]].eq(0).all()  # each row: -lr * 1
