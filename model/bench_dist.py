@@ -37,8 +37,9 @@ def bench_dist(
     """Run `dlrmbench train` with each world size; returns rank 0's records with the split.
 
     Records go into `records` (returned) as each world size finishes, so a failure or Ctrl-C keeps
-    those measured. Step times are the median step (one slow step does not move it); efficiency
-    is against the first world size's.
+    those measured. `ms_per_iter`, `all_to_all_ms` and `compute_ms` are means over the steps (as
+    train records them); `step_ms_median` and the samples/s and efficiency from it are robust to
+    one slow step. Efficiency is against the first world size's.
     """
     from model.distributed import free_port  # torch: only when a benchmark runs
 
@@ -65,12 +66,12 @@ def bench_dist(
             rec = json.loads(out.read_text())
             dist_rec = rec.get("distributed", {})
             a2a, ar = dist_rec.get("all_to_all_ms_per_iter", 0.0), dist_rec.get("all_reduce_ms_per_iter", 0.0)
-            step_ms = rec.get("step_ms_median", rec["ms_per_iter"])
+            median_ms = rec.get("step_ms_median", rec["ms_per_iter"])
             batch = rec["samples"] / rec["iterations"]
-            records.append({
-                "world_size": world, "threads_per_process": per_proc, "ms_per_iter": step_ms,
-                "mean_ms_per_iter": rec["ms_per_iter"], "all_to_all_ms": a2a, "all_reduce_ms": ar,
-                "compute_ms": step_ms - a2a, "step_samples_per_s": 1000.0 * batch / step_ms,
+            records.append({  # means as train records them, and the median step the table and efficiency use
+                "world_size": world, "threads_per_process": per_proc, "ms_per_iter": rec["ms_per_iter"],
+                "step_ms_median": median_ms, "all_to_all_ms": a2a, "all_reduce_ms": ar,
+                "compute_ms": rec["ms_per_iter"] - a2a, "step_samples_per_s": 1000.0 * batch / median_ms,
                 "samples_per_s": rec["samples_per_s"], "placement": dist_rec.get("placement"),
                 "contended": bool(rec.get("contention", {}).get("contended")), "contention": rec.get("contention"),
             })  # fmt: skip
@@ -89,25 +90,27 @@ def _run_group(cmd: list[str], env: dict[str, str], timeout_s: float, what: str)
         _, stderr = proc.communicate(timeout=timeout_s)
         return proc.returncode, stderr
     except subprocess.TimeoutExpired:
-        _stop_group(proc)
+        said = _stop_group(proc)
         raise ValueError(f"{what}: dlrmbench train did not finish in --timeout {timeout_s:g} s; "
-                         "its processes were stopped") from None  # fmt: skip
+                         f"its processes were stopped" + (f"; its last output:\n{said[-1500:]}" if said.strip() else "")
+                         ) from None  # fmt: skip
     except BaseException:
         _stop_group(proc)
         raise
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
+def _stop_group(proc: subprocess.Popen) -> str:
+    """SIGTERM, then SIGKILL, the whole group; returns what it wrote to stderr (often why it hung)."""
     for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             break
         try:
-            proc.communicate(timeout=wait_s)
-            break
+            return proc.communicate(timeout=wait_s)[1] or ""
         except subprocess.TimeoutExpired:
             continue
+    return ""
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -123,38 +126,52 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.json_out:
         check_output_path("--json-out", args.json_out)
     records: list[dict[str, Any]] = []
+    stopped = "did not finish"  # until it does: any exception leaves the file marked incomplete
     try:
         bench_dist(args.nprocs, train_args, threads=args.threads, timeout_s=args.timeout, records=records)
-    except (ValueError, KeyboardInterrupt):
-        if records:
-            print(
-                f"kept the world sizes measured before the failure: {', '.join(str(r['world_size']) for r in records)}"
-            )
-            _print_table(args, records)
-            if args.json_out:
-                write_json_atomic(args.json_out, records)
-                print(f"wrote {args.json_out}")
+        stopped = ""
+    except KeyboardInterrupt:
+        stopped = "interrupted"
         raise
+    except ValueError as exc:
+        stopped = str(exc).splitlines()[0]
+        raise
+    finally:
+        _keep(args, records, stopped)
+    return 0
+
+
+def _keep(args: argparse.Namespace, records: list[dict[str, Any]], stopped: str) -> None:
+    """Print and write what was measured; when the run stopped early, say so in both."""
+    if not records:
+        return
+    if stopped:
+        print(f"kept the world sizes measured before it stopped: {', '.join(str(r['world_size']) for r in records)}")
     _print_table(args, records)
     if args.json_out:
-        write_json_atomic(args.json_out, records)
+        done = {r["world_size"] for r in records}
+        early = {"stopped": stopped, "not_measured": [w for w in args.nprocs if w not in done]} if stopped else {}
+        write_json_atomic(args.json_out, {"records": records, "complete": not stopped, **early})
         print(f"wrote {args.json_out}")
-    return 0
 
 
 def _print_table(args: argparse.Namespace, records: list[dict[str, Any]]) -> None:
     print(f"hybrid-parallel DLRM training, {args.tables} tables x {args.rows:,} rows, D={args.dim}, "
           f"global batch {args.batch_size}, gloo on this machine ({os.cpu_count()} CPUs)")  # fmt: skip
-    head = (f"{'procs':>5} {'threads':>7} {'step ms':>8} {'compute':>8} {'all-to-all':>10} {'all-reduce*':>11} "
-            f"{'samples/s':>10} {'efficiency':>10}")  # fmt: skip
+    head = (f"{'procs':>5} {'threads':>7} {'median ms':>9} {'mean ms':>8} {'compute':>8} {'all-to-all':>10} "
+            f"{'all-reduce*':>11} {'samples/s':>10} {'efficiency':>10}")  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in records:
-        print(f"{r['world_size']:>5} {r['threads_per_process']:>7} {r['ms_per_iter']:>8.2f} {r['compute_ms']:>8.2f} "
-              f"{r['all_to_all_ms']:>10.2f} {r['all_reduce_ms']:>11.2f} {r['step_samples_per_s']:>10,.0f} "
+        print(f"{r['world_size']:>5} {r['threads_per_process']:>7} {r['step_ms_median']:>9.2f} "
+              f"{r['ms_per_iter']:>8.2f} {r['compute_ms']:>8.2f} {r['all_to_all_ms']:>10.2f} "
+              f"{r['all_reduce_ms']:>11.2f} {r['step_samples_per_s']:>10,.0f} "
               f"{r['scaling_efficiency']:>9.0%}")  # fmt: skip
+    print(
+        "rank 0's step: median and mean; compute = mean step - mean all-to-all; samples/s and efficiency (over W x "
+        "the first row's) from the median"
+    )
     print("* DDP's all-reduce overlaps the backward pass: its time is launch to completion, not all added to the step")
-    print("step ms: the median step of rank 0; efficiency: samples/s over W x the first row's")
     for r in records:
         if r.get("contended"):
             why = "; ".join((r.get("contention") or {}).get("reasons", []))
