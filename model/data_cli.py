@@ -235,7 +235,9 @@ def _trace_path(path: str) -> str:
     p = Path(path)
     if "{t}" in path or p.exists() or "j" not in p.name:
         return path
-    return str(p.with_name(p.name.replace("j", "{t}")))
+    templated = p.with_name(p.name.replace("j", "{t}"))
+    # only when table 0's file is there: else the error should name the path as given, not a rewritten one
+    return str(templated) if Path(str(templated).replace("{t}", "0")).exists() else path
 
 
 def fit_tables(

@@ -36,7 +36,14 @@ import torch
 
 from profiler.timer import Measurement, clock_overhead_s
 
-__all__ = ["CollectiveFailure", "RankOutput", "all_to_all_bytes", "all_to_all_once", "time_all_to_all"]
+__all__ = [
+    "CollectiveFailure",
+    "RankOutput",
+    "all_to_all_bytes",
+    "all_to_all_once",
+    "nccl_tests_bandwidths",
+    "time_all_to_all",
+]
 
 _MODES = ("forward", "train")
 _BACKENDS = ("gloo",)
@@ -65,14 +72,22 @@ def nccl_tests_bandwidths(
     """(algbw, busbw) in GB/s as nccl-tests define them for all-to-all, to compare with its tables.
 
     algbw = the send buffer of a rank (its chunk for itself included) / time; busbw = algbw * (W - 1) / W,
-    the share that crosses between ranks. Tables and samples may split unevenly here; the busiest
-    rank's buffer, T_r * B * D * 4 bytes (twice in train: the backward exchange), is taken.
+    the share that crosses between ranks. Tables and samples may split unevenly here, so the busiest
+    rank's buffer is taken: forward, its T_r tables for all B samples, T_r * B * D * 4 bytes; train
+    adds the backward exchange's, every table's gradient for its b_r samples, T * b_r * D * 4.
     """
-    from model.distributed import place_tables
+    from model.distributed import batch_slices, place_tables
 
     _check_args(world_size, batch_size, num_tables, embedding_dim)
-    held = max(len(t) for t in place_tables((1,) * num_tables, 1, world_size).tables)
-    buffer = held * batch_size * embedding_dim * _ELEMENT_BYTES * (1 if mode == "forward" else 2)
+    if mode not in _MODES:
+        raise ValueError(f"mode={mode!r}: allowed: {', '.join(_MODES)}")
+    tables = place_tables((1,) * num_tables, 1, world_size).tables
+    samples = batch_slices(batch_size, world_size)
+    buffer = max(
+        (len(tables[r]) * batch_size + (num_tables * samples[r] if mode != "forward" else 0))
+        * embedding_dim * _ELEMENT_BYTES
+        for r in range(world_size)
+    )  # fmt: skip
     algbw = buffer / seconds / 1e9
     return algbw, algbw * (world_size - 1) / world_size
 

@@ -74,7 +74,10 @@ def test_nccl_tests_bandwidths_by_hand():
     # W=4, T=26, B=2048, D=16: the busiest rank holds 7 tables, 7 x 2048 x 16 x 4 = 917,504 bytes; in 1 ms
     algbw, busbw = nccl_tests_bandwidths(4, 2048, 26, 16, 1e-3)
     assert algbw == pytest.approx(0.917504) and busbw == pytest.approx(0.917504 * 3 / 4)
-    assert nccl_tests_bandwidths(4, 2048, 26, 16, 1e-3, mode="train")[0] == pytest.approx(2 * 0.917504)
+    # train adds the backward's buffer, all 26 tables for the rank's 512 samples: 26 x 512 x 16 x 4 = 851,968
+    assert nccl_tests_bandwidths(4, 2048, 26, 16, 1e-3, mode="train")[0] == pytest.approx(0.917504 + 0.851968)
+    with pytest.raises(ValueError, match="mode='backward': allowed: forward, train"):
+        nccl_tests_bandwidths(4, 2048, 26, 16, 1e-3, mode="backward")
     assert nccl_tests_bandwidths(1, 8, 3, 2, 1e-3)[1] == 0.0  # one rank: nothing crosses
 
 
@@ -212,7 +215,8 @@ def test_run_point_times_an_all_to_all_and_the_report_shows_it(tmp_path):
     assert d["gbps"] == pytest.approx(d["bytes_moved"] / rec["median_s"] / 1e9)
     assert d["frac_of_ceiling"] is None and d["ceiling"] is None and d["memory_level"] is None
     assert d["bytes_sent_per_rank"] == [192, 192] and d["backend"] == "gloo"
-    # nccl-tests' algbw: a rank's send buffer, 2 tables x 8 samples x 3 x 4 bytes = 192, twice in train; busbw half
+    # nccl-tests' algbw: a rank's send buffer, 2 tables x 8 samples x 3 x 4 bytes = 192, and in train the
+    # backward's, 4 tables x 4 samples x 3 x 4 = 192 more; busbw half
     assert d["algbw_gbps"] == pytest.approx(384 / rec["median_s"] / 1e9) and d["busbw_gbps"] == pytest.approx(
         d["algbw_gbps"] / 2
     )

@@ -244,6 +244,8 @@ def test_train_with_synthetic_locality(tmp_path, capsys):
     assert main([*base, f"--data-trace-file={jdir / 'dist_emb_j.log'}", f"--json-out={out}"]) == 0
     assert json.loads(out.read_text())["data"]["locality"] == f"sd:{jdir / 'dist_emb_{t}.log'}"
     assert "table 2: stack distances from" in capsys.readouterr().out  # one profile per table
+    assert main([*base, f"--data-trace-file={jdir / 'project.log'}"]) == 2  # no such file, nor pro0ect.log
+    assert f"{jdir / 'project.log'}: no such file" in capsys.readouterr().err
     assert main([*base, "--locality=zipf:1.09,uniform,zipf"]) == 0
     assert main([*base, "--locality=zipf", f"--data-trace-file={tmp_path / 'p.log'}"]) == 2
     assert main(["train", "--preset=tiny", "--locality=zipf"]) == 2
