@@ -31,7 +31,7 @@ from profiler.plot_style import (
     marker,
     new_figure,
     roof_color,
-    value_key,
+    roof_key,
 )
 from profiler.results import Machine, group_by, point_label, shared_label, threads_of, varying_fields
 
@@ -181,10 +181,6 @@ def _draw_roofs(
                         fontsize=6, color=col)  # fmt: skip
 
 
-def _roof_key(c: Ceiling) -> tuple:
-    return (c.kind, c.name, c.level, c.dtype, c.threads, c.source, value_key(c.value))
-
-
 def missing_ceilings(rows: list[dict[str, Any]], machines: dict[str, Machine]) -> list[str]:
     """SKU ids among `rows` whose machine has no ceilings (no machine.json, or one without --ceilings)."""
     skus = dict.fromkeys(r["sku_id"] for r in rows)
@@ -233,7 +229,7 @@ def roofline_figure(
         if m and m.ceilings:
             sku_rows = [r for r in pts if r["sku_id"] == sku]
             drawn[sku] = (roofs_for(m, sku_rows), len({_threads(r) for r in sku_rows}) > 1)
-    keys = {sku: (sorted(_roof_key(c) for c in roofs), split) for sku, (roofs, split) in drawn.items()}
+    keys = {sku: (sorted(roof_key(c) for c in roofs), split) for sku, (roofs, split) in drawn.items()}
     for group in group_equal(keys):  # machines with the very same roofs share one set of lines
         roofs, split = drawn[group[0]]
         tint = (color(skus.index(group[0])) if len(group) == 1 else SHARED_TINT) if multi else None

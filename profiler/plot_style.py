@@ -19,14 +19,17 @@ from profiler.sweep_spec import format_bytes  # re-exported: the figures' byte l
 __all__ = [
     "AXIS_NAMES",
     "BYTE_FIELDS",
+    "SHARED_TINT",
     "ceiling_color",
     "color",
     "format_bytes",
+    "group_equal",
     "kernel_styles",
     "machine_tags",
     "marker",
     "new_figure",
     "roof_color",
+    "roof_key",
     "save_figure",
     "use_byte_ticks",
     "use_value_ticks",
@@ -147,9 +150,10 @@ def group_equal(keys: dict[str, Any]) -> list[list[str]]:
     return groups
 
 
-def value_key(value: float) -> float:
-    """A roof's value to 3 significant figures, as its label shows it: equal labels, one line."""
-    return float(f"{value:.3g}")
+def roof_key(c: Any) -> tuple:
+    """What makes two machines' roofs one line: the same kind of roof at the value its label shows
+    (3 significant figures)."""
+    return (c.kind, c.name, c.level, c.dtype, c.threads, c.source, float(f"{c.value:.3g}"))
 
 
 def use_byte_ticks(axis: Any) -> None:

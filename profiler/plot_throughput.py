@@ -26,9 +26,9 @@ from profiler.plot_style import (
     machine_tags,
     marker,
     new_figure,
+    roof_key,
     use_byte_ticks,
     use_value_ticks,
-    value_key,
 )
 from profiler.results import Machine, band, group_by, point_label, shared_label, value_of, varying_fields
 
@@ -129,8 +129,7 @@ def throughput_figure(
         if y == "gbps":
             shown = {sku: _bandwidth_roofs(machines[sku], [r for r in panel_rows if r["sku_id"] == sku])
                      for sku in known if machines[sku].ceilings}  # fmt: skip
-            keys = {sku: sorted((c.name, c.level, c.threads, c.source, value_key(c.value)) for c in roofs)
-                    for sku, roofs in shown.items()}  # fmt: skip
+            keys = {sku: sorted(roof_key(c) for c in roofs) for sku, roofs in shown.items()}
             for group in group_equal(keys):
                 tint, prefix = tint_and_prefix(group)
                 _draw_ceilings(ax, shown[group[0]], tint, prefix)
