@@ -12,9 +12,13 @@ optimizer's state (Adagrad's accumulators), the trained weights when the saved o
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
+import signal
+import threading
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -22,9 +26,19 @@ import numpy as np
 import torch
 
 from model.dlrm import DLRM
+from model.optim import WeightEMA
 from profiler.store import replace_atomic
 
-__all__ = ["CHECKPOINT_VERSION", "RESUME_SETTINGS", "Resume", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "RESUME_SETTINGS",
+    "Resume",
+    "StopRequest",
+    "interrupt_between_steps",
+    "load_checkpoint",
+    "restore_training_state",
+    "save_checkpoint",
+]
 
 # 1: {"version", "config", "state_dict", "iterations"[, "resume"]}
 CHECKPOINT_VERSION = 1
@@ -132,3 +146,52 @@ def _unloadable_reason(path: str | os.PathLike[str], exc: Exception) -> str:
     if type(exc).__name__ == "UnpicklingError":  # weights_only refusing a class (named, not imported: no pickle here)
         return "it holds objects other than tensors and plain types, which weights_only loading refuses"
     return f"torch.load cannot read it, truncated or damaged? ({type(exc).__name__})"
+
+
+def restore_training_state(
+    optimizer: torch.optim.Optimizer,
+    ema: WeightEMA | None,
+    resume: Resume,
+    average: dict[str, torch.Tensor] | None,
+    named: list[tuple[str, torch.nn.Parameter]],
+    device: torch.device,
+) -> None:
+    """The saved optimizer state and average (`average`: the checkpoint's state_dict); the rates and other
+    settings stay this run's. `named`: the model's named parameters, in WeightEMA's order."""
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(resume.optimizer)
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"the saved optimizer state does not fit this model and optimizer ({exc})") from None
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
+    if ema is not None:  # the checkpoint's weights are the average; resume.weights the trained ones
+        if resume.weights is None:
+            raise ValueError("--ema-decay: the saved run kept no moving average to go on with")
+        ema.average = [average[name].to(device) for name, _ in named]
+
+
+class StopRequest:
+    """Set by the first Ctrl-C: the training loop stops, and saves, after the step in hand."""
+
+    requested = False
+
+
+@contextlib.contextmanager
+def interrupt_between_steps(enabled: bool) -> Iterator[StopRequest]:
+    """While enabled, a first Ctrl-C (SIGINT) only asks the loop to stop after the step in hand, so
+    the checkpoint it saves holds whole steps; a second one interrupts at once."""
+    stop = StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def ask(signum: int, frame: Any) -> None:
+        stop.requested = True
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, ask)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)

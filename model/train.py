@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum, unique
 from typing import Any
@@ -17,7 +15,14 @@ import numpy as np
 import torch
 
 import kernels
-from model.checkpoint import RESUME_SETTINGS, Resume, load_checkpoint, save_checkpoint
+from model.checkpoint import (
+    RESUME_SETTINGS,
+    Resume,
+    interrupt_between_steps,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+)
 from model.config import DLRMConfig
 from model.data import Batch, RandomData
 from model.distributed import DistContext
@@ -248,7 +253,7 @@ def run(
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # the schedule scales each group's rate
     ema = WeightEMA(model.parameters(), train.ema_decay) if train.ema_decay else None
     if resume is not None:
-        _restore(optimizer, ema, resume, state_dict, list(model.named_parameters()), device)
+        restore_training_state(optimizer, ema, resume, state_dict, list(model.named_parameters()), device)
 
     def averaged() -> contextlib.AbstractContextManager[Any]:
         """The weights evaluations and the saved model use: the moving average with --ema-decay."""
@@ -296,7 +301,7 @@ def run(
     neighbours = snapshot()  # CPU pressure, steal and load around the timed loop (profiler.contention)
     wall0 = time.perf_counter()
     per_epoch = min(nbatches, len(data))  # type: ignore[arg-type]
-    with _interrupt_between_steps(bool(train.save_model) and not train.inference_only and dist_ctx is None) as stop:
+    with interrupt_between_steps(bool(train.save_model) and not train.inference_only and dist_ctx is None) as stop:
         for epoch in range(start[0], train.nepochs):
             if hasattr(data, "set_epoch"):
                 data.set_epoch(epoch)
@@ -446,53 +451,6 @@ def run(
     if unwritten:
         raise OSError(f"the run finished, but {'; '.join(unwritten)}")
     return result
-
-
-def _restore(
-    optimizer: torch.optim.Optimizer,
-    ema: WeightEMA | None,
-    resume: Resume,
-    average: dict[str, torch.Tensor] | None,
-    named: list[tuple[str, torch.nn.Parameter]],
-    device: torch.device,
-) -> None:
-    """The saved optimizer state and average (`average`: the checkpoint's state_dict); the rates and other
-    settings stay this run's. `named`: the model's named parameters, in WeightEMA's order."""
-    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    try:
-        optimizer.load_state_dict(resume.optimizer)
-    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise ValueError(f"the saved optimizer state does not fit this model and optimizer ({exc})") from None
-    for group, own in zip(optimizer.param_groups, settings, strict=True):
-        group.update(own)
-    if ema is not None:  # the checkpoint's weights are the average; resume.weights the trained ones
-        if resume.weights is None:
-            raise ValueError("--ema-decay: the saved run kept no moving average to go on with")
-        ema.average = [average[name].to(device) for name, _ in named]
-
-
-class _StopRequest:
-    requested = False
-
-
-@contextlib.contextmanager
-def _interrupt_between_steps(enabled: bool) -> Iterator[_StopRequest]:
-    """While enabled, a first Ctrl-C (SIGINT) only asks the loop to stop after the step in hand, so
-    the checkpoint it saves holds whole steps; a second one interrupts at once."""
-    stop = _StopRequest()
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def ask(signum: int, frame: Any) -> None:
-        stop.requested = True
-        signal.signal(signal.SIGINT, previous)
-
-    previous = signal.signal(signal.SIGINT, ask)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _write_output(flag: str, path: str, unwritten: list[str], write: Callable[[], object]) -> bool:
