@@ -58,3 +58,10 @@ def test_the_flags_reach_the_run(tmp_path):
     assert main(argv) == 0
     cfg = json.loads(out.read_text())["train_config"]
     assert cfg["loss_function"] == "wbce" and cfg["loss_weights"] == [0.25, 4.0]
+    # and the run's loss is the weighted one: weights 0-0 zero every sample's loss, 1-1 is plain BCE
+    for weights, zero in (("0-0", True), ("1-1", False)):
+        assert (
+            main([*argv[:-3], f"--loss-weights={weights}", "--print-freq=1", "--threads=1", f"--json-out={out}"]) == 0
+        )
+        losses = json.loads(out.read_text())["train_loss"]
+        assert len(losses) == 2 and all((x == 0.0) == zero for x in losses)
