@@ -20,7 +20,7 @@ from model.data import RandomData
 from model.dlrm import DLRM
 from model.optim import make_optimizer, param_groups
 from model.train import LossFunction, make_loss
-from profiler.bench_bag_cli import parse_choice_list, parse_int_list, parse_list
+from profiler.bench_bag_cli import parse_choice_list, parse_int_list, parse_list, parse_threads
 from profiler.cli import check_output_path
 from profiler.contention import assess, snapshot
 from profiler.store import write_json_atomic
@@ -214,6 +214,6 @@ def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
                    help="as train's (default sgd); --reference-style uses torch's SGD or Adagrad")  # fmt: skip
     p.add_argument("--steps", type=int, default=50, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=parse_threads, default=0, help="torch threads (default 0: torch's)")
     p.add_argument("--json-out", default="", help="write every record, raw samples included")
     p.set_defaults(func=_cmd)

@@ -17,6 +17,7 @@ from model.config import DLRMConfig, EmbeddingGrad, Interaction, parse_sizes
 from model.data_cli import add_data_arguments, build_sources, fit_tables
 from model.presets import MEMORY_FRACTION, PRESETS, get_preset, scale_rows, scale_to_fit
 from model.train import LossFunction, TrainConfig, load_checkpoint, resolve_device, run
+from profiler.bench_bag_cli import parse_threads
 from profiler.cli import check_output_path
 
 __all__ = ["add_commands", "add_train_arguments", "parse_bool", "print_presets", "train_main"]
@@ -136,7 +137,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     run_ = p.add_argument_group("run")
     _flag_bool(run_, "--use-gpu", "run on the first CUDA device")
     run_.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
-    run_.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    run_.add_argument("--threads", type=parse_threads, default=0, help="torch intra-op threads (default 0: torch's)")
     run_.add_argument("--print-freq", type=int, default=1)
     _flag_bool(run_, "--print-time", "print ms/it on each progress line")
     run_.add_argument("--json-out", default="", help="write throughput, losses and config as JSON")
@@ -216,6 +217,8 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     if args.profile and args.inference_only:
         raise ValueError("--profile splits a training step into operators; --inference-only runs none: drop one")
     resolve_device(device)
+    if args.test_predictions_out and not (args.test_fraction or args.test_raw_data_file):
+        raise ValueError("--test-predictions-out needs test data (--test-fraction or --test-raw-data-file)")
     for flag, path in _output_paths(args).items():
         check_output_path(flag, path)
     cfg, pooling, notes = _model_config(args)

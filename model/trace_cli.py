@@ -12,6 +12,7 @@ from model.criteo_cache import BadLinePolicy, default_cache_dir, preprocess
 from model.criteo_format import NUM_CAT
 from model.stack_distance import LRUStream
 from model.traces import StackDistanceProfile, read_trace, summarize_trace
+from profiler.cli import check_output_path
 from profiler.store import write_json_atomic, write_text_atomic
 
 __all__ = ["add_commands", "trace_dump", "trace_generate", "trace_profile"]
@@ -23,8 +24,16 @@ def _write_trace(path: str, rows: np.ndarray) -> None:
     write_text_atomic(path, ", ".join(map(str, rows.tolist())) + "\n")
 
 
+def _check_outputs(args: argparse.Namespace, *names: str) -> None:
+    """The output paths given, checked before the work (a folder given as a file was found only at the end)."""
+    for name in names:
+        if getattr(args, name, ""):
+            check_output_path("--" + name.replace("_", "-"), getattr(args, name))
+
+
 def trace_profile(args: argparse.Namespace) -> int:
     """Print a trace's locality; optionally write its profile (--write-profile) and JSON (--json-out)."""
+    _check_outputs(args, "write_profile", "json_out")
     trace = read_trace(args.file)
     s = summarize_trace(trace)
     prof = s.profile
@@ -57,6 +66,7 @@ def trace_dump(args: argparse.Namespace) -> int:
     """Write one categorical feature's values of a Criteo file, in file order, as a trace (empties skipped)."""
     if not 0 <= args.table < NUM_CAT:
         raise ValueError(f"--table {args.table}: Criteo has tables 0..{NUM_CAT - 1}")
+    _check_outputs(args, "out")
     folder = Path(args.processed_data_file) if args.processed_data_file else default_cache_dir(args.raw_data_file)
     cache, _ = preprocess(args.raw_data_file, folder, args.on_bad_line)
     empty = (np.asarray(cache.cat_empty) >> np.uint32(args.table)) & 1
@@ -72,6 +82,7 @@ def trace_generate(args: argparse.Namespace) -> int:
     """Write `--count` rows of `--rows` drawn to follow a profile's stack distances (LRU state kept throughout)."""
     if args.count < 1 or args.rows < 1:
         raise ValueError("--count and --rows must be >= 1")
+    _check_outputs(args, "out")
     prof = StackDistanceProfile.read(args.profile)
     cdf = prof.normalized_cdf()
     first = float(cdf[0]) if prof.distances[0] == 0 else 0.0  # share of first accesses (distance 0)

@@ -63,6 +63,16 @@ def parse_positive_int(text: str) -> int:
     return values[0]
 
 
+def parse_threads(text: str) -> int:
+    """argparse `type=` for a thread count: a whole number >= 0, where 0 leaves torch's own count."""
+    if text.strip() == "0":
+        return 0
+    try:
+        return parse_positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0 (0: torch's own count)") from None
+
+
 def parse_choice_list(allowed: Iterable[str]) -> Callable[[str], list[str]]:
     """A `type=` for a comma-separated list of names from `allowed`, e.g. 'sparse,fused'.
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from profiler.bench_bag_cli import parse_positive_int
+from profiler.cli import check_output_path
 from profiler.store import write_json_atomic
 from profiler.timer import _set_threads, measure
 
@@ -122,6 +124,8 @@ def _verdict(rows: list[dict[str, Any]]) -> str:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    if args.json_out:
+        check_output_path("--json-out", args.json_out)
     targets_us = _parse_target_us(args.target_us)
     for us in targets_us:  # all before any timing, so a bad value fails in a second, not after a run
         _check(us, args.rounds)
@@ -152,6 +156,6 @@ def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
         "--target-us", default="100,1000", help="kernel times to size for, µs, comma-separated (default %(default)s)"
     )
     p.add_argument("--rounds", type=int, default=7, help="alternating rounds of bare loop and timer (>= 1)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=parse_positive_int, default=1, help="threads the kernels run on (default 1)")
     p.add_argument("--json-out")
     p.set_defaults(func=_cmd)

@@ -107,6 +107,10 @@ def repeatability(previous_path: Path, record: dict[str, Any]) -> dict[str, Any]
 
 def _run(args: argparse.Namespace) -> int:
     from profiler import fingerprint
+    from profiler.cli import check_output_path
+
+    if args.json_out:  # before the ceilings' minutes of measuring
+        check_output_path("--json-out", args.json_out)
 
     overrides = fingerprint.parse_cache_sizes(args.cache_sizes) if args.cache_sizes else None
     t0 = time.perf_counter()

@@ -160,10 +160,20 @@ def _check_kernel_names(spec_path: str, spec: SweepSpec, registered: set[str]) -
             )
 
 
+def _spec_file(name: str) -> str:
+    """A sweep file as given, or by its name in sweeps/ ('quickstart' -> sweeps/quickstart.toml), as plot finds it."""
+    if Path(name).exists() or Path(name).suffix:
+        return name
+    shipped = Path("sweeps") / f"{name}.toml"
+    return str(shipped) if shipped.is_file() else name
+
+
 def _cmd(args: argparse.Namespace) -> int:
+    if not args.point_timeout > 0:
+        raise ValueError(f"--point-timeout {args.point_timeout:g}: give seconds > 0")
     filters = [f for part in args.filter for f in part.split(",") if f]
     run_sweep(
-        args.file,
+        _spec_file(args.file),
         results_dir=Path(args.results_dir),
         filters=filters,
         force=args.force,
@@ -182,7 +192,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "each (flushed, fsynced, under a file lock); re-running skips points stored as ok and measures failed "
         "ones again; --force measures every point again (readers take each point's last record).",
     )
-    p.add_argument("file", help="a sweep spec, e.g. sweeps/cache_footprint.toml")
+    p.add_argument(
+        "file", help="a sweep spec, e.g. sweeps/cache_footprint.toml, or its name in sweeps/ (cache_footprint)"
+    )
     p.add_argument("--dry-run", action="store_true", help="list the points and exit")
     p.add_argument(
         "--filter",

@@ -136,3 +136,51 @@ def test_bench_embedding_bag_refuses_a_table_past_memory_before_allocating(monke
         "dlrmbench bench: error: --num-rows 1000000000 (with --embedding-dim 64, --batch-size 1, --pooling-factor 1) "
         "needs about 253.32 GiB but 1.00 GiB is available; refused before allocating: at most 3158059 rows fit\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--preset=tiny", "--threads", "-3"], "argument --threads: '-3' is not a whole number >= 0"),
+        (["bench", "dlrm", "--threads", "-1"], "argument --threads: '-1' is not a whole number >= 0"),
+        (["bench", "timer", "--threads", "0"], "argument --threads: '0' is not a whole number >= 1"),
+        (["train", "--preset=tiny", "--test-predictions-out", "p.csv"], "--test-predictions-out needs test data"),
+        (["sweep", "sweeps/quickstart.toml", "--point-timeout", "-5", "--dry-run"], "--point-timeout -5: give seconds"),
+    ],
+)
+def test_bad_counts_and_missing_inputs_are_refused_before_any_work(capsys, argv, message):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse refuses a bad value while parsing
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err  # argparse's own errors add the usage lines
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["trace", "profile", "TRACE", "--json-out", "DIR"],
+        ["trace", "dump", "CRITEO", "--table", "3", "--out", "DIR"],
+        ["bench", "timer", "--rounds", "1", "--target-us", "50", "--json-out", "DIR"],
+        ["machine", "--json-out", "DIR"],
+    ],
+)
+def test_a_folder_given_as_an_output_file_is_refused_before_the_work(tmp_path, capsys, argv):
+    (tmp_path / "t.log").write_text("1, 2, 1\n")
+    (tmp_path / "c.txt").write_text("\t".join(["1", *["1"] * 13, *["a"] * 26]) + "\n")
+    subs = {"TRACE": str(tmp_path / "t.log"), "CRITEO": str(tmp_path / "c.txt"), "DIR": str(tmp_path)}
+    assert main([subs.get(a, a) for a in argv]) == 2
+    out = capsys.readouterr()
+    assert f"{tmp_path}: is a directory; give a file path" in out.err
+    assert out.out == ""  # nothing measured or printed first
+
+
+def test_a_sweep_is_found_by_its_name(capsys):
+    assert main(["sweep", "quickstart", "--dry-run"]) == 0
+    by_name = capsys.readouterr().out
+    assert main(["sweep", "sweeps/quickstart.toml", "--dry-run"]) == 0
+    assert by_name == capsys.readouterr().out and "working_set=0.5*L2" in by_name
+    assert main(["sweep", "no_such_sweep", "--dry-run"]) == 2
+    assert "no_such_sweep" in capsys.readouterr().err  # the name as given, not a guessed path
