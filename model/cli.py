@@ -217,10 +217,10 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     if args.profile and args.inference_only:
         raise ValueError("--profile splits a training step into operators; --inference-only runs none: drop one")
     resolve_device(device)
-    if args.test_predictions_out and not (args.test_fraction or args.test_raw_data_file):
-        raise ValueError("--test-predictions-out needs test data (--test-fraction or --test-raw-data-file)")
     for flag, path in _output_paths(args).items():
         check_output_path(flag, path)
+    if args.test_predictions_out and not (args.test_fraction or args.test_raw_data_file):
+        raise ValueError("--test-predictions-out needs test data (--test-fraction or --test-raw-data-file)")
     cfg, pooling, notes = _model_config(args)
     try:
         get_kernel(cfg.kernel)
