@@ -179,6 +179,8 @@ def write_report(
     """
     results = load_results(results_dir, include_contended=include_contended)
     rows = select(results.rows, filters)
+    if filters and results.rows and not rows:  # as plot: an empty report would look like a finished one
+        raise ValueError(f"{results_dir}: no points left after --filter {','.join(filters)}")
     if len(results.machines) != 1:
         raise ValueError(f"{results_dir}: a report covers one machine; found {sorted(results.machines)}")
     machine = next(iter(results.machines.values()))

@@ -126,3 +126,12 @@ def test_point_warnings_show_in_the_status_column():
     ]
     _, table = sweep_table(rows)
     assert [row[-1] for row in table] == ["ok; noisy: IQR/median = 10.4% > 10%", "ok (contended)", "ok"]
+
+
+def test_a_filter_that_leaves_no_point_is_an_error_not_an_empty_report(tmp_path, capsys):
+    folder, out = _folder(tmp_path), tmp_path / "report"
+    assert main(["report", str(folder), "--out", str(out), "--filter", "kernel=nope"]) == 2
+    assert f"{folder}: no points left after --filter kernel=nope" in capsys.readouterr().err
+    assert not (out / "index.md").exists()
+    assert main(["report", str(folder), "--out", str(out), "--filter", "kernel=torch"]) == 0
+    assert "| 1.25 |" in (out / "index.md").read_text() and "| 0.5 |" not in (out / "index.md").read_text()
