@@ -168,23 +168,26 @@ def _cmd(args: argparse.Namespace) -> int:
         f"optimizer {args.optimizer}"
     )
     records: list[dict[str, Any]] = []  # filled batch size by batch size: a Ctrl-C keeps those finished
-    interrupted = True  # until the run ends: a Ctrl-C keeps, prints and writes what finished
+    stopped = "did not finish"  # until it does: a Ctrl-C or an error keeps, prints and writes what finished
     try:
         bench_dlrm(
             config, args.batch_size, args.kernels, [EmbeddingGrad(g) for g in args.embedding_grad],
             pooling_factor=args.num_indices_per_lookup, fixed=args.num_indices_per_lookup_fixed, steps=args.steps,
             warmup=args.warmup, reference_style=args.reference_style, optimizer=args.optimizer, records=records,
         )  # fmt: skip
-        interrupted = False
+        stopped = ""
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+        raise
     finally:
         if records:
             _print_table(records)
             if args.json_out:
                 meta = {"torch": torch.__version__, "numpy": np.__version__}
                 write_json_atomic(args.json_out, {"versions": meta, "records": records,
-                                                  **({"interrupted": True} if interrupted else {})})  # fmt: skip
+                                                  **({"interrupted": True} if stopped else {})})  # fmt: skip
                 sizes = ", ".join(str(b) for b in sorted({r["batch_size"] for r in records}))
-                print(f"interrupted: wrote the batch sizes measured ({sizes}) to {args.json_out}" if interrupted
+                print(f"{stopped}: wrote the batch sizes measured ({sizes}) to {args.json_out}" if stopped
                       else f"wrote {args.json_out}")  # fmt: skip
     return 0
 
