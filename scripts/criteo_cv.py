@@ -17,6 +17,11 @@ over folds. Without train flags it uses the README's Criteo command.
 `--scheme forward` validates as the held-out split tests, forward in time (Criteo's rows are in
 time order): fold k (k >= 1) is predicted from the rows before it only, never from later ones.
 Values that first appear late in the training rows, seen only a few times, matter more then.
+
+`--scheme external` trains on all the rows (or the first `--rows`) and tests on other files'
+rows (`--test-file`, repeatable; by default the 400 PaddleRec rows of ../shared/data, which
+share no row with the training file). One split, so the differences come with DeLong's
+standard error per seed instead of a spread over folds.
 """
 
 from __future__ import annotations
@@ -31,14 +36,25 @@ from pathlib import Path
 
 import numpy as np
 
+from model.criteo_cache import preprocess
+from model.criteo_format import detect_layout, iter_lines, open_raw
 from model.presets import CRITEO_SAMPLE_FLAGS
-from model.quality import quality
+from model.quality import auc_difference, logloss_difference, quality
 from model.quality_cli import read_predictions
 from profiler.cli import main as dlrmbench
 from profiler.store import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / ".." / "shared" / "data" / "criteo" / "wide-resdnn" / "train.txt"
+PADDLEREC = [
+    RAW.parents[1] / "paddlerec" / name
+    for name in (
+        "sample_train.txt",
+        "sample_test.txt",
+        "ctr_dnn_2020-03-31/sample_train.txt",
+        "tools_dataset_utils/part-0",
+    )
+]
 _OWN = ("--raw-data-file", "--test-fraction", "--test-raw-data-file", "--numpy-rand-seed", "--json-out",
         "--processed-data-file", "--save-model", "--test-predictions-out")  # fmt: skip
 
@@ -72,16 +88,39 @@ def _dlrm_scores(argv: list[str], predictions: Path) -> tuple[np.ndarray, np.nda
     return read_predictions(predictions)
 
 
-def _baseline(raw: Path, cache_dir: Path, test_fraction: float, out: Path) -> dict:
+def join_test_files(files: list[Path], tmp: Path) -> Path:
+    """One raw file holding every test file's rows, in order.
+
+    Each file is first read by the loader on its own, so a bad line is reported with its own
+    file and line number, and a headered CSV is refused (its header would land mid-file); a
+    last line without its newline gets one. A single file is used as it is.
+    """
+    if len(files) == 1:
+        return files[0]
+    tmp.mkdir(parents=True, exist_ok=True)
+    joined = tmp / "test-rows.txt"
+    with joined.open("w") as out:
+        for i, path in enumerate(files):
+            preprocess(path, tmp / f"check{i}")
+            with open_raw(path) as f:
+                for lineno, line, _ in iter_lines(f, path):
+                    if lineno == 1 and detect_layout(line, path).has_header:
+                        raise ValueError(f"{path}: a headered CSV; only raw TSV files can be joined, give it alone")
+                    out.write(line + "\n")
+    return joined
+
+
+def _baseline(raw: Path, cache_dir: Path, test_fraction: float, out: Path, test_file: Path | None = None) -> dict:
     """`dlrmbench baseline` on the same split, quietly; its test metrics and chosen l2."""
-    argv = ["baseline", f"--raw-data-file={raw}", f"--test-fraction={test_fraction}",
-            f"--processed-data-file={cache_dir}", f"--json-out={out}"]  # fmt: skip
+    split = f"--test-raw-data-file={test_file}" if test_file else f"--test-fraction={test_fraction}"
+    argv = ["baseline", f"--raw-data-file={raw}", split, f"--processed-data-file={cache_dir}",
+            f"--json-out={out}", f"--test-predictions-out={out.with_suffix('.csv')}"]  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()) as log:
         code = dlrmbench(argv)
     if code != 0:
         raise SystemExit(f"dlrmbench {' '.join(argv)} failed ({code}):\n{log.getvalue()[-2000:]}")
     record = json.loads(out.read_text())
-    return record["test"] | {"l2": record["l2"]}
+    return record["test"] | {"l2": record["l2"], "train_rows": record["data"]["train_rows"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,17 +134,28 @@ def main(argv: list[str] | None = None) -> int:
         "--json-out, ...) are this script's own and refused there.",
     )
     p.add_argument("--raw-data-file", type=Path, default=RAW)
-    p.add_argument("--rows", type=int, default=6400, help="the first this many rows are cross-validated")
+    p.add_argument("--rows", type=int, help="the first this many rows are used (default 6400; external: all)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seeds", default="1,2,3", help="DLRM seeds (--numpy-rand-seed) per fold")
     p.add_argument(
         "--scheme",
-        choices=("kfold", "forward"),
+        choices=("kfold", "forward", "external"),
         default="kfold",
-        help="kfold: train on all other folds; forward: on the folds before only (fold 0 is not tested)",
+        help="kfold: train on all other folds; forward: on the folds before only (fold 0 is not tested); "
+        "external: on all the rows, tested on --test-file",
+    )
+    p.add_argument(
+        "--test-file",
+        type=Path,
+        action="append",
+        help="external: a raw file of held-out rows (repeatable; default: the PaddleRec samples)",
     )
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(ours)
+    if args.test_file and args.scheme != "external":
+        p.error("--test-file is for --scheme external")
+    if args.rows is None:
+        args.rows = None if args.scheme == "external" else 6400
     flags = flags or list(CRITEO_SAMPLE_FLAGS)
     clash = [f for f in flags if f.split("=")[0] in _OWN]
     if clash:
@@ -113,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.raw_data_file.is_file():
         p.error(f"--raw-data-file {args.raw_data_file}: no such file")
+    if args.scheme == "external":
+        return _external(args, flags, seeds, p)
     lines = args.raw_data_file.read_text().splitlines(keepends=True)[: args.rows]
     least = 3 if args.scheme == "forward" else 2  # forward tests folds 1.. only; a standard error needs two
     if args.folds < least or len(lines) < 10 * args.folds:
@@ -165,6 +217,55 @@ def main(argv: list[str] | None = None) -> int:
     print("paired difference from the baseline, mean +- standard error over folds: "
           + ", ".join(f"{k.replace('_', ' ')} {d[k]['mean']:+.4f} +- {d[k]['se']:.4f}" for k in d)
           + " (the folds share training rows, so this understates the uncertainty)")  # fmt: skip
+    if args.json_out:
+        write_json_atomic(args.json_out, record)
+    return 0
+
+
+def _external(args: argparse.Namespace, flags: list[str], seeds: list[int], p: argparse.ArgumentParser) -> int:
+    """Train on the training file's rows, test on other files' rows: DLRM per seed, their ensemble, the baseline."""
+    tests = args.test_file or PADDLEREC
+    missing = [str(t) for t in tests if not t.is_file()]
+    if missing:
+        p.error(f"--test-file {', '.join(missing)}: no such file")
+    record: dict = {"raw_data_file": str(args.raw_data_file), "test_files": [str(t) for t in tests], "flags": flags,
+                    "seeds": seeds, "scheme": "external"}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="dlrmbench-cv-") as tmp:
+        raw = args.raw_data_file
+        if args.rows is not None:
+            raw = Path(tmp) / "train.txt"
+            raw.write_text("".join(args.raw_data_file.read_text().splitlines(keepends=True)[: args.rows]))
+        try:
+            test = join_test_files(tests, Path(tmp))
+        except ValueError as exc:
+            p.error(str(exc))
+        cache = Path(tmp) / "cache"
+        runs, scores = [], []
+        for seed in seeds:
+            labels, s = _dlrm_scores(["train", "--data-generation=dataset", f"--raw-data-file={raw}",
+                                      f"--test-raw-data-file={test}", f"--processed-data-file={cache}",
+                                      f"--numpy-rand-seed={seed}", *flags], Path(tmp) / "p.csv")  # fmt: skip
+            runs.append((seed, quality(labels, s).to_dict(), s))
+            scores.append(s)
+        lr = _baseline(raw, cache, 0.0, Path(tmp) / "lr.json", test)
+        lr_labels, lr_scores = read_predictions(Path(tmp) / "lr.csv")
+        assert np.array_equal(labels, lr_labels), "DLRM and the baseline must score the same rows"
+    record["train_rows"], record["samples"] = lr["train_rows"], len(labels)
+    print(f"trained on {lr['train_rows']} rows of {args.raw_data_file}, tested on {len(labels)} rows of "
+          f"{len(tests)} other file(s); the baseline: auc {lr['auc']:.4f}, logloss {lr['logloss']:.4f} "
+          f"(l2 {lr['l2']:g})")  # fmt: skip
+    print(f"{'model':>10} {'auc':>7} {'logloss':>8} {'d auc (DeLong se), p':>24} {'d logloss (se)':>17}")
+    rows = [(f"seed {seed}", q, s) for seed, q, s in runs]
+    rows.append(("ensemble", quality(labels, np.mean(scores, 0)).to_dict(), np.mean(scores, 0)))
+    for name, q, s in rows:
+        da, dl = auc_difference(labels, s, lr_scores), logloss_difference(labels, s, lr_scores)
+        q |= {"auc_difference": da.to_dict(), "logloss_difference": dl.to_dict()}
+        print(f"{name:>10} {q['auc']:7.4f} {q['logloss']:8.4f} {da.diff:+8.4f} ({da.se:.4f}) p {da.p_value:.2f} "
+              f"{dl.diff:+8.4f} ({dl.se:.4f})")  # fmt: skip
+    record["dlrm"] = [q for _, q, _ in rows[:-1]]
+    record["ensemble"], record["baseline"] = rows[-1][1], lr
+    mean_auc = float(np.mean([q["auc"] for q in record["dlrm"]]))
+    print(f"DLRM mean over seeds: auc {mean_auc:.4f}, {mean_auc - lr['auc']:+.4f} against the baseline")
     if args.json_out:
         write_json_atomic(args.json_out, record)
     return 0

@@ -360,6 +360,53 @@ def test_criteo_cv_holds_out_each_fold_once(tmp_path, capsys):
     assert [f["baseline"]["samples"] for f in record["folds"]] == [20, 20]
 
 
+def test_criteo_cv_external_tests_on_other_files(tmp_path, capsys):
+    cv = _criteo_cv()
+    rng = np.random.default_rng(2)
+
+    def rows(n):
+        out = []
+        for _ in range(n):
+            y = int(rng.random() < 0.4)
+            out.append(_line(str(y), cats=[f"{int(rng.integers(0, 3)) + 4 * y:x}", *(f"{k:x}" for k in range(25))]))
+        return out
+
+    train = _write(tmp_path / "train.txt", rows(50))
+    test_a, test_b = rows(12), rows(9)
+    a = _write(tmp_path / "a.txt", test_a)
+    b = tmp_path / "b.txt"
+    b.write_text("\n".join(test_b))  # no final newline: joining must not run its last row into the next file's first
+    joined = cv.join_test_files([a, b], tmp_path / "j")
+    assert joined.read_text() == "".join(f"{r}\n" for r in test_a + test_b)
+    flags = ["--arch-sparse-feature-size=2", "--arch-mlp-bot=13-2", "--arch-mlp-top=4-1", "--arch-interaction-op=cat",
+             "--mini-batch-size=10", "--learning-rate=0.1", "--nepochs=2"]  # fmt: skip
+    out = tmp_path / "ext.json"
+    argv = [f"--raw-data-file={train}", "--scheme=external", f"--test-file={a}", f"--test-file={b}", "--seeds=1,2"]
+    assert cv.main([*argv, f"--json-out={out}", "--", *flags]) == 0
+    record = json.loads(out.read_text())
+    assert record["train_rows"] == 50 and record["samples"] == 21 and len(record["dlrm"]) == 2
+    assert record["baseline"]["samples"] == 21 and record["baseline"]["auc"] > 0.9  # C1 gives the label away
+    for q in [*record["dlrm"], record["ensemble"]]:
+        assert q["auc_difference"]["diff"] == pytest.approx(q["auc"] - record["baseline"]["auc"])
+        assert q["logloss_difference"]["diff"] == pytest.approx(q["logloss"] - record["baseline"]["logloss"])
+    assert "ensemble" in capsys.readouterr().out
+    assert cv.main([*argv[:-1], "--rows=30", "--seeds=1", "--", *flags]) == 0  # the first 30 rows train
+    assert "trained on 30 rows" in capsys.readouterr().out
+    bad = _write(tmp_path / "bad.txt", [*test_a[:2], "2" + test_a[2][1:]])
+    with pytest.raises(SystemExit):
+        cv.main([*argv[:2], f"--test-file={a}", f"--test-file={bad}", "--", *flags])
+    assert f"{bad}:3" in capsys.readouterr().err  # the file and line of its own, not of the joined copy
+    csv = tmp_path / "h.csv"
+    csv.write_text("label," + ",".join([f"I{k}" for k in range(1, 14)] + [f"C{k}" for k in range(1, 27)]) + "\n"
+                   + ",".join(_line("1").split("\t")) + "\n")  # fmt: skip
+    with pytest.raises(SystemExit):
+        cv.main([*argv[:2], f"--test-file={a}", f"--test-file={csv}", "--", *flags])
+    assert "a headered CSV; only raw TSV files can be joined" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cv.main([f"--raw-data-file={train}", f"--test-file={a}"])
+    assert "--test-file is for --scheme external" in capsys.readouterr().err
+
+
 def test_a_folder_that_is_not_a_cache_is_refused_untouched(tmp_path, capsys):
     path = _write(tmp_path / "t.txt", _LINES)
     mine = tmp_path / "mine"
