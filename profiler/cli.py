@@ -49,7 +49,50 @@ def build_parser() -> argparse.ArgumentParser:
             module.add_commands(sub)
         if hasattr(module, "add_bench_targets"):
             module.add_bench_targets(bench_sub)
+    _finish(parser, ())
     return parser
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends '(default: X)' to an option's help where X says something: not None, False, '' or an
+    empty list, and not where the help already speaks of its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = _shown_default(action)
+        if shown is None or "default" in text.lower():
+            return action.help
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
+def _shown_default(action: argparse.Action) -> str | None:
+    """The default as typed on the command line (a list comma-joined), %-escaped; None where not worth showing."""
+    d = action.default
+    if d is None or d is False or d is argparse.SUPPRESS or action.nargs == 0 or not action.option_strings:
+        return None
+    if isinstance(d, (str, list, tuple)) and not d:
+        return None
+    text = ",".join(str(x) for x in d) if isinstance(d, (list, tuple)) else str(getattr(d, "value", d))
+    return text.replace("%", "%%")
+
+
+class _RawDefaultsFormatter(_DefaultsFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _finish(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+    """Every parser shows its options' defaults; every leaf records its sub-command path for messages."""
+    raw = issubclass(parser.formatter_class, argparse.RawDescriptionHelpFormatter)
+    parser.formatter_class = _RawDefaultsFormatter if raw else _DefaultsFormatter
+    for action in parser._actions:
+        if not action.help and _shown_default(action) is not None:  # argparse prints nothing for help-less options
+            action.help = f"(default: {_shown_default(action)})"
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs and path:
+        parser.set_defaults(command_path=" ".join(path))
+    for action in subs:
+        for name, child in action.choices.items():
+            _finish(child, (*path, name))
 
 
 def check_output_path(flag: str, path: str | os.PathLike[str], *, directory: bool = False) -> None:
@@ -89,22 +132,23 @@ def _os_error_text(exc: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    where = f"dlrmbench {args.command_path}"
     try:
         return int(args.func(args) or 0)
     except (ValueError, NotImplementedError) as exc:
-        print(f"dlrmbench {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{where}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file or folder the command reads or writes, named in the message
-        print(f"dlrmbench {args.command}: error: {_os_error_text(exc)}", file=sys.stderr)
+        print(f"{where}: error: {_os_error_text(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
         code = getattr(exc, "exit_code", None)  # errors that know their exit status (e.g. a dead peer rank)
         if not isinstance(code, int):
             raise
-        print(f"dlrmbench {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{where}: error: {exc}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
-        print(f"dlrmbench {args.command}: interrupted", file=sys.stderr)
+        print(f"{where}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -53,6 +53,30 @@ def test_help_states_bce_default():
     assert "defaults to mse" in " ".join(proc.stdout.split())
 
 
+def test_help_shows_each_default_once_as_typed(capsys):
+    def text(*command):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    dump = text("trace", "dump")
+    assert "--on-bad-line {error,skip} (default: error)" in dump  # an option without help text still shows it
+    assert "--processed-data-file PROCESSED_DATA_FILE cache folder (as for train) --on" in dump  # '' is no default
+    bag = text("bench", "embedding-bag")
+    assert "--embedding-dim EMBEDDING_DIM D (default: 64)" in bag  # the parsed list [64], shown as typed
+    assert "--index-dtype INDEX_DTYPE int64,int32 (default: int64)" in bag
+    assert "--backward time forward + backward + SGD update --" in bag  # a flag: no default
+    train = text("train")
+    assert "--nepochs NEPOCHS (default: 1)" in train
+    assert "embedding dim D (default 2) --" in train  # its help already says it: not twice
+    assert "--data-shuffle [BOOL] visit the training batches in a new order each epoch --" in train
+
+
+def test_errors_name_the_sub_command(tmp_path, capsys):
+    assert main(["trace", "generate", str(tmp_path / "none.log"), "--rows=5", "--count=5", f"--out={tmp_path}/t"]) == 2
+    assert capsys.readouterr().err.startswith("dlrmbench trace generate: error: ")
+
+
 def test_reference_architecture_flags(tmp_path, capsys):
     out = tmp_path / "r.json"
     argv = ["train", "--arch-sparse-feature-size=8", "--arch-embedding-size=30-20-10-5", "--arch-mlp-bot=7-16-8",

@@ -133,7 +133,8 @@ def test_bench_embedding_bag_refuses_a_table_past_memory_before_allocating(monke
             "--pooling-factor=1"]  # fmt: skip
     assert main(argv) == 2
     assert _one_line_error(capsys) == (
-        "dlrmbench bench: error: --num-rows 1000000000 (with --embedding-dim 64, --batch-size 1, --pooling-factor 1) "
+        "dlrmbench bench embedding-bag: error: --num-rows 1000000000 "
+        "(with --embedding-dim 64, --batch-size 1, --pooling-factor 1) "
         "needs about 253.32 GiB but 1.00 GiB is available; refused before allocating: at most 3158059 rows fit\n"
     )
 

@@ -88,13 +88,14 @@ def test_bench_embedding_bag_refuses_json_out_before_timing(rfile, monkeypatch, 
     monkeypatch.setattr(profiler.bench_bag, "alloc_table", _never("the benchmark"))
     argv = ["bench", "embedding-bag", "--kernels=torch", "--num-rows=100", f"--json-out={rfile}/x.json"]
     assert main(argv) == 2
-    assert _error(capsys) == f"dlrmbench bench: error: --json-out {rfile}/x.json: {rfile} is not a directory\n"
+    want = f"dlrmbench bench embedding-bag: error: --json-out {rfile}/x.json: {rfile} is not a directory\n"
+    assert _error(capsys) == want
 
 
 def test_bench_dlrm_refuses_a_folder_as_json_out(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(model.bench, "bench_dlrm", _never("the benchmark"))
     assert main(["bench", "dlrm", "--steps=1", f"--json-out={tmp_path}"]) == 2
-    assert _error(capsys) == f"dlrmbench bench: error: --json-out {tmp_path}: is a directory; give a file path\n"
+    assert _error(capsys) == f"dlrmbench bench dlrm: error: --json-out {tmp_path}: is a directory; give a file path\n"
 
 
 def test_compare_refuses_out_under_a_file_before_reading_results(rfile, monkeypatch, capsys):

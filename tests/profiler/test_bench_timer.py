@@ -24,7 +24,7 @@ from profiler.cli import main
 def test_bad_flags_name_the_flag_in_one_line(capsys, argv, message):
     assert main(["bench", "timer", *argv]) == 2
     err = capsys.readouterr().err
-    assert err == f"dlrmbench bench: error: {message}\n"
+    assert err == f"dlrmbench bench timer: error: {message}\n"
 
 
 def test_verdict_says_within_or_over_the_goal_per_kernel():
