@@ -208,13 +208,22 @@ def make_bags(
 def bag_batches(
     batch_size: int, rows: int, pooling: int, distribution: str, seed: int = 0, dtype: torch.dtype = torch.int64
 ) -> list[torch.Tensor]:
-    """Index batches for the timed calls to rotate through, enough to sweep the table twice (at most 64).
+    """Index batches for the timed calls to rotate through, enough to sweep the table twice (within the
+    sweep's caps, profiler.workload). Zipf ranks map to rows through one permutation shared by all batches.
 
     One batch reused call after call touches only its own B x L rows, which then sit in cache
     whatever the table's size; rotating makes the table, not one batch, the working set.
     """
-    count = max(1, min(64, -(-2 * rows // (batch_size * pooling)), (256 << 20) // (8 * batch_size * pooling)))
-    return [make_bags(batch_size, rows, pooling, distribution, seed + i, dtype)[0] for i in range(count)]
+    from profiler.workload import rotation_batches, sample_rows
+
+    n = batch_size * pooling
+    count = rotation_batches(rows, n)
+    kind, _ = parse_distribution(distribution)
+    g = torch.Generator().manual_seed(seed)
+    ranks = sample_rows(distribution, rows, count * n, g)
+    if kind != "uniform":  # one placement for every batch: the hot rows stay hot from call to call
+        ranks = torch.randperm(rows, generator=g)[ranks]
+    return list(ranks.to(dtype).view(count, n).unbind(0))
 
 
 def point_cost(p: BagPoint) -> Cost:

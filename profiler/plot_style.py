@@ -43,7 +43,7 @@ AXIS_NAMES: dict[str, str] = {
     "samples_per_s": "samples per second",
     "median_s": "time per call (s)",
     "frac_of_ceiling": "fraction of ceiling",
-    "arithmetic_intensity": "arithmetic intensity (FLOP/byte)",
+    "arithmetic_intensity": "arithmetic intensity (FLOP/byte, every lookup's whole row counted)",
     "batch_size": "batch size B (bags per table)",
     "num_rows": "rows per table E",
     "embedding_dim": "embedding dim D",

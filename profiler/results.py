@@ -55,11 +55,11 @@ class Machine:
         return machine_name(self.fingerprint, self.sku_id)
 
     def cache_sizes_bytes(self) -> dict[str, int]:
-        """Level -> bytes one thread sees (L1d and L2 per core, L3 shared in all), as the runner resolves them."""
+        """Level -> bytes one thread sees (one instance of each level), as the runner resolves them."""
         out = {}
         for level, c in self.fingerprint.get("caches", {}).items():
             if level in ("L1d", "L2", "L3") and c.get("size_bytes"):
-                out[level] = int(c["size_bytes"]) * (int(c.get("instances", 1)) if level == "L3" else 1)
+                out[level] = int(c["size_bytes"])  # one instance: what a thread can fill (runner.cache_sizes)
         return out
 
 

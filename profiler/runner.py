@@ -34,11 +34,14 @@ class PointTimeout(Exception):
 
 
 def cache_sizes(fingerprint: dict[str, Any]) -> dict[str, int]:
-    """Level -> bytes one thread sees: L1d and L2 per core, L3 as the whole shared cache."""
+    """Level -> bytes one thread sees: one instance of each (L1d and L2 per core, L3 per socket / CCX).
+
+    A core allocates only into its own L3 instance (a socket's, or on AMD Zen a CCD's), so several
+    instances do not add up to a bigger cache for any one thread."""
     out = {}
     for level, c in fingerprint.get("caches", {}).items():
         if level in ("L1d", "L2", "L3"):
-            out[level] = int(c["size_bytes"]) * (int(c.get("instances", 1)) if level == "L3" else 1)
+            out[level] = int(c["size_bytes"])
     return out
 
 
@@ -141,7 +144,17 @@ def run_point(
     ceiling: Ceiling | None = None
     if point.target != "all_to_all":
         # "all": the whole tables are the working set (they may still fit in a cache)
-        level = _level_of(ws if ws is not None else table_bytes, caches)
+        footprint = ws if ws is not None else table_bytes
+        touched = extra.get("touched_bytes")
+        if touched is not None and touched < footprint:
+            # the rotation reads fewer rows than the hot set holds: the cache sees what is read
+            if touched < 0.5 * footprint:
+                notes.append(
+                    f"the index batches touch {format_bytes(touched)} of the {format_bytes(footprint)} hot set: "
+                    "placed by what they touch"
+                )
+            footprint = touched
+        level = _level_of(footprint, caches)
         ceiling = pick_ceiling(ceilings, level=level, dim=point.embedding_dim, threads=threads, compute=compute_bound)
     r = rates(
         cost,
@@ -211,7 +224,12 @@ def _run_bag(
 
         m = _timed(step, point, timing)
         cost = cost + fused_sgd_cost(n_bags, n, point.embedding_dim)
-    extra = {"lookups_per_s": n / m.median_s, "hot_rows": bags.hot_rows, "index_batches": len(batches)}
+    extra = {
+        "lookups_per_s": n / m.median_s,
+        "hot_rows": bags.hot_rows,
+        "index_batches": len(batches),
+        "touched_bytes": bags.touched_rows * point.embedding_dim * 4,
+    }
     return m, cost, extra
 
 

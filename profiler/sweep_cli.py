@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from profiler.store import ResultFile
+from profiler.store import ResultFile, latest_per_key
 from profiler.sweep_spec import Point, SweepSpec, expand, load_spec
 
 __all__ = ["add_commands", "load_machine", "matches", "run_sweep"]
@@ -106,7 +106,19 @@ def _run_points(
     progress: bool,
 ) -> dict[str, int]:
     status = {} if force else store.latest_status()
-    done = {k for k, v in status.items() if v == "ok"}
+    flush = int(spec.timing.get("flush_bytes", 0))
+    stale = {  # stored ok at another cache state ([timing] flush_bytes changed): measured again, not kept
+        r["key"]
+        for r in latest_per_key(store)
+        if r.get("status") == "ok" and int((r.get("measurement") or {}).get("flush_bytes", 0)) != flush
+    }
+    done = {k for k, v in status.items() if v == "ok" and k not in stale}
+    if stale & {p.key() for p in points}:
+        print(
+            f"note: measuring again {len(stale & {p.key() for p in points})} point(s) stored with another "
+            f"flush_bytes than [timing]'s {flush}",
+            flush=True,
+        )
     retry = sum(status.get(p.key()) not in (None, "ok") for p in points)
     if retry:
         print(f"note: measuring again {retry} point(s) stored as failed", flush=True)

@@ -20,12 +20,21 @@ import torch
 
 from profiler.sweep_spec import Point
 
-__all__ = ["BagInputs", "estimate_bytes", "hot_rows", "make_bag_inputs", "num_batches", "sample_rows"]
+__all__ = [
+    "BagInputs",
+    "estimate_bytes",
+    "hot_rows",
+    "make_bag_inputs",
+    "num_batches",
+    "rotation_batches",
+    "sample_rows",
+]
 
 _MEMORY_FRACTION = 0.8  # of available memory a point may plan to use
 
 
-_MAX_BATCHES = 64  # index batches to rotate through (bounds memory and set-up time)
+_MAX_BATCHES = 1 << 16  # index batches to rotate through (bounds set-up time; the byte cap below binds first
+# for all but tiny calls: 64 batches of B=128, L=1 touched 8k rows of a 1M-row "DRAM" table, 4 MiB, in L3)
 _MAX_INDEX_BYTES = 256 << 20  # ... and the bytes of indices they hold
 
 
@@ -35,18 +44,24 @@ class BagInputs:
     batches: list[torch.Tensor]  # each (N,) int64 rows of the fused weight; timed calls rotate through them
     offsets: torch.Tensor  # (T*B + 1,) int64 CSR, shared by every batch
     hot_rows: int  # per table
+    touched_rows: int = 0  # distinct rows the rotation reads, all tables: the footprint actually measured
 
     @property
     def indices(self) -> torch.Tensor:
         return self.batches[0]
 
 
+def rotation_batches(hot: int, lookups_per_table: int, tables: int = 1) -> int:
+    """Index batches for timed calls to rotate through: enough to sweep `hot` rows per table twice,
+    within the caps on their count and on their int64 indices' bytes."""
+    want = -(-2 * hot // lookups_per_table)
+    cap = max(1, _MAX_INDEX_BYTES // (8 * lookups_per_table * tables))
+    return max(1, min(want, _MAX_BATCHES, cap))
+
+
 def num_batches(point: Point, hot: int) -> int:
     """Index batches needed for the calls to sweep the hot set twice, within the caps."""
-    per_call = point.batch_size * point.pooling_factor  # lookups per table per call
-    want = -(-2 * hot // per_call)
-    cap = max(1, _MAX_INDEX_BYTES // (8 * per_call * point.num_tables))
-    return max(1, min(want, _MAX_BATCHES, cap))
+    return rotation_batches(hot, point.batch_size * point.pooling_factor, point.num_tables)
 
 
 def hot_rows(point: Point, working_set_bytes: int | None) -> int:
@@ -66,6 +81,7 @@ def estimate_bytes(point: Point, hot: int) -> int:
         return 6 * T * B * D * 4 + point.world_size * (200 << 20)
     n = T * B * L
     total = T * E * D * 4 + n * 8 * (1 + num_batches(point, hot)) + T * B * D * 4 * 3 + E * 8 + hot * 8
+    total += T * E  # the mask counting the rows the batches touch
     if point.mode in ("backward", "train"):
         total += n * D * 4  # a per-lookup gradient, for kernels that build one
     if point.target == "dlrm":
@@ -111,4 +127,7 @@ def make_bag_inputs(point: Point, working_set_bytes: int | None, seed: int = 0) 
         per_table.append((placement.index_select(0, ranks) + t * E).view(k, B * L))
     batches = [torch.cat([rows[i] for rows in per_table]) for i in range(k)]
     offsets = torch.arange(0, T * B * L + 1, L, dtype=torch.int64)
-    return BagInputs(weight, batches, offsets, hot)
+    seen = torch.zeros(T * E, dtype=torch.bool)
+    for rows in per_table:
+        seen[rows.reshape(-1)] = True
+    return BagInputs(weight, batches, offsets, hot, int(seen.sum()))

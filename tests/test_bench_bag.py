@@ -224,3 +224,13 @@ def test_ctrl_c_keeps_the_points_measured(tmp_path, monkeypatch, capsys):
     assert main(argv) == 130
     assert [r["kernel"] for r in json.loads(out.read_text())] == ["torch", "torch_naive"]
     assert f"interrupted: wrote the 2 points measured to {out}" in capsys.readouterr().out
+
+
+def test_zipf_batches_share_one_placement():
+    """The hottest rank is the same row in every rotated batch, so hot rows stay hot across calls."""
+    from profiler.bench_bag import bag_batches
+
+    batches = bag_batches(256, 10_000, 8, "zipf:1.2", seed=3)
+    assert len(batches) > 1
+    hottest = {int(torch.bincount(b, minlength=10_000).argmax()) for b in batches}
+    assert len(hottest) == 1

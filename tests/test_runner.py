@@ -77,6 +77,19 @@ def test_sweep_records_derived_rates_and_failures_then_resumes(tmp_path, capsys)
     assert (next(results.iterdir()) / "machine.json").exists()
 
 
+def test_points_stored_at_another_flush_bytes_are_measured_again(tmp_path, capsys):
+    """A warm-cache result must not stand in for a cold-cache one: [timing] flush_bytes is part of what was measured."""
+    results = tmp_path / "results"
+    spec = _spec(tmp_path)
+    assert run_sweep(spec, results_dir=results, progress=False, filters=["kernel=torch"])["ok"] == 2
+    cold = _spec(tmp_path, SPEC.replace("rep_ms = 5", "rep_ms = 5\nflush_bytes = 65536"))
+    assert run_sweep(cold, results_dir=results, progress=False, filters=["kernel=torch"]) == {
+        "ok": 2, "failed": 0, "skipped": 0}  # fmt: skip
+    assert "measuring again 2 point(s) stored with another flush_bytes than [timing]'s 65536" in capsys.readouterr().out
+    assert [r["measurement"]["flush_bytes"] for r in _records(results)] == [0, 0, 65536, 65536]
+    assert run_sweep(cold, results_dir=results, progress=False, filters=["kernel=torch"])["skipped"] == 2
+
+
 def test_a_point_measured_again_is_read_once_as_its_last_record(tmp_path, monkeypatch):
     import profiler.runner
     from profiler.results import load_results

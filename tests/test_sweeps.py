@@ -181,12 +181,13 @@ def test_index_batches_sweep_the_hot_set():
 
     from profiler.workload import make_bag_inputs, num_batches
 
-    # hot set of 500 rows, 8 lookups per call: ceil(2 * 500 / 8) = 125 batches wanted, capped at 64
+    # hot set of 500 rows, 8 lookups per call: ceil(2 * 500 / 8) = 125 batches, enough to sweep it twice
     p = Point(batch_size=2, pooling_factor=4, num_rows=10_000, embedding_dim=4, num_tables=2)
-    assert num_batches(p, 500) == 64
+    assert num_batches(p, 500) == 125
     assert num_batches(Point(batch_size=100, pooling_factor=10, num_rows=50), 50) == 1
     bags = make_bag_inputs(p, working_set_bytes=500 * 4 * 4 * 2)
-    assert bags.hot_rows == 500 and len(bags.batches) == 64
+    assert bags.hot_rows == 500 and len(bags.batches) == 125
+    assert bags.touched_rows == torch.cat(bags.batches).unique().numel() > 0.8 * 1000  # 1 - e^-2 of 2 x 500
     rows = torch.cat(bags.batches)
     per_table = [rows[(rows >= t * 10_000) & (rows < (t + 1) * 10_000)] for t in range(2)]
     for t, r in enumerate(per_table):
@@ -194,3 +195,22 @@ def test_index_batches_sweep_the_hot_set():
         assert r.unique().numel() > 250  # ...and the batches together cover most of it
         assert r.min() >= t * 10_000 and r.max() < (t + 1) * 10_000
     assert all(b.numel() == 2 * 2 * 4 for b in bags.batches)
+
+
+def test_small_calls_on_a_large_table_are_placed_by_the_rows_they_touch():
+    """B=128, L=1 on a 64 MB table: the rotation must sweep the table, or the point is L3-resident, not DRAM."""
+    from profiler.ceilings import Ceiling
+    from profiler.runner import run_point
+
+    fp = {"caches": {"L1d": {"size_bytes": 32 << 10}, "L2": {"size_bytes": 1 << 20},
+                     "L3": {"size_bytes": 32 << 20, "instances": 4}}}  # fmt: skip
+    ceilings = [Ceiling("gather", "bandwidth", "measured", level="DRAM", gbps=10.0, shape=(1, 16, 32)),
+                Ceiling("triad", "bandwidth", "measured", level="L3", gbps=100.0)]  # fmt: skip
+    p = Point(batch_size=128, pooling_factor=1, num_rows=1_000_000, embedding_dim=16, threads=1)
+    rec = run_point(p, fingerprint=fp, ceilings=ceilings, timing={"warmup_ms": 1, "rep_ms": 5})
+    d = rec["derived"]
+    assert d["touched_bytes"] > 0.8 * 64e6 and d["memory_level"] == "DRAM"
+    # one L3 instance is what a thread fills: 0.5*L3 is 16 MiB here, not half of the 4 instances
+    p = Point(batch_size=2048, pooling_factor=20, num_rows=1_000_000, embedding_dim=16, working_set="0.5*L3", threads=1)
+    assert run_point(p, fingerprint=fp, ceilings=ceilings, timing={"warmup_ms": 1, "rep_ms": 5})[
+        "derived"]["working_set_bytes"] == 16 << 20  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -267,6 +269,28 @@ def test_gather_ceiling_takes_the_fastest_kernel(monkeypatch) -> None:
     fast_s = float(np.quantile(SAMPLES, 0.10))  # the probe's, 3x faster than the loop
     assert c.gbps == pytest.approx(_embedding_bag_bytes(nbags, idx.size, 64) / fast_s / 1e9, rel=1e-12)
     assert "kernel probe" in c.method.split(": ")[-1]
+
+
+def test_gather_ceiling_calls_rotate_through_index_arrays(monkeypatch) -> None:
+    """One index array reused call after call reads the same rows, which then hit in the LLC: the
+    DRAM ceiling came out ~5-7% high in quick mode. Successive calls must read other rows."""
+    import types
+
+    import kernels
+
+    calls = _gather_spy(monkeypatch)
+    seen = []
+    entry = types.SimpleNamespace(name="probe", available=True, devices=("cpu",), fn=lambda t, i, o: seen.append(i))
+    monkeypatch.setattr(kernels, "list_kernels", lambda: [entry])
+    ceilings._gather_ceiling(64, 1 << 20, 1, {"warmup_ms": 1.0, "rep_ms": 2.0})
+    loop_idx = [args[1] for args in calls]
+    for arrays in (loop_idx, [i.numpy() for i in seen]):
+        assert len(arrays) >= 8
+        distinct = {a.tobytes() for a in arrays}
+        assert len(distinct) == 4  # four arrays, each a quarter of the table's 4096 rows
+        assert not any(np.array_equal(a, b) for a, b in itertools.pairwise(arrays[1:]))  # each call, new rows
+        rows = np.unique(np.concatenate([np.frombuffer(d, dtype=np.int64) for d in distinct]))
+        assert rows.min() >= 0 and rows.max() < 4096 and rows.size > 0.5 * 4096
 
 
 def test_gemm_gflops_is_2mkn_over_the_fast_time(monkeypatch) -> None:
