@@ -63,6 +63,9 @@ def unavailable_reason() -> str:
             f", CUDA {torch.version.cuda}" if torch.version.cuda else " built without CUDA"
         )
         return f"no CUDA device visible ({build})"
+    forced = os.environ.get("DLRMBENCH_CUDA_UNAVAILABLE", "")
+    if forced:  # scripts/gpu_check.sh, after a failed build: later processes do not build it again
+        return forced
     from torch.utils.cpp_extension import CUDA_HOME
 
     if CUDA_HOME is None:

@@ -175,7 +175,8 @@ def sgd_from_bags(
         numba is not None and weight.device.type == "cpu" and weight.is_contiguous() and weight.dtype == grad_out.dtype
     )
     if not fast:
-        values = grad_out.index_select(0, torch.repeat_interleave(torch.arange(B, device=rows.device), offsets.diff()))
+        bags = torch.repeat_interleave(torch.arange(B, device=rows.device), offsets.diff(), output_size=rows.numel())
+        values = grad_out.index_select(0, bags)  # output_size: no device-to-host read of the total on a GPU
         if per_sample_weights is not None:
             values = values * per_sample_weights.unsqueeze(1)
         weight.index_add_(0, rows, values, alpha=-lr)

@@ -27,7 +27,8 @@ def validate_bags(
     where: str = "",
     batch_size: int = 0,
     device: torch.device | None = None,
-) -> None:
+    extra_bad: torch.Tensor | None = None,
+) -> bool:
     """Raise ValueError unless (indices, offsets) describe valid bags over `num_rows` rows.
 
     Offsets are CSR style: B + 1 non-decreasing entries from 0 to len(indices).
@@ -41,6 +42,10 @@ def validate_bags(
         where: context for the message.
         batch_size: B when the bags are T tables x B (table-batched): messages then name the table and bag.
         device: the table's; every input must be on it (a compiled CPU loop would read a GPU pointer).
+        extra_bad: a 0-d bool tensor of the caller's own check, read back with these in the same copy
+            (validate_tables' per-table ranges).
+    Returns:
+        `extra_bad`'s value (False without it): the caller names that fault.
     """
     at = f"{where}: " if where else ""
     on = {"indices": indices.device, "offsets": offsets.device}
@@ -58,7 +63,9 @@ def validate_bags(
             raise ValueError(f"{at}{name} must be 1-D, got shape {tuple(t.shape)}")
     if offsets.numel() == 0:
         raise ValueError(f"{at}offsets must have B + 1 >= 1 entries, got none")
-    if not _bags_ok(num_rows, indices, offsets):
+    faults = _bag_checks(num_rows, indices, offsets, extra_bad)
+    flagged = bool(faults.pop()) if extra_bad is not None else False
+    if any(faults):
         _name_the_fault(num_rows, indices, offsets, at, batch_size)
     if per_sample_weights is not None:
         if not per_sample_weights.is_floating_point():
@@ -68,17 +75,23 @@ def validate_bags(
                 f"{at}per_sample_weights has shape {tuple(per_sample_weights.shape)}, "
                 f"indices {tuple(indices.shape)}: they must match"
             )
+    return flagged
 
 
-def _bags_ok(num_rows: int | None, indices: torch.Tensor, offsets: torch.Tensor) -> bool:
-    """Every check at once, read back in one device-to-host copy (on a GPU, one sync per batch)."""
+def _bag_checks(
+    num_rows: int | None, indices: torch.Tensor, offsets: torch.Tensor, extra_bad: torch.Tensor | None = None
+) -> list[int]:
+    """Every check at once, read back in one device-to-host copy (on a GPU, one sync per batch): all 0 when
+    right; `extra_bad`, when given, last."""
     parts = [offsets[0].long(), offsets[-1].long() - indices.numel()]  # both 0 when right
     if offsets.numel() > 1:
         parts.append((offsets[1:] < offsets[:-1]).any().long())
     if indices.numel() and num_rows is not None:
         lo, hi = torch.aminmax(indices)
         parts += [(lo < 0).long(), (hi.long() >= num_rows).long()]
-    return not any(torch.stack(parts).tolist())
+    if extra_bad is not None:
+        parts.append(extra_bad.long())
+    return torch.stack(parts).tolist()
 
 
 def _name_the_fault(
@@ -135,15 +148,22 @@ def validate_tables(
             f"offsets has {offsets.numel()} entries; {num_tables} tables x {batch_size} bags "
             f"need {num_tables * batch_size + 1}"
         )
-    validate_bags(None, indices, offsets, batch_size=batch_size)  # shapes, dtypes and offsets; ranges per table below
     table_starts = offsets[:: max(batch_size, 1)] if batch_size else offsets.new_zeros(num_tables + 1)
-    per_table = (table_starts[1:] - table_starts[:-1]).long()  # (T,) lookups per table
-    table_ids = torch.repeat_interleave(
-        torch.arange(num_tables, device=indices.device), per_table, output_size=indices.numel()
-    )
-    if indices.numel():
+    n = indices.numel()
+    if offsets.dim() == 1 and offsets.numel() and n and num_tables:
+        # each index's table by binary search over the tables' ends: in range even for bad offsets, so the
+        # per-table range check joins validate_bags' one device-to-host read (one GPU sync a batch, not two)
+        ends = table_starts[1:].contiguous()
+        positions = torch.arange(n, device=indices.device, dtype=ends.dtype)
+        table_ids = torch.searchsorted(ends, positions, right=True).clamp_(max=num_tables - 1)
         limits = table_rows.index_select(0, table_ids)
-        bad = ((indices < 0) | (indices >= limits)).nonzero()
+        out_of_range = ((indices < 0) | (indices >= limits)).any()
+    else:
+        table_ids = torch.zeros(n, dtype=torch.int64, device=indices.device)
+        out_of_range = None
+    # shapes, dtypes, offsets, and the ranges above, in one read; raises on bad offsets
+    if validate_bags(None, indices, offsets, batch_size=batch_size, extra_bad=out_of_range):
+        bad = ((indices < 0) | (indices >= limits)).nonzero()  # the slow path: bad input only
         if bad.numel():
             i = int(bad[0, 0])
             t = int(table_ids[i])

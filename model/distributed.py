@@ -9,6 +9,7 @@ global batch, a run on W ranks matches a single process step for step (tested wi
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -110,7 +111,7 @@ class _AllToAll(torch.autograd.Function):
         dist.all_to_all_single(recv, send, recv_counts, send_counts, group=group)
         out = local.new_empty(sum(len(ts) for ts in placement.tables), sizes[rank], D)
         for s, chunk in enumerate(recv.split(recv_counts)):
-            ids = torch.tensor(placement.tables[s], dtype=torch.long)
+            ids = torch.tensor(placement.tables[s], dtype=torch.long, device=out.device)  # index_copy_: same device
             out.index_copy_(0, ids, chunk.view(len(placement.tables[s]), sizes[rank], D))
         comm.all_to_all_s += time.perf_counter() - t0
         return out
@@ -120,7 +121,7 @@ class _AllToAll(torch.autograd.Function):
         t0 = time.perf_counter()
         placement, sizes, rank, group, local_shape, comm = ctx.meta
         world, D = len(sizes), grad.shape[2]
-        ids = [torch.tensor(ts, dtype=torch.long) for ts in placement.tables]
+        ids = [torch.tensor(ts, dtype=torch.long, device=grad.device) for ts in placement.tables]
         send = torch.cat([grad.index_select(0, i).reshape(-1) for i in ids])  # per owner, (T_s, b_rank, D)
         send_counts = [len(placement.tables[s]) * sizes[rank] * D for s in range(world)]
         recv_counts = [local_shape[0] * sizes[w] * D for w in range(world)]
@@ -238,7 +239,7 @@ def local_batch(batch: Batch, placement: Placement, rank: int) -> Batch:
     parts = [batch.table(t) for t in placement.tables[rank]]
     indices = torch.cat([i for i, _ in parts]) if parts else batch.indices[:0]
     lengths = torch.cat([o.diff() for _, o in parts])
-    offsets = torch.zeros(lengths.numel() + 1, dtype=batch.offsets.dtype)
+    offsets = torch.zeros(lengths.numel() + 1, dtype=batch.offsets.dtype, device=lengths.device)  # cumsum's out
     torch.cumsum(lengths, 0, out=offsets[1:])
     end = start + sizes[rank]
     return Batch(batch.dense[start:end], indices, offsets, batch.labels[start:end])
@@ -278,7 +279,8 @@ class DistContext:
         return local_samples * self.world_size / global_samples
 
     def all_sum(self, *values: float) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64)
+        # NCCL reduces CUDA tensors only
+        t = torch.tensor(values, dtype=torch.float64, device="cuda" if self.backend == "nccl" else "cpu")
         try:
             dist.all_reduce(t, group=self.group)
         except (RuntimeError, dist.DistBackendError) as exc:
@@ -294,5 +296,7 @@ def init_distributed(backend: str, rank: int, world_size: int, timeout_s: float)
         raise ValueError(f"--dist-backend {backend!r}: allowed: gloo, nccl")
     if backend == "nccl" and not torch.cuda.is_available():
         raise ValueError("--dist-backend nccl needs CUDA devices; use gloo on CPU")
+    if backend == "nccl":  # one GPU per rank (torchrun's LOCAL_RANK): NCCL refuses two ranks on one device
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
     return DistContext(rank, world_size, backend, dist.group.WORLD)

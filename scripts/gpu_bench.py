@@ -11,6 +11,7 @@ Without a GPU it says why and exits 0, so the check script runs its other steps.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from profiler.timer import measure
 __all__ = ["KernelMismatch", "copy_gbps", "main", "run_grid"]
 
 _WARMUP_MS, _REP_MS = 25.0, 150.0  # a point's kernels take 5-100 µs: hundreds of samples each
+_MAX_REPS = 1000  # samples per timing: with the flush below each costs ~0.1 ms
 # Tolerance against torch: a bag sums L float32 rows, in another order than torch's. The bench's rows
 # are U[0, 1) (no cancellation), so the orders differ by at most (L - 1) * 2^-24 relative: 4.7e-6 at
 # L = 80. 1e-4 leaves a 20x margin; a wrong row, bag or lane is off by O(1) relative.
@@ -58,9 +60,23 @@ def _gpu_kernels(names: list[str]) -> list[str]:
     return usable
 
 
+def flush_bytes() -> int:
+    """Bytes overwritten before each timed call: 4x the GPU's L2 (H200: 60 MB), at least 256 MiB.
+
+    Without it, every call re-reads the same rows: a point's rows (10 MB at D=64 L=20, 84 MB at D=128
+    L=80) sit in L2 after the first call, so GB/s measured L2, not HBM. The flush (~80 µs of GPU work)
+    also lets the host enqueue the timed call before the GPU reaches it, so a 3-20 µs kernel is
+    timed, not the Python and launch overhead of the call (~10 µs for cuda, more for torch's).
+    """
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return max(4 * int(getattr(props, "L2_cache_size", 0)), 256 << 20)
+
+
 def _time(fn: Any, device: str = "cuda") -> Any:
+    flush = flush_bytes() if device.startswith("cuda") else 0
     with torch.no_grad():
-        return measure(fn, device=device, warmup_ms=_WARMUP_MS, rep_ms=_REP_MS, check_contention=False)
+        return measure(fn, device=device, warmup_ms=_WARMUP_MS, rep_ms=_REP_MS, max_reps=_MAX_REPS,
+                       flush_bytes=flush, check_contention=False)  # fmt: skip
 
 
 def _check(kernel: str, out: torch.Tensor, ref: torch.Tensor, where: str) -> float:
@@ -121,8 +137,9 @@ def _bench_point(names: list[str], weight: torch.Tensor, B: int, L: int, copy: f
         m = _time(lambda wpb=wpb: cuda_bag.forward(weight, indices, offsets, None, warps_per_bag=wpb))
         records.append(_record(label, B, E, D, L, m, copy, max_abs_err=f"{err:.1e}"))
     grad_out = torch.randn(B, D, device="cuda", generator=g) * 1e-9  # the table barely moves
-    # "sgd torch" is torch's index_add_ path: sgd_from_bags takes the CUDA update only when asked (cuda_kernel)
-    updates = (("sgd cuda", cuda_bag.sgd_from_bags), ("sgd torch", sgd_from_bags))
+    # "sgd torch" is torch's index_add_ path: sgd_from_bags takes the CUDA update only when asked (cuda_kernel);
+    # checked: the bags were validated above, as for "sgd cuda" (validation is a device-to-host read per call)
+    updates = (("sgd cuda", cuda_bag.sgd_from_bags), ("sgd torch", functools.partial(sgd_from_bags, checked=True)))
     for label, update in updates:
         m = _time(lambda update=update: update(weight, indices, offsets, grad_out, None, 1.0))
         # each looked-up row is read and written back; GB/s here counts it once, as for the forward
@@ -176,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu_bench: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
     names = _gpu_kernels(args.kernels.split(","))
     copy = copy_gbps()
-    print(f"  device-to-device copy: {copy:,.0f} GB/s (read + write)")
+    print(f"  device-to-device copy: {copy:,.0f} GB/s (read + write); each timed call starts with L2 flushed")
     try:
         records = run_grid(
             names,
@@ -193,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "bench.jsonl", "w") as f:
-        f.write(json.dumps({"device": torch.cuda.get_device_name(), "copy_gbps": copy}) + "\n")
+        head = {"device": torch.cuda.get_device_name(), "copy_gbps": copy, "flush_bytes": flush_bytes()}
+        f.write(json.dumps(head) + "\n")
         for rec in records:
             f.write(json.dumps(rec) + "\n")
     print(f"  wrote {out / 'bench.jsonl'}")

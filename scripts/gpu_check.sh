@@ -8,8 +8,11 @@
 #      device-to-device copy's bandwidth (fbgemm is CPU-only here: the benchmark lists it as skipped);
 #   4. a short DLRM training on the GPU with --kernel cuda, then --kernel torch: samples/s.
 # Run from anywhere; nothing is installed (PYTHONPATH=repo root). About 3-5 minutes; each step is
-# capped (the caps add up to about 15). A build killed at its cap leaves torch's lock file in the
-# build folder; the next build removes it, saying so. Outputs go to ${OUT:-results/gpu_check}.
+# capped, and all of them together by GPU_CHECK_BUDGET_S (default 540 s, inside a 10-minute device
+# command): a step that would start with under 20 s left is skipped, a later one's cap shrinks to
+# what is left. A build killed at its cap leaves torch's lock file in the build folder; the next build
+# removes it, saying so. A failed build is not retried by the later steps: they run without kernel
+# cuda (DLRMBENCH_CUDA_UNAVAILABLE). Outputs go to ${OUT:-results/gpu_check}.
 # Without a GPU every step says so and skips; the script still exits 0 unless a step fails. The last
 # line counts the steps passed, skipped and failed. PYTHON (default python3) must import torch: else
 # the script stops at once, exit 2. A relative PYTHON is taken from the current folder if it is there.
@@ -29,6 +32,7 @@ LOG="$OUT_DIR/gpu_check.log"
 STEP_OUT="$OUT_DIR/.step.out"
 : >"$LOG"
 passed=() skipped=() failed=()
+BUDGET_S="${GPU_CHECK_BUDGET_S:-540}"
 
 say() { echo "== $*" | tee -a "$LOG"; }
 skip() {  # skip NAME REASON
@@ -38,6 +42,12 @@ skip() {  # skip NAME REASON
 step() {  # step NAME SECONDS SKIP_RE CMD...: run with a time cap, log it, count it; exit 0 with
           # a line of output matching SKIP_RE (grep -E) counts as skipped, not passed
   local name="$1" limit="$2" skip_re="$3"; shift 3
+  local left=$((BUDGET_S - SECONDS))
+  if [ "$left" -lt 20 ]; then
+    skip "$name" "out of time: ${SECONDS}s of the ${BUDGET_S}s budget (GPU_CHECK_BUDGET_S) are spent"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   say "$name (at most ${limit}s)"
   local t0=$SECONDS
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$STEP_OUT" | tee -a "$LOG"
@@ -77,6 +87,11 @@ except Exception as exc:
 print(f"cuda build: ready after {time.perf_counter() - t0:.0f}s")
 '
 step "cuda build" 300 '^cuda build: skipped' "$PY" -c "$build_py"
+build_failed=0
+if [ ${#failed[@]} -gt 0 ]; then  # each later process would build again (minutes) and fail the same way
+  build_failed=1
+  export DLRMBENCH_CUDA_UNAVAILABLE="its build failed in gpu_check's first step (see $LOG)"
+fi
 
 if "$PY" -c 'import pytest' 2>/dev/null; then
   # -p no:cacheprovider: the tree may be read-only. -x: stop at the first failure, shown in full.
@@ -98,6 +113,10 @@ else
               --arch-embedding-size=100000x26 --mini-batch-size=2048 --num-batches=60
               --num-indices-per-lookup=20 --num-indices-per-lookup-fixed --print-freq=20 --print-time --use-gpu)
   for kernel in cuda torch; do
+    if [ "$kernel" = cuda ] && [ "$build_failed" = 1 ]; then
+      skip "DLRM training (--kernel cuda)" "the cuda build failed"
+      continue
+    fi
     step "DLRM training (--kernel $kernel)" 90 "" "$PY" -m profiler.cli train "${train_args[@]}" --kernel "$kernel" \
       --json-out "$OUT_DIR/train_$kernel.json"
   done

@@ -130,7 +130,8 @@ case "$1 ${2:-}" in
   "-c "*"cuda_bag.extension()"*) echo "$FAKE_BUILD"; exit "${FAKE_BUILD_RC:-0}" ;;
   "-c "*) ;;
   "- ") cat >/dev/null; echo "torch 0.0 (fake)" ;;
-  "-m pytest") echo "$FAKE_PYTEST"; echo "pytest args: $*"; exit "${FAKE_PYTEST_RC:-0}" ;;
+  "-m pytest") echo "$FAKE_PYTEST"; echo "pytest args: $*"; echo "cuda forced off: ${DLRMBENCH_CUDA_UNAVAILABLE:-no}"
+    exit "${FAKE_PYTEST_RC:-0}" ;;
   "scripts/gpu_bench.py "*) echo "$FAKE_BENCH"; exit "${FAKE_BENCH_RC:-0}" ;;
   "-m profiler.cli") echo "training" ;;
   *) echo "fake python: unexpected $*" >&2; exit 3 ;;
@@ -201,7 +202,22 @@ def test_gpu_check_shows_a_failed_build_and_a_benchmark_mismatch(tmp_path, fake_
                         FAKE_BENCH_RC="1")  # fmt: skip
     assert result.returncode == 1
     assert build_error in result.stdout
-    assert "2 failed (cuda build, benchmark)" in result.stdout.strip().splitlines()[-1]
+    last = result.stdout.strip().splitlines()[-1]
+    assert "2 failed (cuda build, benchmark)" in last
+    # the later steps do not build it again (minutes each): kernel cuda is off for them, saying why
+    assert "cuda forced off: its build failed in gpu_check's first step" in result.stdout
+    assert "DLRM training (--kernel cuda): skipped: the cuda build failed" in result.stdout
+    assert "2 passed (GPU tests, DLRM training (--kernel torch))" in last
+
+
+def test_gpu_check_fits_its_steps_in_the_budget(tmp_path, fake_python):
+    result = _gpu_check(tmp_path, str(fake_python), FAKE_GPU="1", FAKE_BUILD="cuda build: ready after 40s",
+                        FAKE_PYTEST="5 passed", FAKE_BENCH="ok", GPU_CHECK_BUDGET_S="10")  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("out of time: ") == 5  # under 20 s left at each step: skipped, not cut off mid-way
+    result = _gpu_check(tmp_path, str(fake_python), FAKE_GPU="1", FAKE_BUILD="cuda build: ready after 40s",
+                        FAKE_PYTEST="5 passed", FAKE_BENCH="ok", GPU_CHECK_BUDGET_S="100")  # fmt: skip
+    assert "cuda build (at most 100s)" in result.stdout  # its own cap, 300 s, shrunk to what is left
 
 
 def test_gpu_check_stops_at_once_when_python_lacks_torch(tmp_path):
