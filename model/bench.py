@@ -201,7 +201,8 @@ def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--kernels", type=parse_list, default=["torch", "torch_naive"],
                    help="comma-separated registry names (default torch,torch_naive)")  # fmt: skip
-    p.add_argument("--batch-size", type=parse_int_list, default=[128, 2048], help="comma-separated (default 128,2048)")
+    p.add_argument("--batch-size", "--mini-batch-size", dest="batch_size", type=parse_int_list, default=[128, 2048],
+                   help="comma-separated (default 128,2048)")  # fmt: skip
     p.add_argument("--embedding-grad", type=parse_choice_list(str(g) for g in EmbeddingGrad), default=["sparse"],
                    help="comma-separated: sparse, dense, fused (default sparse)")  # fmt: skip
     p.add_argument("--arch-sparse-feature-size", type=int, default=16)

@@ -122,7 +122,7 @@ def _cmd(args: argparse.Namespace) -> int:
     too_many = [w for w in args.nprocs if w > args.tables or w < 1]
     if too_many:
         raise ValueError(f"--nprocs {','.join(map(str, too_many))}: each process owns whole tables, so a world "
-                         f"size must be 1 to --tables ({args.tables})")  # fmt: skip
+                         f"size must be 1 to --num-tables ({args.tables})")  # fmt: skip
     if args.json_out:
         check_output_path("--json-out", args.json_out)
     records: list[dict[str, Any]] = []
@@ -183,9 +183,10 @@ def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
     p = bench_sub.add_parser("dist", help="hybrid-parallel training on 1, 2, 4 processes: compute vs communication")
     p.add_argument("--nprocs", type=parse_int_list, default=[1, 2, 4],
                    help="comma-separated world sizes, the first the baseline (default 1,2,4)")  # fmt: skip
-    p.add_argument("--tables", type=int, default=26)
-    p.add_argument("--rows", type=int, default=100_000)
-    p.add_argument("--dim", type=int, default=16)
+    # named as in bench embedding-bag; the short names stay as aliases
+    p.add_argument("--num-tables", "--tables", dest="tables", type=int, default=26, help="T")
+    p.add_argument("--num-rows", "--rows", dest="rows", type=int, default=100_000, help="rows per table E")
+    p.add_argument("--embedding-dim", "--dim", dest="dim", type=int, default=16, help="D")
     p.add_argument("--batch-size", type=int, default=2048, help="global batch")
     p.add_argument("--num-batches", type=int, default=20)
     p.add_argument("--threads", type=parse_threads, default=0, help="per process (default 0: CPUs / processes)")

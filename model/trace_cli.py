@@ -120,7 +120,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     gen = tsub.add_parser("generate", help="a trace of rows whose stack distances follow a profile")
     gen.add_argument("profile", help="a stack-distance profile (the reference's --data-trace-file format)")
-    gen.add_argument("--rows", type=int, required=True, help="rows of the table, E")
+    gen.add_argument("--rows", "--num-rows", dest="rows", type=int, required=True, help="rows of the table, E")
     gen.add_argument("--count", type=int, required=True, help="accesses to generate")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True, help="trace file to write")

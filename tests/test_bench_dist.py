@@ -10,12 +10,12 @@ import pytest
 import model.bench_dist
 from profiler.cli import main
 
-SMALL = ["bench", "dist", "--tables=4", "--dim=4", "--batch-size=16", "--threads=1"]
+SMALL = ["bench", "dist", "--num-tables=4", "--dim=4", "--batch-size=16", "--threads=1"]
 
 
 def test_world_sizes_beyond_the_tables_are_refused_before_any_run(capsys):
     assert main([*SMALL, "--nprocs=1,5"]) == 2
-    assert "--nprocs 5: each process owns whole tables, so a world size must be 1 to --tables (4)" in (
+    assert "--nprocs 5: each process owns whole tables, so a world size must be 1 to --num-tables (4)" in (
         capsys.readouterr().err
     )
 
