@@ -274,7 +274,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         notes.append(f"--output-bias-init prior not applied: {args.load_model}'s weights (its bias too) are loaded")
         output_bias = None
     else:
-        output_bias = _output_bias(args, sources.train, notes)
+        output_bias = _output_bias(args, sources.train, notes, resumed=resume is not None)
     say = print if not args.dist_backend or os.environ.get("RANK", "0") == "0" else (lambda *_a: None)
     for note in notes:
         say(note)
@@ -351,7 +351,7 @@ def _output_paths(args: argparse.Namespace) -> dict[str, str]:
     return {flag: path for flag, path in paths.items() if path}
 
 
-def _output_bias(args: argparse.Namespace, data: Any, notes: list[str]) -> float | None:
+def _output_bias(args: argparse.Namespace, data: Any, notes: list[str], resumed: bool = False) -> float | None:
     """--output-bias-init prior: the log-odds of the training rows' positive rate (None: the reference's draw)."""
     if args.output_bias_init == "reference":
         return None
@@ -366,7 +366,11 @@ def _output_bias(args: argparse.Namespace, data: Any, notes: list[str]) -> float
             f"--output-bias-init prior: the training rows' positive rate is {rate:g}; it needs both labels"
         )
     logit = math.log(rate / (1.0 - rate))
-    notes.append(f"output bias starts at {logit:.4f}, the log-odds of the training rows' positive rate {rate:.4f}")
+    prior = f"{logit:.4f}, the log-odds of the training rows' positive rate {rate:.4f}"
+    if resumed:  # model.train applies it to a fresh model only; the checkpoint's bias is loaded
+        notes.append(f"output bias: the checkpoint's (the run being resumed started it at {prior})")
+    else:
+        notes.append(f"output bias starts at {prior}")
     return logit
 
 
@@ -384,10 +388,10 @@ def _run_distributed(args: argparse.Namespace, cfg: DLRMConfig, train: TrainConf
             "torchrun --nproc_per_node 2 --no-python dlrmbench train ... --dist-backend gloo"
         )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    ctx = init_distributed(args.dist_backend, rank, world, args.dist_timeout)
-    ctx.pooling_factor = pooling
     log = print if rank == 0 else (lambda _line: None)
-    try:
+    try:  # the rendezvous too: a rank that dies before joining leaves the others timing out in it
+        ctx = init_distributed(args.dist_backend, rank, world, args.dist_timeout)
+        ctx.pooling_factor = pooling
         run(cfg, train, sources.train, state_dict=state, test_data=sources.test, log=log, dist_ctx=ctx)
         # Leave together and let process exit close the group: with gloo, destroy_process_group
         # aborted one rank in about one exit of five here ("terminate called without an active

@@ -115,6 +115,20 @@ def _cli_rank(rank: int, port: int, argv: list[str], die_after_s: float, out) ->
     out.put((rank, code, err.getvalue(), __import__("time").monotonic() - t0))
 
 
+def test_a_rank_that_never_joins_makes_the_other_exit_with_a_message():
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    argv = ["train", "--preset=tiny", "--mini-batch-size=8", "--num-batches=2", "--data-size=8",
+            "--dist-backend=gloo", "--dist-timeout=3"]  # fmt: skip
+    proc = ctx.Process(target=_cli_rank, args=(0, free_port(), argv, 0.0, out))  # rank 1 of 2 never starts
+    proc.start()
+    rank, code, err, elapsed = out.get(timeout=120)
+    proc.join(timeout=60)
+    assert rank == 0 and code == 3, err  # not a traceback (exit 1) from the rendezvous
+    assert "rank 0: a peer rank failed or a collective timed out" in err and "Traceback" not in err
+    assert elapsed < 60
+
+
 def test_torchrun_cli_matches_single_process(tmp_path):
     import json
     import subprocess

@@ -181,7 +181,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys):
     assert signal.getsignal(signal.SIGINT) is handler  # the run's handler is gone again
 
 
-def test_a_finished_model_reloads_with_the_same_command_and_its_bias_prior(tmp_path, capsys):
+def test_a_finished_model_reloads_with_the_same_command_and_its_bias_prior(tmp_path, monkeypatch, capsys):
     _criteo(tmp_path / "c.txt")
     argv = [*_argv(tmp_path, "p", "--nepochs=1"), "--output-bias-init=prior"]
     assert main(argv) == 0
@@ -193,3 +193,11 @@ def test_a_finished_model_reloads_with_the_same_command_and_its_bias_prior(tmp_p
     again = _weights(tmp_path / "p.pt")  # nothing learnt at rate 0: the loaded weights, not a fresh prior
     for name in finished:
         torch.testing.assert_close(again[name], finished[name])
+    _interrupt_at_step(monkeypatch, 3)  # a run stopped mid-way goes on from its checkpoint's bias, and says so
+    assert main(argv) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*argv, f"--load-model={tmp_path / 'p.pt'}"]) == 0
+    out = capsys.readouterr().out
+    assert "output bias: the checkpoint's (the run being resumed started it at " in out
+    assert "output bias starts at" not in out
