@@ -181,3 +181,19 @@ def test_baseline_refuses_more_rows_than_memory_holds(tmp_path, capsys, monkeypa
         == 2
     )
     assert "fits all 90 training rows at once" in capsys.readouterr().err
+
+
+def test_cv_refits_with_the_l2_of_the_lowest_held_back_log_loss():
+    from model.baseline import fit_logistic_cv
+
+    # one table of 4 rows; rows 2 and 3 click, with 10% of labels flipped. l2 = 10 holds every weight near 0
+    # (about the base rate everywhere, log loss ~0.69); l2 = 1e-3 learns the rows (~0.33): 1e-3 must win
+    rng = np.random.default_rng(2)
+    N, B = 400, 50
+    rows = rng.integers(0, 4, N)
+    y = ((rows >= 2) ^ (rng.random(N) < 0.1)).astype(np.float32)
+    batches = [Batch(torch.zeros(B, 1), torch.tensor(rows[i : i + B]), torch.arange(B + 1), torch.tensor(y[i : i + B]))
+               for i in range(0, N, B)]  # fmt: skip
+    model, scores = fit_logistic_cv(batches, (4,), 1, l2_grid=(10.0, 1e-3), max_iter=100)
+    assert set(scores) == {10.0, 1e-3} and scores[1e-3] < 0.5 < scores[10.0]
+    assert model.l2 == 1e-3

@@ -205,3 +205,20 @@ def test_machines_with_the_same_roofs_share_one_set_of_lines(tmp_path):
     rows = [r for a in align(sets)[0] for r in a.rows.values()]
     roofs = [k for k in _roof_lines(roofline_figure(rows, machines)[0].axes[0]) if ": torch" not in k]
     assert sorted(k[:3] for k in roofs) == ["A: "] * len(CEILINGS) + ["B: "] * len(CEILINGS)
+
+
+def test_a_sides_geomean_is_over_the_points_that_side_measured(tmp_path):
+    # C measured only the 8K point, 4x faster than A there; the 256M point is aligned on A and B alone.
+    # tA/tB is 2x at both points; tA/tC is 4x over C's one point (not spread thinner over a point C lacks)
+    def points(t_8k, t_256m):
+        return [(bag_point("torch", working_set="8K"), t_8k, TRIAD_L1),
+                (bag_point("torch", working_set="256M"), t_256m, GATHER)]  # fmt: skip
+
+    a = write_sku(tmp_path, "sku-a", "CPU A", points(1e-5, 2e-4))
+    b = write_sku(tmp_path, "sku-b", "CPU B", points(5e-6, 1e-4))
+    c = write_sku(tmp_path, "sku-c", "CPU C", points(2.5e-6, 2e-4)[:1])
+    sets = [load_results(x) for x in (a, b, c)]
+    aligned, skus = align(sets)
+    text = format_ratio_tables(aligned, skus, {k: v for s in sets for k, v in s.machines.items()})
+    geo = [line.split() for line in text.splitlines() if line.startswith("geomean")]
+    assert geo == [["geomean", "all", "kernels", "2.00x", "4.00x"]]

@@ -488,3 +488,10 @@ def test_a_loaded_model_too_small_for_the_data_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"table 0 has 4 rows but the data needs 10 (26 table(s) too small) in --load-model {model}" in err
     assert "omit --arch-embedding-size" not in err
+
+
+def test_the_test_split_is_the_rounded_share_of_the_rows():
+    # 9 rows x 0.3 = 2.7 -> 3 test rows (6 train); 7 x 0.3 = 2.1 -> 2 (5 train); no test split at 0
+    assert split_rows(9, 0.3) == 6
+    assert split_rows(7, 0.3) == 5
+    assert split_rows(9, 0.0) == 9

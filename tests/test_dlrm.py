@@ -175,3 +175,13 @@ def test_reference_style_baseline_computes_the_same_model(op, itself):
         torch.testing.assert_close(
             ref(batch.dense, batch.indices, batch.offsets), ours(batch.dense, batch.indices, batch.offsets)
         )
+
+
+def test_each_table_starts_uniform_within_one_over_the_root_of_its_rows():
+    from model.dlrm import Embeddings
+
+    # the reference's U(-1/sqrt(E), 1/sqrt(E)) per table: bound 0.5 for E = 4, 0.1 for E = 100 (D = 9)
+    emb = Embeddings((4, 100), 9, "torch", EmbeddingGrad.SPARSE, torch.Generator().manual_seed(0))
+    small, large = emb.weight[:4].detach().abs(), emb.weight[4:].detach().abs()
+    assert 0.4 < small.max() <= 0.5
+    assert 0.09 < large.max() <= 0.1

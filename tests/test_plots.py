@@ -346,3 +346,29 @@ def test_the_same_plot_drawn_twice_gives_the_same_svg_bytes(tmp_path):
     rs = load_results(_one_sku(tmp_path))
     a, b = (save_figure(roofline_figure(rs.rows, rs.machines)[0], tmp_path / f"{n}.svg")[0] for n in "ab")
     assert a.read_bytes() == b.read_bytes() and b"<dc:date>" not in a.read_bytes()
+
+
+def test_a_point_within_the_tolerance_of_its_roof_is_not_flagged(tmp_path):
+    bytes_moved = 256 * 64 + 256 * 8 + 65 * 8 + 64 * 64
+    near = bag_point("near", working_set="256M")  # 10.3 GB/s on the 10 GB/s gather roof: 3% above, noise
+    far = bag_point("far", working_set="256M")  # 10.7 GB/s: 7% above, past the 5% tolerance
+    folder = write_sku(tmp_path, "sku-a", "CPU", [(near, bytes_moved / 10.3e9, GATHER), (far, bytes_moved / 10.7e9,
+                                                                                        GATHER)])  # fmt: skip
+    rs = load_results(folder)
+    assert [f.row["kernel"] for f in above_roof(rs.rows, rs.machines)] == ["far"]
+    assert sorted(f.row["kernel"] for f in above_roof(rs.rows, rs.machines, tolerance=0.0)) == ["far", "near"]
+
+
+def test_roofs_are_taken_at_the_nearest_thread_count_the_higher_on_a_tie():
+    from profiler.ceilings import Ceiling
+    from profiler.plot_roofline import roofs_for
+    from profiler.results import Machine
+
+    machine = Machine("sku", {}, tuple(Ceiling("triad", "bandwidth", "measured", level="L1d", threads=t,
+                                               gbps=100.0 * t) for t in (1, 3, 8)))  # fmt: skip
+
+    def drawn(threads: int) -> list[str]:
+        return [c.key for c in roofs_for(machine, [{"device": "cpu", "measured_threads": threads}])]
+
+    assert drawn(2) == ["triad/L1d/3t/float32"]  # 1 and 3 are both one away: the higher, as the runner picks
+    assert drawn(6) == ["triad/L1d/8t/float32"] and drawn(1) == ["triad/L1d/1t/float32"]

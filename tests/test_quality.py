@@ -157,3 +157,33 @@ def test_normalized_entropy_and_calibration_by_hand():
     assert normalized_entropy(y, [0.25] * 4) == pytest.approx(1.0, rel=1e-12)  # the positive rate everywhere
     assert calibration(y, p) == pytest.approx(1.2, rel=1e-12)
     assert math.isnan(normalized_entropy([1, 1], [0.5, 0.6])) and math.isnan(calibration([0, 0], [0.1, 0.2]))
+
+
+def test_accuracy_rounds_a_probability_of_one_half_to_label_0():
+    # a 0.5 prediction counts as 0 (np.round): right for the label-0 row, wrong for the label-1 row
+    assert accuracy([0, 0], [0.5, 0.5]) == 1.0
+    assert accuracy([1, 1], [0.5, 0.5]) == 0.0
+    assert accuracy([1, 0, 0], [0.51, 0.5, 0.49]) == 1.0
+
+
+def test_log_loss_clips_a_zero_probability_of_a_positive():
+    # p = 0 for a label-1 row is clipped to LOGLOSS_EPS: finite, -log(eps) for that row
+    assert log_loss([1], [0.0]) == pytest.approx(-math.log(LOGLOSS_EPS), rel=1e-6)
+    assert log_loss([1, 0], [0.0, 0.0]) == pytest.approx(-(math.log(LOGLOSS_EPS) + math.log1p(-LOGLOSS_EPS)) / 2)
+    d = logloss_difference([1, 0], [0.0, 1.0], [0.5, 0.5])  # a: both rows certain and wrong, clipped
+    assert d.a == pytest.approx(-math.log(LOGLOSS_EPS), rel=1e-6) and math.isfinite(d.diff)
+    assert d.diff == pytest.approx(-math.log(LOGLOSS_EPS) + math.log(0.5), rel=1e-6)
+
+
+def test_a_soft_label_of_one_half_counts_as_negative_in_the_auc():
+    # labels above 0.5 are positive: 0.5 is a negative, so the positive 0.9 outscores both negatives
+    assert roc_auc([0.5, 0.0, 1.0], [0.2, 0.1, 0.9]) == 1.0
+    assert roc_auc([0.5, 1.0, 0.0], [0.95, 0.9, 0.1]) == pytest.approx(0.5)  # 1.0 beats 0.0, loses to 0.5
+
+
+def test_a_difference_with_no_spread_at_all_is_certain():
+    # a separates the labels perfectly (AUC 1), b scores every row alike (AUC 0.5): every structural
+    # component is constant, so the standard error is 0 and a nonzero difference has p-value 0
+    y = [0, 0, 1, 1]
+    d = auc_difference(y, [0.1, 0.2, 0.8, 0.9], [0.5, 0.5, 0.5, 0.5])
+    assert (d.a, d.b, d.diff, d.se, d.p_value) == (1.0, 0.5, 0.5, 0.0, 0.0)

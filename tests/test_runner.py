@@ -218,3 +218,47 @@ def test_a_kernel_no_build_has_is_refused_before_any_point_runs(tmp_path):
     )
     with pytest.raises(ValueError, match=r"\[fixed\] kernel: unknown kernel 'trch'"):
         run_sweep(_spec(tmp_path, fixed), results_dir=tmp_path / "r", progress=False)
+
+
+def test_pick_ceiling_takes_the_nearest_thread_count_and_row_width():
+    from profiler.ceilings import Ceiling
+    from profiler.runner import pick_ceiling
+
+    def gather(threads, dim, gbps):
+        return Ceiling("gather", "bandwidth", "measured", level="DRAM", threads=threads, gbps=gbps,
+                       shape=(1 << 20, dim, 32))  # fmt: skip
+
+    def gemm(threads, n, gflops):
+        return Ceiling("gemm", "compute", "measured", threads=threads, gflops=gflops, shape=(n, n, n))
+
+    cs = [gather(1, 16, 5.0), gather(1, 64, 6.0), gather(1, 128, 7.0), gather(3, 64, 9.0),
+          gemm(1, 1024, 50.0), gemm(1, 2048, 80.0), gemm(3, 1024, 150.0)]  # fmt: skip
+    # row width: D=64 is judged on the D64 gather, D=100 on D128 (28 away, not 36), D=16 on D16
+    assert [pick_ceiling(cs, level="DRAM", dim=d, threads=1).shape[1] for d in (64, 100, 16)] == [64, 128, 16]
+    # compute-bound: the fastest GEMM measured at that thread count
+    assert pick_ceiling(cs, level="DRAM", dim=64, threads=1, compute=True).value == 80.0
+    # 2 threads sit one away from both 1 and 3: the higher count, as the roofline draws it
+    assert pick_ceiling(cs, level="DRAM", dim=64, threads=2).threads == 3
+    assert pick_ceiling(cs, level="DRAM", dim=64, threads=2, compute=True).value == 150.0
+
+
+def test_a_working_set_the_size_of_a_cache_is_placed_in_it():
+    from profiler.runner import _level_of
+
+    caches = {"L1d": 32 << 10, "L2": 1 << 20, "L3": 32 << 20}
+    assert [_level_of(n, caches) for n in (32 << 10, (32 << 10) + 1, 1 << 20)] == ["L1d", "L2", "L2"]
+    assert [_level_of(n, caches) for n in (32 << 20, (32 << 20) + 1, None)] == ["L3", "DRAM", "DRAM"]
+
+
+def test_a_dlrm_point_is_judged_by_its_share_of_the_gemm_roof():
+    from profiler.ceilings import Ceiling
+    from profiler.runner import run_point
+
+    point = Point(target="dlrm", kernel="torch", batch_size=2, num_rows=10, num_tables=2, embedding_dim=2,
+                  pooling_factor=1, bottom_mlp="3", top_mlp="1", mode="forward", threads=1)  # fmt: skip
+    gemm = Ceiling("gemm", "compute", "measured", threads=1, gflops=100.0, shape=(64, 64, 64))
+    triad = Ceiling("triad", "bandwidth", "measured", level="DRAM", threads=1, gbps=10.0)
+    rec = run_point(point, fingerprint={}, ceilings=[triad, gemm], timing={"warmup_ms": 1, "rep_ms": 2})
+    d = rec["derived"]
+    assert d["ceiling"] == gemm.key and d["ceiling_value"] == 100.0
+    assert d["frac_of_ceiling"] == pytest.approx(d["flops"] / rec["median_s"] / 1e9 / 100.0)

@@ -250,3 +250,28 @@ def test_train_with_synthetic_locality(tmp_path, capsys):
     assert main([*base, "--locality=zipf", f"--data-trace-file={tmp_path / 'p.log'}"]) == 2
     assert main(["train", "--preset=tiny", "--locality=zipf"]) == 2
     assert "need --data-generation synthetic" in capsys.readouterr().err
+
+
+def test_a_draw_as_deep_as_the_stack_reuses_its_oldest_row():
+    # every draw is distance 2: the first two accesses find a stack under 2 deep (first accesses, rows a
+    # and b); from then on depth 2 is the row before the last: a b a b a b
+    rows = LRUStream(np.array([2]), np.array([1.0]), 1000, seed=0).take(6).tolist()
+    a, b = rows[:2]
+    assert a != b and rows == [a, b, a, b, a, b]
+
+
+def test_zipf_tail_ranks_round_to_the_nearest_rank():
+    # Past the exact head (2^22 ranks) rank r (1-based) owns [r - 1/2, r + 1/2) of the continuous law x^-s:
+    # a draw whose inverse CDF lands at r - 0.3 or r + 0.3 is rank r, i.e. 0-based r - 1.
+    import types
+
+    K, s = 1 << 22, 1.05
+    z = ZipfRows(K + 100, s, np.random.default_rng(0))
+    total = z.head[-1] + z.tail_mass
+
+    def u_at(x: float) -> float:  # the uniform draw whose inverse CDF is x (x past the head)
+        return (z.head[-1] + (x ** (1 - s) - (K + 0.5) ** (1 - s)) / (1 - s)) / total
+
+    r = K + 10
+    z.rng = types.SimpleNamespace(random=lambda k: np.array([u_at(r - 0.3), u_at(r + 0.3), u_at(r + 0.7)]))
+    assert z.ranks(3).tolist() == [r - 1, r - 1, r]

@@ -320,3 +320,56 @@ def test_device_copy_counts_a_read_and_a_write(monkeypatch) -> None:
     fast_s = float(np.quantile(SAMPLES, 0.10))
     assert copy.gbps == pytest.approx(2 * dst.numel() * 4 / fast_s / 1e9, rel=1e-12)
     assert copy.working_set_bytes == 2 * dst.numel() * 4
+
+
+def test_an_l3_not_above_twice_the_l2_set_is_left_out() -> None:
+    # one thread: L2 set 1 MiB / 2 = 512 KiB. An L3 of 1.5 MiB gives a 768 KiB set, above the L2 set
+    # but not above twice it (1 MiB): left out. An L3 of 2.5 MiB (1.25 MiB set) is kept.
+    def fp(l3: int) -> dict:
+        return {"caches": {"L2": {"size_bytes": 1 << 20}, "L3": {"size_bytes": l3, "instances": 1}}}
+
+    assert "L3" not in level_working_sets(fp(3 << 19), 1)
+    assert level_working_sets(fp(5 << 19), 1)["L3"] == 5 << 18
+
+
+def test_the_dram_set_covers_every_l3_instance() -> None:
+    # 4 instances of a 32 MiB L3: 128 MiB of L3 together, so the DRAM set is 4 x 128 MiB = 512 MiB;
+    # the L3 set is half of one instance (16 MiB)
+    fp = {"caches": {"L2": {"size_bytes": 1 << 20}, "L3": {"size_bytes": 32 << 20, "instances": 4}}}
+    sets = level_working_sets(fp, 1)
+    assert sets["DRAM"] == 512 << 20 and sets["L3"] == 16 << 20
+
+
+def test_derived_peak_of_an_avx2_machine_by_hand() -> None:
+    # 2 cores x 2500 MHz x 2 FMA units x 8 lanes (256-bit) x 2 FLOP = 160 GFLOP/s; no bf16 record
+    fp = {"affinity_cpus": 2, "cpu_mhz": 2500.0, "isa_flags": ["avx", "avx2", "fma"]}
+    (c,) = derived_ceilings(fp)
+    assert c.gflops == pytest.approx(160.0) and c.dtype == "float32"
+
+
+def test_measure_ceilings_keeps_the_best_round(monkeypatch) -> None:
+    """Full mode measures every ceiling in 3 rounds; a neighbour slowing some rounds must not set the figure."""
+    rounds = {"copy": iter([5.0, 9.0, 7.0]), "triad": iter([8.0, 4.0, 6.0])}
+    rounds |= {dim: iter([2.0 * dim, 3.0 * dim, 1.0 * dim]) for dim in (16, 64, 128)}
+    gemm = iter([30.0, 50.0, 40.0] * 10)
+
+    def stream(kind, level, ws, t, budget):
+        return Ceiling(kind, "bandwidth", "measured", level=level, threads=t, gbps=next(rounds[kind]))
+
+    def gather(dim, table_bytes, t, budget):
+        return Ceiling("gather", "bandwidth", "measured", level="DRAM", threads=t, gbps=next(rounds[dim]),
+                       shape=(1, dim, 32))  # fmt: skip
+
+    def gemm_(shape, dtype, t, budget):
+        return Ceiling("gemm", "compute", "measured", threads=t, dtype=dtype, shape=shape, gflops=next(gemm))
+
+    monkeypatch.setattr(ceilings, "stream_ceiling", stream)
+    monkeypatch.setattr(ceilings, "_gather_ceiling", gather)
+    monkeypatch.setattr(ceilings, "gemm_ceiling", gemm_)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fp = {"affinity_cpus": 1, "caches": {}}  # no caches known: DRAM only; no cores x MHz: no derived peak
+    got = {(c.name, c.shape[1] if c.name == "gather" else None): c for c in
+           ceilings.measure_ceilings(fp, quick=False, thread_counts=(1,))}  # fmt: skip
+    assert got[("copy", None)].gbps == 9.0 and got[("triad", None)].gbps == 8.0
+    assert [got[("gather", dim)].gbps for dim in (16, 64, 128)] == [48.0, 192.0, 384.0]  # round 2's
+    assert "best of 3 rounds" in got[("copy", None)].method

@@ -126,3 +126,38 @@ def test_rates_and_roofline() -> None:
 def test_bad_inputs_raise(bad) -> None:
     with pytest.raises(ValueError):
         bad()
+
+
+def test_roofline_below_the_ridge_is_judged_by_the_bandwidth_roof() -> None:
+    # 4000 bytes and 1000 FLOPs (intensity 0.25) in 1 µs: 4 GB/s, 1 GFLOP/s. Roofs 100 GB/s, 1000 GFLOP/s:
+    # attainable min(1000, 0.25 x 100) = 25 GFLOP/s, so 1 / 25 of the roofline; 1 / 1000 of the FLOP peak
+    c = Cost(bytes_read=3000, bytes_written=1000, flops=1000)
+    r = rates(c, 1e-6, bandwidth_gbps=100.0, peak_gflops=1000.0)
+    assert r.gbps == pytest.approx(4.0) and r.gflops == pytest.approx(1.0)
+    assert r.frac_of_roofline == pytest.approx(1 / 25) and r.frac_of_flops == pytest.approx(1 / 1000)
+    assert rates(c, 1e-6, bandwidth_gbps=100.0).frac_of_roofline == pytest.approx(0.04)  # bandwidth only
+    # no FLOPs (a copy): the roofline share is the bandwidth share, and there is no FLOP share at all
+    copy = rates(Cost(3000, 1000, 0), 1e-6, bandwidth_gbps=100.0, peak_gflops=1000.0)
+    assert copy.frac_of_roofline == pytest.approx(0.04) and copy.frac_of_flops is None
+
+
+def test_dlrm_step_with_self_interaction_by_hand() -> None:
+    # As _FORWARD's model, but the dot keeps the diagonal: (T+1)(T+2)/2 = 6 pairs, top 8 -> 1, no padding.
+    #   rows 72 / 32 / 0;  embedding-bag 104 / 32 / 8;  bottom 56 / 16 / 28
+    #   interaction  read vectors 48, write 2*8*4 = 64, flops 2*B*pairs*D = 2*2*6*2 = 48
+    #   top 8->1     read (2*8 + 8 + 1)*4 = 100, write 8, flops 2*2*8 + 2 = 34
+    got = dlrm_step_cost(2, 1, (10, 10), 2, (3, 2), (8, 1), interaction_itself=True, mode="forward")
+    assert got == Cost(72 + 104 + 56 + 48 + 100, 32 + 32 + 16 + 64 + 8, 8 + 28 + 48 + 34)
+
+
+def test_dlrm_step_with_cat_interaction_by_hand() -> None:
+    # As _FORWARD's model, but cat: the top MLP takes the 3 vectors side by side, 3*2 = 6 -> 1, no padding.
+    # Forward: rows 72/32/0, embedding-bag 104/32/8, bottom 56/16/28, interaction read 48 write 2*6*4 = 48,
+    #          top 6->1 read (2*6 + 6 + 1)*4 = 76, write 8, flops 2*2*6 + 2 = 26      -> 356 / 136 / 62
+    # Train adds: bottom backward (no dx) 40 / 32 / 28; top 6->1 backward (dy 2 + x 12 + W 6)*4 = 80 /
+    #          (dx 12 + dW 6 + db 1)*4 = 76 / 4*2*6 + 2 = 50; cat's backward is a slice of dz: read dz 2*6*4 = 48
+    #          (not the vectors again), write the vectors 48, no FLOPs; SGD on 8 + 7 = 15 parameters 120 / 60 / 30;
+    #          the tables, sparse, 200 / 96 / 16                                      -> 844 / 448 / 186
+    args = (2, 1, (10, 10), 2, (3, 2), (6, 1))
+    assert dlrm_step_cost(*args, interaction="cat", mode="forward") == Cost(356, 136, 62)
+    assert dlrm_step_cost(*args, interaction="cat", mode="train") == Cost(844, 448, 186)

@@ -212,3 +212,18 @@ def test_a_spread_just_over_the_limit_is_not_printed_equal_to_it() -> None:
     assert ratio == pytest.approx(0.104)
     assert timer._spread_warnings(Measurement(samples)) == ["noisy: IQR/median = 10.4% > 10%"]  # was '10% > 10%'
     assert timer.percent_over(0.25, 0.10) == "25%" and timer.percent_over(0.1004, 0.10) == "10.04%"
+
+
+def test_a_shrunk_block_keeps_min_reps_inside_the_budget_when_it_does_not_divide() -> None:
+    # 15 µs calls, 0.5 ms for 5 samples: 0.5 ms / (5 x 15 µs) = 6.67 calls, so 6 (6 x 15 µs x 5 = 0.45 ms);
+    # 7 would need 0.525 ms, past the budget
+    clock = FakeClock()
+    m = measure(_kernel(clock, 15e-6), clock=clock, warmup_ms=1, rep_ms=0.5, min_reps=5, check_contention=False)
+    assert m.calls_per_sample == 6
+    assert m.median_s == pytest.approx(15e-6)
+
+
+def test_overhead_share_divides_one_read_by_the_whole_block() -> None:
+    # 10 calls of 100 µs per sample: a 1 ms block, of which one 1 µs read is 0.1%
+    m = Measurement(samples_s=[100e-6] * 3, calls_per_sample=10, clock_overhead_s=1e-6)
+    assert m.overhead_frac == pytest.approx(1e-6 / 1e-3)
