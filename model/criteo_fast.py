@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from model import criteo_format
 from model.criteo_format import NUM_CAT, NUM_DENSE, read_failed
 
 try:
@@ -28,7 +29,7 @@ try:
 except ImportError:  # numba is a dependency; without it callers keep the per-line parser
     njit = None
 
-__all__ = ["AVAILABLE", "ParsedChunk", "parse_chunk", "prefetch", "read_chunks"]
+__all__ = ["AVAILABLE", "LineTooLong", "ParsedChunk", "parse_chunk", "prefetch", "read_chunks"]
 
 AVAILABLE = njit is not None
 _MAX_DIGITS = 18  # 10**18 - 1 < 2**63: more digits go to parse_line rather than risk wrapping
@@ -52,10 +53,20 @@ class ParsedChunk:
     cat_empty: np.ndarray  # (n,) uint32, bit t set when categorical t was empty
 
 
+class LineTooLong(Exception):
+    """read_chunks met a line of more than criteo_format.MAX_LINE_BYTES; the caller, who counts lines, names it."""
+
+    def __init__(self, cr: bool):
+        super().__init__("line too long")
+        self.cr = cr  # a CR in its first MAX_LINE_BYTES + 1 bytes, as criteo_format.line_too_long takes
+
+
 def read_chunks(f: BinaryIO, chunk_bytes: int, path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
     """Whole lines of `f`, about `chunk_bytes` at a time, as uint8 arrays; only the file's last line may lack `\\n`.
 
-    A line longer than `chunk_bytes` is gathered whole, as reading line by line would.
+    A line longer than `chunk_bytes` is gathered whole, as reading line by line would, up to
+    criteo_format.MAX_LINE_BYTES: past that LineTooLong is raised rather than reading on (a file without
+    LF line endings would otherwise be held in memory whole).
 
     Args:
         f: from criteo_format.open_raw.
@@ -63,6 +74,7 @@ def read_chunks(f: BinaryIO, chunk_bytes: int, path: str | os.PathLike[str]) -> 
         path: `f`'s file, named when a read fails (criteo_format.read_failed).
     """
     pending: list[bytes | memoryview] = []  # the start of the next chunk's first line
+    pending_bytes = 0
     while True:
         try:
             data = f.read(chunk_bytes)
@@ -73,9 +85,13 @@ def read_chunks(f: BinaryIO, chunk_bytes: int, path: str | os.PathLike[str]) -> 
         cut = data.rfind(b"\n") + 1
         if cut == 0:
             pending.append(data)
+            pending_bytes += len(data)
+            if pending_bytes > criteo_format.MAX_LINE_BYTES:
+                raise LineTooLong(b"\r" in b"".join(pending)[: criteo_format.MAX_LINE_BYTES + 1])
             continue
         yield np.frombuffer(b"".join([*pending, memoryview(data)[:cut]]), np.uint8)
         pending = [memoryview(data)[cut:]] if cut < len(data) else []
+        pending_bytes = len(data) - cut
     if pending:
         yield np.frombuffer(b"".join(pending), np.uint8)
 

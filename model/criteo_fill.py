@@ -10,8 +10,18 @@ from typing import Any
 
 import numpy as np
 
-from model import criteo_fast
-from model.criteo_format import NUM_CAT, NUM_DENSE, BadLine, Layout, detect_layout, iter_lines, open_raw, parse_line
+from model import criteo_fast, criteo_format
+from model.criteo_format import (
+    NUM_CAT,
+    NUM_DENSE,
+    BadLine,
+    Layout,
+    detect_layout,
+    iter_lines,
+    line_too_long,
+    open_raw,
+    parse_line,
+)
 
 __all__ = ["CHUNK_BYTES", "FILES", "BadLinePolicy", "parse_into"]
 
@@ -157,7 +167,13 @@ def _fill_compiled(raw: Path, tmp: Path, layout: Layout, bad: _BadLines, chunk_b
         f = stack.enter_context(open_raw(raw))
         chunks = criteo_fast.prefetch(criteo_fast.read_chunks(f, chunk_bytes, raw))
         stack.callback(chunks.close)  # the reading thread stops before f closes
-        for buf in chunks:
+        while True:
+            try:
+                buf = next(chunks, None)
+            except criteo_fast.LineTooLong as exc:  # every line before it is counted: it is the next one
+                raise line_too_long(raw, lines + 1, exc.cr) from None
+            if buf is None:
+                break
             if header:  # the first line; read_chunks gives whole lines
                 header = False
                 cut = int(np.argmax(buf == 10)) + 1 if (buf == 10).any() else len(buf)
@@ -165,6 +181,11 @@ def _fill_compiled(raw: Path, tmp: Path, layout: Layout, bad: _BadLines, chunk_b
                 if not len(buf):
                     continue
             c = criteo_fast.parse_chunk(buf, ord(layout.sep), layout.label_col)
+            long = np.flatnonzero(np.diff(c.starts) > criteo_format.MAX_LINE_BYTES)  # as iter_lines refuses them
+            if len(long):
+                k = int(long[0])
+                head = buf[c.starts[k] : c.starts[k] + criteo_format.MAX_LINE_BYTES + 1]
+                raise line_too_long(raw, lines + k + 1, bool((head == 13).any()))
             keep = ~c.flagged
             accepted: list[int] = []
             parsed: list[tuple] = []

@@ -13,12 +13,14 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 __all__ = [
+    "MAX_LINE_BYTES",
     "NUM_CAT",
     "NUM_DENSE",
     "BadLine",
@@ -26,6 +28,7 @@ __all__ = [
     "ParsedLine",
     "detect_layout",
     "iter_lines",
+    "line_too_long",
     "open_raw",
     "parse_line",
     "read_failed",
@@ -36,6 +39,10 @@ NUM_CAT = 26  # C1..C26
 _GZIP_MAGIC = b"\x1f\x8b"
 _SNIFF_BYTES = 8192  # read this much to tell text from binary
 _HEX = frozenset("0123456789abcdefABCDEF")
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark (Excel, pandas' utf-8-sig): skipped
+_WS = " \t\r\n\x0b\x0c"  # what may surround a field: ASCII whitespace only
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")  # ASCII, no '_', no nan/inf
+MAX_LINE_BYTES = 1 << 20  # a Criteo line is ~200 bytes: a longer one means no LF line endings, or not text
 
 
 class BadLine(ValueError):
@@ -106,9 +113,12 @@ def open_raw(path: str | os.PathLike[str]) -> BinaryIO:
     except (OSError, EOFError) as exc:
         f.close()
         raise ValueError(f"{p}: unreadable gzip data ({exc})") from None
+    if head.startswith(_BOM):
+        head = head[len(_BOM) :]
+        f.seek(len(_BOM))
     if not head:
         f.close()
-        raise ValueError(f"{p}: empty file (no data after decompression)")
+        raise ValueError(f"{p}: empty file (no data after decompression, or only a byte-order mark)")
     if b"\x00" in head:
         f.close()
         raise ValueError(f"{p}: binary file (NUL bytes in the first {len(head)} bytes), not Criteo text")
@@ -120,14 +130,28 @@ def read_failed(path: str | os.PathLike[str], exc: OSError | EOFError) -> ValueE
     return ValueError(f"{path}: read failed ({exc}); a truncated or corrupt gzip file?")
 
 
+def line_too_long(path: str | os.PathLike[str], lineno: int, cr: bool) -> ValueError:
+    """The error both parsers raise for a line longer than MAX_LINE_BYTES, before reading it whole."""
+    why = ("it has CR but no LF line endings (old Mac files): convert them, e.g. tr '\\r' '\\n'" if cr
+           else "not Criteo text?")  # fmt: skip
+    return ValueError(f"{path}:{lineno}: a line of more than {MAX_LINE_BYTES} bytes: {why}")
+
+
 def iter_lines(f: BinaryIO, path: str | os.PathLike[str]) -> Iterator[tuple[int, str, bool]]:
     """(1-based line number, text without the line ending, whether it had one: only a file's last line may
-    not); undecodable bytes become U+FFFD."""
-    try:
-        for lineno, raw in enumerate(f, 1):
-            yield lineno, raw.decode("utf-8", errors="replace").rstrip("\r\n"), raw.endswith(b"\n")
-    except (OSError, EOFError) as exc:
-        raise read_failed(path, exc) from None
+    not); undecodable bytes become U+FFFD. A line longer than MAX_LINE_BYTES is an error (line_too_long)."""
+    lineno = 0
+    while True:
+        try:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+        except (OSError, EOFError) as exc:
+            raise read_failed(path, exc) from None
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise line_too_long(path, lineno, b"\r" in raw)
+        yield lineno, raw.decode("utf-8", errors="replace").rstrip("\r\n"), raw.endswith(b"\n")
 
 
 def detect_layout(first_line: str, path: str | os.PathLike[str]) -> Layout:
@@ -172,14 +196,17 @@ def detect_layout(first_line: str, path: str | os.PathLike[str]) -> Layout:
 
 
 def _integer(text: str) -> int:
-    """An integer field: '-2', '260', or '260.0' (float-formatted CSV); ValueError otherwise."""
-    try:
+    """An integer field: '-2', '260', or '260.0' (float-formatted CSV), ASCII digits only (int() would take
+    '1_000' and other scripts' digits); ValueError otherwise."""
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    if digits.isascii() and digits.isdigit():  # as fast as int() alone: the common case
         return int(text)
-    except ValueError:
-        x = float(text)  # raises ValueError for non-numbers
-        if not math.isfinite(x) or x != int(x):
-            raise ValueError(text) from None
-        return int(x)
+    if not _FLOAT.match(text):
+        raise ValueError(text)
+    x = float(text)
+    if not math.isfinite(x) or x != int(x):
+        raise ValueError(text)
+    return int(x)
 
 
 def parse_line(line: str, layout: Layout, ended: bool = True) -> ParsedLine:
@@ -204,7 +231,7 @@ def parse_line(line: str, layout: Layout, ended: bool = True) -> ParsedLine:
                       "empty fields stripped)")  # fmt: skip
     if n < layout.num_fields:
         fields += [""] * (layout.num_fields - n)
-    label_text = fields[layout.label_col].strip()
+    label_text = fields[layout.label_col].strip(_WS)
     try:
         label = _integer(label_text)
     except ValueError:
@@ -213,21 +240,27 @@ def parse_line(line: str, layout: Layout, ended: bool = True) -> ParsedLine:
         raise BadLine(f"label {label_text!r} is not 0 or 1")
     dense = []
     for k, col in enumerate(layout.dense_cols, 1):
-        text = fields[col].strip()
+        text = fields[col].strip(_WS)
         if not text:
             dense.append(0)
             continue
         try:
-            dense.append(_integer(text))
+            value = _integer(text)
         except (ValueError, OverflowError):
             hint = ""
             if k == len(layout.dense_cols) and n == layout.num_fields - 1 and _HEX.issuperset(text.lower()):
                 hint = (f"; {n} fields and a hex value here: an unlabelled line (as in Criteo's test.txt: 13 integers, "
                         "then 26 categoricals)? training and evaluation need the label first")  # fmt: skip
             raise BadLine(f"I{k} = {text!r} is not an integer{hint}") from None
+        if len(text) > 300:  # the cache computes log(1 + x) from a float64: past ~1.8e308 (309 digits) it cannot
+            try:
+                float(value)
+            except OverflowError:
+                raise BadLine(f"I{k} = {text[:24]!r}... ({len(text)} characters) is too large for a float") from None
+        dense.append(value)
     cats = []
     for k, col in enumerate(layout.cat_cols, 1):
-        text = fields[col].strip()
+        text = fields[col].strip(_WS)
         if not text:
             cats.append(-1)
             continue
