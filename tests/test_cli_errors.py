@@ -186,3 +186,9 @@ def test_a_sweep_is_found_by_its_name(capsys):
     assert by_name == capsys.readouterr().out and "working_set=0.5*L2" in by_name
     assert main(["sweep", "no_such_sweep", "--dry-run"]) == 2
     assert "no_such_sweep" in capsys.readouterr().err  # the name as given, not a guessed path
+
+
+def test_scale_to_fit_goes_past_a_one_row_table():
+    # tables of 1, 5 and 5 rows, D=1: 44 bytes; 0.8 x 15 = 12 bytes may be used. 44 / 12 -> 4, but at 4 the
+    # tables keep 1 + 2 + 2 rows (20 bytes); at 5, 1 + 1 + 1 rows (12 bytes) fit
+    assert scale_to_fit(DLRMConfig(1, (1, 5, 5), (4, 1), (2, 1)), 15) == 5

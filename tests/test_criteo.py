@@ -495,3 +495,12 @@ def test_the_test_split_is_the_rounded_share_of_the_rows():
     assert split_rows(9, 0.3) == 6
     assert split_rows(7, 0.3) == 5
     assert split_rows(9, 0.0) == 9
+
+
+def test_modulo_rows_send_empty_fields_to_row_0():
+    # two samples; sample 1 has categorical 1 empty (bit 1) and a value that is not 0 mod 4 stored there
+    cats = np.array([[7] * 26, [13] * 26], dtype=np.uint32)
+    rows = CategoryIndex(max_ind_range=4).rows(cats, np.array([0, 0b10], dtype=np.uint32))
+    want = np.array([[3, 1]] * 26)  # 7 % 4, 13 % 4
+    want[1, 1] = EMPTY_ROW
+    assert rows.tolist() == want.tolist()

@@ -170,3 +170,14 @@ def test_a_dead_rank_makes_the_other_exit_with_a_message():
     assert rank == 0 and code == 3
     assert "rank 0: a peer rank failed or a collective timed out" in err
     assert elapsed < 100  # left by the failure, not by the end of its 1,000,000 batches (generous: spawns)
+
+
+def test_local_batch_of_a_middle_rank_ends_where_the_next_rank_starts():
+    # 7 samples over 3 ranks: 3, 2, 2; rank 1 takes samples 3 and 4 only
+    batch = RandomData((5, 6, 7), 2, 7, 7, pooling_factor=2, seed=2).batch(0)
+    placement = place_tables((5, 6, 7), 1, 3)
+    bounds = [(0, 3), (3, 5), (5, 7)]
+    for rank, (lo, hi) in enumerate(bounds):
+        mine = local_batch(batch, placement, rank)
+        torch.testing.assert_close(mine.dense, batch.dense[lo:hi])
+        torch.testing.assert_close(mine.labels, batch.labels[lo:hi])

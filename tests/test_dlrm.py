@@ -185,3 +185,13 @@ def test_each_table_starts_uniform_within_one_over_the_root_of_its_rows():
     small, large = emb.weight[:4].detach().abs(), emb.weight[4:].detach().abs()
     assert 0.4 < small.max() <= 0.5
     assert 0.09 < large.max() <= 0.1
+
+
+def test_aligned_pad_brings_the_top_input_to_a_multiple_of_16():
+    from model.dlrm import aligned_pad
+
+    assert [aligned_pad(w) for w in (367, 368, 1, 16, 17)] == [1, 0, 15, 0, 15]
+    assert aligned_pad(20, multiple=8) == 4
+    cfg = DLRMConfig(4, (5, 7, 3), (3, 4), (6, 1))  # dot, no self-interaction: 4 + 6 pairs = 10 columns
+    model = DLRM(cfg, torch.Generator().manual_seed(0))
+    assert cfg.interaction_width == 10 and model.top_pad == 6

@@ -263,3 +263,18 @@ def test_fused_sgd_bag_checks_rows_once_before_its_forward(monkeypatch):
     kernels.fused_sgd_bag(fn, weight, torch.tensor([1, 4]), torch.tensor([0, 2]), 0.1).sum().backward()
     assert seen == ["fused_sgd_bag"]  # once for the forward and the update, not again in the backward
     assert weight.detach()[[1, 4]].eq(-0.1).all() and weight.detach()[[0, 2, 3]].eq(0).all()  # each row: -lr * 1
+
+
+@pytest.mark.parametrize("name", ["numba_w1", "numba_w4"])
+def test_float64_or_strided_per_sample_weights_on_a_float32_table(name):
+    # the registry refuses a psw dtype other than the table's; NumbaBag's own methods convert it
+    weight, indices, offsets, psw = _batch(5, seed=7)
+    want = _reference(weight, indices, offsets, psw)
+    with pytest.raises(ValueError, match="match them"):
+        kernels.embedding_bag(name, weight, indices, offsets, psw.double())
+    bag = numba_bag.get_numba_bag(name)
+    for p in (psw.double(), torch.stack([psw, psw], 1)[:, 0]):  # another dtype; a non-contiguous view
+        torch.testing.assert_close(bag.forward(weight, indices, offsets, p), want, atol=ATOL, rtol=1e-5)
+        g = torch.randn(len(_LENGTHS), 5)
+        bags = torch.repeat_interleave(torch.arange(len(_LENGTHS)), torch.tensor(_LENGTHS))
+        torch.testing.assert_close(bag.lookup_grads(g, indices, offsets, p), psw[:, None] * g[bags])

@@ -285,3 +285,20 @@ def test_embedding_optimizer_from_the_cli_and_its_refusals(capsys):
     assert "--embedding-optimizer adagrad with --embedding-grad fused" in capsys.readouterr().err
     assert main([*base, "--embedding-optimizer=sgd", "--weight-decay=0.1"]) == 2
     assert "--weight-decay is implemented for --optimizer sgd only" in capsys.readouterr().err
+
+
+def test_rowwise_adagrad_torch_path_for_sparse_grads_matches_the_python_loop(monkeypatch):
+    # the path a CUDA table (or one the compiled pass declines) takes: coalesce, then row-wise update
+    import model.optim
+
+    monkeypatch.setattr(model.optim, "adagrad_rows", lambda *a, **k: False)
+    gen = torch.Generator().manual_seed(1)
+    table0 = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    steps = [(torch.tensor([1, 4, 1]), torch.randn(3, 3, generator=gen, dtype=torch.float64)),  # row 1 twice
+             (torch.tensor([4, 0]), torch.randn(2, 3, generator=gen, dtype=torch.float64))]  # fmt: skip
+    table = table0.clone().requires_grad_()
+    opt = Adagrad([{"params": [table], "tables": True}], lr=0.1, row_wise_tables=True)
+    for rows, grads in steps:
+        table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape)
+        opt.step()
+    torch.testing.assert_close(table.detach(), _rowwise_by_hand(table0, steps, lr=0.1))

@@ -16,7 +16,7 @@ from profiler.plot_style import save_figure
 from profiler.plot_throughput import throughput_figure
 from profiler.plots import make_plot, plot_settings
 from profiler.results import band, group_by, load_results, select
-from profiler.speedup import format_speedup_table, speedup_figure, speedups
+from profiler.speedup import SpeedupTable, format_speedup_table, speedup_figure, speedups
 from profiler.sweep_spec import Point
 
 TRIAD_L1, TRIAD_L2, _, GATHER, _, _ = CEILINGS
@@ -372,3 +372,26 @@ def test_roofs_are_taken_at_the_nearest_thread_count_the_higher_on_a_tie():
 
     assert drawn(2) == ["triad/L1d/3t/float32"]  # 1 and 3 are both one away: the higher, as the runner picks
     assert drawn(6) == ["triad/L1d/8t/float32"] and drawn(1) == ["triad/L1d/1t/float32"]
+
+
+def test_select_filters_match_whole_values_only():
+    rows = [{"kernel": k, "batch_size": b} for k, b in [("numba_w1", 64), ("numba_w16", 64), ("torch", 640)]]
+    assert select(rows, ["kernel=numba_w1"]) == [rows[0]]
+    assert select(rows, ["batch_size=64"]) == rows[:2]
+    assert select(rows, ["kernel=numba"]) == []
+
+
+def test_speedup_geomean_and_why_a_point_has_no_value(tmp_path):
+    table = SpeedupTable("torch", ["k"], ["a", "b", "c"], {("a", "k"): 2.0, ("b", "k"): 8.0, ("c", "k"): None})
+    assert table.geomean("k") == pytest.approx(4.0)  # sqrt(2 x 8); the failed point left out
+    rs = load_results(_one_sku(tmp_path))
+    assert speedups(rs.rows, "torch").why_missing("working_set=8K", "torch_naive") == "not run"
+
+
+def test_a_point_field_wins_over_a_derived_value_of_the_same_name(tmp_path):
+    path = tmp_path / "r.jsonl"
+    rec = {"kind": "point", "key": "p", "status": "ok", "point": {"kernel": "torch"},
+           "derived": {"kernel": "bogus", "gbps": 3.0}, "measurement": {"median_s": 1e-3}}  # fmt: skip
+    path.write_text(json.dumps({"kind": "header", "sweep": "s"}) + "\n" + json.dumps(rec) + "\n")
+    row = load_results(path).rows[0]
+    assert row["kernel"] == "torch" and row["gbps"] == 3.0

@@ -85,3 +85,21 @@ def test_rows_are_uniform_over_the_table():
     n, p = idx.numel(), 1.0 / E
     sd = math.sqrt(n * p * (1 - p))
     assert counts.numel() == E and bool(((counts - n * p).abs() <= 5 * sd).all()), counts.tolist()
+
+
+def test_the_last_batch_holds_the_remaining_samples():
+    data = RandomData((5, 3), 4, batch_size=8, data_size=20, pooling_factor=2, fixed=True)
+    batches = list(data)
+    assert [b.batch_size for b in batches] == [8, 8, 4]
+    last = batches[-1]
+    assert last.dense.shape == (4, 4) and last.labels.shape == (4,)
+    assert last.offsets.tolist() == list(range(0, 2 * 2 * 4 + 1, 2))  # 2 tables x 4 bags of exactly 2 lookups
+
+
+def test_round_targets_rounds_each_label_to_0_or_1():
+    kw = {"table_rows": (5,), "num_dense": 3, "batch_size": 200, "data_size": 400, "seed": 9}
+    for i in range(2):
+        raw = RandomData(**kw).batch(i).labels  # U[0, 1), drawn from the same seeded stream
+        rounded = RandomData(**kw, round_targets=True).batch(i).labels
+        assert set(rounded.tolist()) == {0.0, 1.0}
+        assert torch.equal(rounded, (raw >= 0.5).float())

@@ -181,6 +181,20 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys):
     assert signal.getsignal(signal.SIGINT) is handler  # the run's handler is gone again
 
 
+def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path, monkeypatch):
+    from model.checkpoint import interrupt_between_steps
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as nohup, or `cmd &` from a script
+    try:
+        with interrupt_between_steps(True) as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not stop.requested
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_a_finished_model_reloads_with_the_same_command_and_its_bias_prior(tmp_path, monkeypatch, capsys):
     _criteo(tmp_path / "c.txt")
     argv = [*_argv(tmp_path, "p", "--nepochs=1"), "--output-bias-init=prior"]
@@ -201,3 +215,19 @@ def test_a_finished_model_reloads_with_the_same_command_and_its_bias_prior(tmp_p
     out = capsys.readouterr().out
     assert "output bias: the checkpoint's (the run being resumed started it at " in out
     assert "output bias starts at" not in out
+
+
+def test_restoring_takes_the_saved_optimizer_state_but_keeps_this_runs_rates():
+    from model.checkpoint import Resume, restore_training_state
+    from model.optim import Adagrad
+
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    saved = Adagrad([p], lr=0.5)
+    p.grad = torch.tensor([3.0, -4.0])
+    saved.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    now = Adagrad([q], lr=0.1)  # the resumed run asks for another rate
+    resume = Resume(0, 1, 1, saved.state_dict(), {})
+    restore_training_state(now, None, resume, None, [("p", q)], torch.device("cpu"))
+    assert now.param_groups[0]["lr"] == 0.1
+    torch.testing.assert_close(now.state[q]["sum"], torch.tensor([9.0, 16.0]))  # g^2 of the saved step

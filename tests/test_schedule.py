@@ -142,3 +142,39 @@ def test_embedding_learning_rate_applies_to_the_tables_only_and_is_scheduled(tmp
     _assert_same_weights(model, _by_hand(optimizer, [0.1] + [0.2] * 4, emb_scale=0.25))
     plain, _ = _trained(tmp_path, optimizer=optimizer)
     assert not torch.equal(plain.embeddings.weight, model.embeddings.weight)
+
+
+def _hand_losses_and_model(batches: list, lr: float) -> tuple[list[tuple[float, int]], DLRM]:
+    """Plain SGD written out over `batches` in turn: each batch's mean BCE before its update, and its size."""
+    model = DLRM(_CFG, torch.Generator().manual_seed(7))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    out = []
+    for batch in batches:
+        p = model(batch.dense, batch.indices, batch.offsets)
+        loss = torch.nn.functional.binary_cross_entropy(p, batch.labels)
+        out.append((loss.item(), batch.batch_size))
+        opt.zero_grad()
+        loss.backward()
+        for param in model.parameters():  # torch's SGD takes no sparse gradient: densify the tables'
+            if param.grad is not None and param.grad.is_sparse:
+                param.grad = param.grad.to_dense()
+        opt.step()
+    return out, model
+
+
+def test_num_batches_cuts_every_epoch_and_printed_losses_are_per_sample_means(tmp_path):
+    # 20 samples in batches of 8: sizes 8, 8, 4; --num-batches 2 over 2 epochs trains batches 0, 1, 0, 1 only
+    data = RandomData(_CFG.table_rows, 6, 8, 20, pooling_factor=4, seed=5, round_targets=True)
+    batches = list(data)
+    assert [b.batch_size for b in batches] == [8, 8, 4]
+    path = tmp_path / "m.pt"
+    train = TrainConfig(learning_rate=0.2, seed=7, num_batches=2, nepochs=2, print_freq=3, save_model=str(path))
+    record = run(_CFG, train, data, log=lambda s: None)
+    assert record["iterations"] == 4 and record["samples"] == 32
+    hand, model = _hand_losses_and_model(batches[:2] * 2, 0.2)
+    # printed at each epoch's last batch (j + 1 == num_batches): the mean over that window's samples
+    want = [(hand[0][0] + hand[1][0]) / 2, (hand[2][0] + hand[3][0]) / 2]
+    assert record["train_loss"] == pytest.approx(want, rel=1e-5)
+    trained = DLRM(_CFG)
+    trained.load_state_dict(load_checkpoint(path, torch.device("cpu"))["state_dict"])
+    _assert_same_weights(trained, model)

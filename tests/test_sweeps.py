@@ -214,3 +214,12 @@ def test_small_calls_on_a_large_table_are_placed_by_the_rows_they_touch():
     p = Point(batch_size=2048, pooling_factor=20, num_rows=1_000_000, embedding_dim=16, working_set="0.5*L3", threads=1)
     assert run_point(p, fingerprint=fp, ceilings=ceilings, timing={"warmup_ms": 1, "rep_ms": 5})[
         "derived"]["working_set_bytes"] == 16 << 20  # fmt: skip
+
+
+def test_read_records_keeps_the_first_header_of_concatenated_files(tmp_path):
+    path = tmp_path / "r.jsonl"
+    lines = ['{"kind": "header", "sweep": "first"}', '{"key": "a", "point": {}}',
+             '{"kind": "header", "sweep": "second"}', '{"key": "b", "point": {}}']  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    got = read_records(path)
+    assert got.header == {"kind": "header", "sweep": "first"} and [r["key"] for r in got.records] == ["a", "b"]
