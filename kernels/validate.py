@@ -150,9 +150,11 @@ def validate_tables(
         )
     table_starts = offsets[:: max(batch_size, 1)] if batch_size else offsets.new_zeros(num_tables + 1)
     n = indices.numel()
-    if offsets.dim() == 1 and offsets.numel() and n and num_tables:
+    same_device = indices.device == offsets.device == table_rows.device
+    if offsets.dim() == 1 and indices.dim() == 1 and same_device and offsets.numel() and n and num_tables:
         # each index's table by binary search over the tables' ends: in range even for bad offsets, so the
-        # per-table range check joins validate_bags' one device-to-host read (one GPU sync a batch, not two)
+        # per-table range check joins validate_bags' one device-to-host read (one GPU sync a batch, not two);
+        # other shapes and devices go to validate_bags as they are, which names what is wrong
         ends = table_starts[1:].contiguous()
         positions = torch.arange(n, device=indices.device, dtype=ends.dtype)
         table_ids = torch.searchsorted(ends, positions, right=True).clamp_(max=num_tables - 1)

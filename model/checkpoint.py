@@ -181,8 +181,7 @@ class StopRequest:
 def interrupt_between_steps(enabled: bool) -> Iterator[StopRequest]:
     """While enabled, a first Ctrl-C (SIGINT) only asks the loop to stop after the step in hand, so
     the checkpoint it saves holds whole steps; a second one interrupts at once. A process that started
-    with SIGINT ignored (nohup, or `cmd &` from a script, shielding it from the terminal's Ctrl-C)
-    keeps ignoring it."""
+    with SIGINT ignored (`cmd &` from a script, shielding it from the terminal's Ctrl-C) keeps ignoring it."""
     stop = StopRequest()
     main_thread = threading.current_thread() is threading.main_thread()
     if not enabled or not main_thread or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:

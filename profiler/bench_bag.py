@@ -214,16 +214,14 @@ def bag_batches(
     One batch reused call after call touches only its own B x L rows, which then sit in cache
     whatever the table's size; rotating makes the table, not one batch, the working set.
     """
-    from profiler.workload import rotation_batches, sample_rows
+    from profiler.workload import rotation_batches
 
     n = batch_size * pooling
     count = rotation_batches(rows, n)
-    kind, _ = parse_distribution(distribution)
-    g = torch.Generator().manual_seed(seed)
-    ranks = sample_rows(distribution, rows, count * n, g)
-    if kind != "uniform":  # one placement for every batch: the hot rows stay hot from call to call
-        ranks = torch.randperm(rows, generator=g)[ranks]
-    return list(ranks.to(dtype).view(count, n).unbind(0))
+    # drawn as one call of count x B bags: one placement of the Zipf ranks for every batch, so the hot
+    # rows stay hot from call to call
+    idx, _ = make_bags(count * batch_size, rows, pooling, distribution, seed, dtype)
+    return list(idx.view(count, n).unbind(0))
 
 
 def point_cost(p: BagPoint) -> Cost:

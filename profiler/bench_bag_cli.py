@@ -380,7 +380,7 @@ def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
         default=[1],
         help="threads (torch and numba), comma-separated (default 1; bench dlrm's default is torch's)",
     )
-    p.add_argument("--huge-pages", type=_parse_on_off, default=[False], help="table on transparent huge pages: on,off")
+    p.add_argument("--huge-pages", type=_parse_on_off, default="off", help="table on transparent huge pages: on,off")
     p.add_argument("--index-dtype", type=parse_choice_list(("int64", "int32")), default=["int64"], help="int64,int32")
     p.add_argument("--backward", action="store_true", help="time forward + backward + SGD update")
     p.add_argument(

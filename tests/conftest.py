@@ -1,5 +1,5 @@
 """Tests that press Ctrl-C (a SIGINT to this process) need Python's own handler, whatever pytest started with:
-a shell's `cmd &` or nohup starts it with SIGINT ignored, which the trainer then keeps ignoring."""
+a script's `cmd &` starts it with SIGINT ignored, which the trainer then keeps ignoring."""
 
 from __future__ import annotations
 

@@ -65,6 +65,7 @@ def test_help_shows_each_default_once_as_typed(capsys):
     bag = text("bench", "embedding-bag")
     assert "--embedding-dim EMBEDDING_DIM D (default: 64)" in bag  # the parsed list [64], shown as typed
     assert "--index-dtype INDEX_DTYPE int64,int32 (default: int64)" in bag
+    assert "--huge-pages HUGE_PAGES table on transparent huge pages: on,off (default: off)" in bag  # typeable
     assert "--backward time forward + backward + SGD update --" in bag  # a flag: no default
     train = text("train")
     assert "--nepochs NEPOCHS (default: 1)" in train

@@ -119,7 +119,7 @@ def test_a_rank_that_never_joins_makes_the_other_exit_with_a_message():
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     argv = ["train", "--preset=tiny", "--mini-batch-size=8", "--num-batches=2", "--data-size=8",
-            "--dist-backend=gloo", "--dist-timeout=3"]  # fmt: skip
+            "--dist-backend=gloo", "--dist-timeout=1"]  # fmt: skip
     proc = ctx.Process(target=_cli_rank, args=(0, free_port(), argv, 0.0, out))  # rank 1 of 2 never starts
     proc.start()
     rank, code, err, elapsed = out.get(timeout=120)

@@ -163,3 +163,13 @@ def test_registry_lookup_errors():
     assert {"torch", "torch_naive"} <= set(names)
     with pytest.raises(NotImplementedError, match="only 'sum'"):
         kernels.get("torch_naive").fn(torch.zeros(2, 2), torch.tensor([0]), torch.tensor([0, 1]), None, "mean")
+
+
+def test_validate_tables_names_a_bad_shape_or_device_before_its_range_check():
+    rows, offsets = torch.tensor([5, 5]), torch.tensor([0, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"indices must be 1-D, got shape \(2, 2\)"):
+        kernels.validate_tables(rows, torch.tensor([[0, 1], [2, 3]]), offsets, 2)
+    with pytest.raises(ValueError, match="offsets on cpu, but the indices on meta: every input must be on one device"):
+        kernels.validate_tables(rows, torch.zeros(4, dtype=torch.int64, device="meta"), offsets, 2)
+    with pytest.raises(ValueError, match=r"table 1.*out of range"):  # and a good shape still gets its range checked
+        kernels.validate_tables(rows, torch.tensor([0, 1, 4, 5]), offsets, 2)

@@ -184,7 +184,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys):
 def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path, monkeypatch):
     from model.checkpoint import interrupt_between_steps
 
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as nohup, or `cmd &` from a script
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `cmd &` from a script
     try:
         with interrupt_between_steps(True) as stop:
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
