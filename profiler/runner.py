@@ -209,6 +209,8 @@ def _run_bag(
     # the timed calls below run unchecked: every batch shares the offsets and the length, so one full check
     # and one range check over all of them (65,536 batches one by one took 1.7 s)
     kernels.validate_bags(weight.shape[0], batches[0], offsets)
+    if any(b.shape != batches[0].shape for b in batches):
+        raise ValueError("index batches of unequal lengths: each must match the offsets' last entry")
     if len(batches) > 1:
         every = torch.cat(batches)
         kernels.validate_bags(weight.shape[0], every, torch.tensor([0, every.numel()], device=every.device))
