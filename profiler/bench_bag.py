@@ -129,7 +129,7 @@ def check_memory(p: BagPoint) -> None:
     def check(rows: int) -> None:
         mode = "backward" if p.backward else "forward"
         check_point(Point(kernel=p.kernel, batch_size=p.batch_size, num_rows=rows, embedding_dim=p.embedding_dim,
-                          pooling_factor=p.pooling_factor, mode=mode), rows)  # fmt: skip
+                          pooling_factor=p.pooling_factor, mode=mode), rows, touched_mask=False)  # fmt: skip
 
     try:
         check(p.num_rows)

@@ -72,8 +72,9 @@ def hot_rows(point: Point, working_set_bytes: int | None) -> int:
     return max(1, min(point.num_rows, working_set_bytes // per_row))
 
 
-def estimate_bytes(point: Point, hot: int) -> int:
-    """Memory the point will allocate (tables, indices, outputs, gradients, sampling tables)."""
+def estimate_bytes(point: Point, hot: int, touched_mask: bool = True) -> int:
+    """Memory the point will allocate (tables, indices, outputs, gradients, sampling tables, and with
+    `touched_mask` the mask make_bag_inputs counts touched rows in; bench embedding-bag has none)."""
     T, E, D, B, L = point.num_tables, point.num_rows, point.embedding_dim, point.batch_size, point.pooling_factor
     if point.target == "all_to_all":
         # over all ranks: pooled inputs, outputs, their gradients and the exchange's buffers (T x B x D
@@ -81,7 +82,8 @@ def estimate_bytes(point: Point, hot: int) -> int:
         return 6 * T * B * D * 4 + point.world_size * (200 << 20)
     n = T * B * L
     total = T * E * D * 4 + n * 8 * (1 + num_batches(point, hot)) + T * B * D * 4 * 3 + E * 8 + hot * 8
-    total += T * E  # the mask counting the rows the batches touch
+    if touched_mask:
+        total += T * E  # one byte a row
     if point.mode in ("backward", "train"):
         total += n * D * 4  # a per-lookup gradient, for kernels that build one
     if point.target == "dlrm":
@@ -89,8 +91,8 @@ def estimate_bytes(point: Point, hot: int) -> int:
     return total
 
 
-def check_memory(point: Point, hot: int) -> None:
-    need, avail = estimate_bytes(point, hot), psutil.virtual_memory().available
+def check_memory(point: Point, hot: int, touched_mask: bool = True) -> None:
+    need, avail = estimate_bytes(point, hot, touched_mask), psutil.virtual_memory().available
     if need > _MEMORY_FRACTION * avail:
         raise MemoryError(
             f"needs about {need / 2**30:.2f} GiB but {avail / 2**30:.2f} GiB is available; refused before allocating"

@@ -262,3 +262,13 @@ def test_a_dlrm_point_is_judged_by_its_share_of_the_gemm_roof():
     d = rec["derived"]
     assert d["ceiling"] == gemm.key and d["ceiling_value"] == 100.0
     assert d["frac_of_ceiling"] == pytest.approx(d["flops"] / rec["median_s"] / 1e9 / 100.0)
+
+
+def test_memory_estimate_by_hand_with_and_without_the_touched_rows_mask():
+    from profiler.workload import estimate_bytes
+
+    p = Point(batch_size=2, pooling_factor=3, num_rows=1000, embedding_dim=4, num_tables=2)
+    # tables 2 x 1000 x 4 x 4 = 32,000; n = 12 lookups, int64, in ceil(2 x 1000 / 6) = 334 batches + 1: 32,160;
+    # outputs 3 x 2 x 2 x 4 x 4 = 192; sampling tables 1000 x 8 twice = 16,000; the mask, a byte a row: 2,000
+    assert estimate_bytes(p, 1000) == 32_000 + 32_160 + 192 + 16_000 + 2_000
+    assert estimate_bytes(p, 1000, touched_mask=False) == 32_000 + 32_160 + 192 + 16_000
