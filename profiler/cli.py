@@ -85,8 +85,9 @@ def _finish(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
     raw = issubclass(parser.formatter_class, argparse.RawDescriptionHelpFormatter)
     parser.formatter_class = _RawDefaultsFormatter if raw else _DefaultsFormatter
     for action in parser._actions:
-        if not action.help and _shown_default(action) is not None:  # argparse prints nothing for help-less options
-            action.help = f"(default: {_shown_default(action)})"
+        shown = _shown_default(action)
+        if not action.help and shown is not None:  # argparse prints nothing for help-less options
+            action.help = f"(default: {shown})"
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs and path:
         parser.set_defaults(command_path=" ".join(path))

@@ -16,7 +16,7 @@ from typing import Any
 
 from profiler.ceilings import Ceiling
 from profiler.store import latest_per_key, read_records
-from profiler.sweep_spec import Point
+from profiler.sweep_spec import Point, cache_sizes
 
 __all__ = [
     "POINT_FIELDS",
@@ -55,12 +55,8 @@ class Machine:
         return machine_name(self.fingerprint, self.sku_id)
 
     def cache_sizes_bytes(self) -> dict[str, int]:
-        """Level -> bytes one thread sees (one instance of each level), as the runner resolves them."""
-        out = {}
-        for level, c in self.fingerprint.get("caches", {}).items():
-            if level in ("L1d", "L2", "L3") and c.get("size_bytes"):
-                out[level] = int(c["size_bytes"])  # one instance: what a thread can fill (runner.cache_sizes)
-        return out
+        """Level -> bytes one thread sees, as the runner resolves them (sweep_spec.cache_sizes)."""
+        return cache_sizes(self.fingerprint)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import kernels
 from profiler.ceilings import Ceiling
 from profiler.collective import CollectiveFailure
 from profiler.metrics import Cost, dlrm_step_cost, embedding_bag_cost, fused_sgd_cost, rates
-from profiler.sweep_spec import Point, check_sizes, format_bytes, resolve_bytes
+from profiler.sweep_spec import Point, cache_sizes, check_sizes, format_bytes, resolve_bytes
 from profiler.timer import measure
 from profiler.workload import check_memory, hot_rows, make_bag_inputs
 
@@ -31,18 +31,6 @@ __all__ = ["PointTimeout", "cache_sizes", "pick_ceiling", "run_point"]
 
 class PointTimeout(Exception):
     pass
-
-
-def cache_sizes(fingerprint: dict[str, Any]) -> dict[str, int]:
-    """Level -> bytes one thread sees: one instance of each (L1d and L2 per core, L3 per socket / CCX).
-
-    A core allocates only into its own L3 instance (a socket's, or on AMD Zen a CCD's), so several
-    instances do not add up to a bigger cache for any one thread."""
-    out = {}
-    for level, c in fingerprint.get("caches", {}).items():
-        if level in ("L1d", "L2", "L3"):
-            out[level] = int(c["size_bytes"])
-    return out
 
 
 def _level_of(ws_bytes: int | None, caches: dict[str, int]) -> str:

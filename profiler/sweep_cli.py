@@ -105,20 +105,19 @@ def _run_points(
     point_timeout_s: float,
     progress: bool,
 ) -> dict[str, int]:
-    status = {} if force else store.latest_status()
+    latest = [] if force else latest_per_key(store)  # one read of the file
+    status = {r["key"]: str(r.get("status")) for r in latest}
     flush = int(spec.timing.get("flush_bytes", 0))
     stale = {  # stored ok at another cache state ([timing] flush_bytes changed): measured again, not kept
         r["key"]
-        for r in latest_per_key(store)
+        for r in latest
         if r.get("status") == "ok" and int((r.get("measurement") or {}).get("flush_bytes", 0)) != flush
     }
-    done = {k for k, v in status.items() if v == "ok" and k not in stale}
-    if stale & {p.key() for p in points}:
-        print(
-            f"note: measuring again {len(stale & {p.key() for p in points})} point(s) stored with another "
-            f"flush_bytes than [timing]'s {flush}",
-            flush=True,
-        )
+    done = {k for k, v in status.items() if v == "ok"} - stale
+    again = stale & {p.key() for p in points}
+    if again:
+        print(f"note: measuring again {len(again)} point(s) stored with another flush_bytes than [timing]'s {flush}",
+              flush=True)  # fmt: skip
     retry = sum(status.get(p.key()) not in (None, "ok") for p in points)
     if retry:
         print(f"note: measuring again {retry} point(s) stored as failed", flush=True)

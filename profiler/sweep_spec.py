@@ -34,6 +34,7 @@ __all__ = [
     "Point",
     "SweepSpec",
     "Target",
+    "cache_sizes",
     "check_sizes",
     "expand",
     "format_bytes",
@@ -219,6 +220,16 @@ def format_bytes(n: float) -> str:
             v = n / size
             return f"{v:.3g} {unit}" if abs(v) < 100 else f"{v:.0f} {unit}"
     return f"{n:.0f} B"
+
+
+def cache_sizes(fingerprint: dict[str, Any]) -> dict[str, int]:
+    """Level -> bytes one thread sees, from a fingerprint: one instance of each (L1d and L2 per core, L3 per
+    socket / CCD). A core allocates only into its own L3 instance, so instances do not add up for a thread."""
+    return {
+        level: int(c["size_bytes"])
+        for level, c in fingerprint.get("caches", {}).items()
+        if level in ("L1d", "L2", "L3") and c.get("size_bytes")
+    }
 
 
 def resolve_bytes(expr: str, caches: dict[str, int], *, where: str = "working_set") -> int | None:

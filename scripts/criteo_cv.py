@@ -240,12 +240,11 @@ def _external(args: argparse.Namespace, flags: list[str], seeds: list[int], p: a
         except ValueError as exc:
             p.error(str(exc))
         cache = Path(tmp) / "cache"
-        runs, scores = [], []
+        scores = []
         for seed in seeds:
             labels, s = _dlrm_scores(["train", "--data-generation=dataset", f"--raw-data-file={raw}",
                                       f"--test-raw-data-file={test}", f"--processed-data-file={cache}",
                                       f"--numpy-rand-seed={seed}", *flags], Path(tmp) / "p.csv")  # fmt: skip
-            runs.append((seed, quality(labels, s).to_dict(), s))
             scores.append(s)
         lr = _baseline(raw, cache, 0.0, Path(tmp) / "lr.json", test)
         lr_labels, lr_scores = read_predictions(Path(tmp) / "lr.csv")
@@ -255,8 +254,8 @@ def _external(args: argparse.Namespace, flags: list[str], seeds: list[int], p: a
           f"{len(tests)} other file(s); the baseline: auc {lr['auc']:.4f}, logloss {lr['logloss']:.4f} "
           f"(l2 {lr['l2']:g})")  # fmt: skip
     print(f"{'model':>10} {'auc':>7} {'logloss':>8} {'d auc (DeLong se), p':>24} {'d logloss (se)':>17}")
-    rows = [(f"seed {seed}", q, s) for seed, q, s in runs]
-    rows.append(("ensemble", quality(labels, np.mean(scores, 0)).to_dict(), np.mean(scores, 0)))
+    named = [*((f"seed {seed}", s) for seed, s in zip(seeds, scores, strict=True)), ("ensemble", np.mean(scores, 0))]
+    rows = [(name, quality(labels, s).to_dict(), s) for name, s in named]
     for name, q, s in rows:
         da, dl = auc_difference(labels, s, lr_scores), logloss_difference(labels, s, lr_scores)
         q |= {"auc_difference": da.to_dict(), "logloss_difference": dl.to_dict()}
