@@ -2,10 +2,13 @@
 
 The unit tests check the timer's arithmetic with a fake clock; this measures its cost on the
 machine. A kernel (torch.sum over a float32 vector, sized at start so one call takes about the
-target time) is timed two ways in alternating rounds: a bare loop (perf_counter around each of
-20 blocks of calls; median block mean, the timer's own statistic) and `measure()`.
+target time) is timed two ways in each round: a bare loop (perf_counter around blocks of calls as
+long as the timer's, ~1 ms; median block mean, the timer's own statistic) and `measure()`, each
+after the same warm-up, the bare loop first in even rounds and second in odd ones, so neither
+always runs on the warmer machine.
 Overhead = timer median / bare median - 1, per round and as the median over rounds; the
-issue's goal is below 1% at 100 µs, and the command ends with a verdict line against it.
+issue's goal is below 1% at 100 µs. The verdict is two-sided: a timer reading 1% below the bare
+loop is as far off the kernel's time as one reading 1% above.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import torch
 from profiler.bench_bag_cli import parse_positive_int
 from profiler.cli import check_output_path
 from profiler.store import write_json_atomic
-from profiler.timer import _set_threads, measure
+from profiler.timer import _calls_per_sample, _set_threads, measure
 
 __all__ = ["GOAL_OVERHEAD", "add_bench_targets", "bench_timer"]
 
+_WARMUP_S = 0.020  # before each loop, bare and timed alike
 GOAL_OVERHEAD = 0.01  # the issue's (and the README's) goal: the timer adds under 1% to a ~100 µs kernel
 
 
@@ -65,19 +69,20 @@ def bench_timer(
         t0 = time.perf_counter()
         for _ in range(20):
             fn()
-        calls = _calls(budget_ms * 1e-3, target_us * 1e-6, (time.perf_counter() - t0) / 20)
-        per_block = calls // 20
+        per_call_s = (time.perf_counter() - t0) / 20
+        calls = _calls(budget_ms * 1e-3, target_us * 1e-6, per_call_s)
+        # blocks as long as the timer's own (~1 ms): the median of short blocks dodges more of a busy
+        # machine's interruptions than that of long ones, which read 1-2% slower here
+        per_block = max(1, min(calls, _calls_per_sample(per_call_s, budget_ms * 1e-3, 5, flush=False)))
+        blocks = max(20, calls // per_block)
         bare, timed, overhead_est = [], [], []
-        for _ in range(rounds):
-            fn()
-            blocks = []
-            for _ in range(20):  # the same statistic as the timer's (median of block means), minimal machinery
-                t0 = time.perf_counter()
-                for _ in range(per_block):
-                    fn()
-                blocks.append((time.perf_counter() - t0) / per_block)
-            bare.append(statistics.median(blocks))
-            m = measure(fn, warmup_ms=20.0, rep_ms=budget_ms, threads=threads, check_contention=False)
+        for i in range(rounds):
+            if i % 2:
+                m = measure(fn, warmup_ms=_WARMUP_S * 1e3, rep_ms=budget_ms, threads=threads, check_contention=False)
+                bare.append(_bare_median(fn, per_block, blocks))
+            else:
+                bare.append(_bare_median(fn, per_block, blocks))
+                m = measure(fn, warmup_ms=_WARMUP_S * 1e3, rep_ms=budget_ms, threads=threads, check_contention=False)
             timed.append(m.median_s)
             overhead_est.append(m.overhead_frac)
         per_round = [t / b - 1.0 for t, b in zip(timed, bare, strict=True)]
@@ -90,11 +95,26 @@ def bench_timer(
             "timer_median_s": statistics.median(timed),
             "overhead_per_round": per_round,
             "overhead": statistics.median(per_round),
-            "within_goal": statistics.median(per_round) < GOAL_OVERHEAD,
+            "within_goal": abs(statistics.median(per_round)) < GOAL_OVERHEAD,
             "clock_share_estimate": statistics.median(overhead_est),
         }
     finally:
         undo()
+
+
+def _bare_median(fn: Any, per_block: int, blocks: int) -> float:
+    """The same statistic as the timer's (median of block means), with minimal machinery, after the
+    same 20 ms of warm-up calls the timer makes."""
+    t_end = time.perf_counter() + _WARMUP_S
+    while time.perf_counter() < t_end:
+        fn()
+    means = []
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        for _ in range(per_block):
+            fn()
+        means.append((time.perf_counter() - t0) / per_block)
+    return statistics.median(means)
 
 
 def _check(target_us: float, rounds: int) -> None:
@@ -115,12 +135,15 @@ def _parse_target_us(text: str) -> list[float]:
 
 
 def _verdict(rows: list[dict[str, Any]]) -> str:
-    """One line: each kernel's median overhead against GOAL_OVERHEAD."""
-    parts = [
-        f"{'within' if r['within_goal'] else 'OVER'} at {r['bare_median_s'] * 1e6:.1f} µs ({r['overhead']:+.2%})"
-        for r in rows
-    ]
-    return f"verdict, goal overhead < {GOAL_OVERHEAD:.0%}: {'; '.join(parts)}"
+    """One line: each kernel's median overhead against GOAL_OVERHEAD, either way."""
+    parts = [f"{_word(r)} at {r['bare_median_s'] * 1e6:.1f} µs ({r['overhead']:+.2%})" for r in rows]
+    return f"verdict, goal |overhead| < {GOAL_OVERHEAD:.0%}: {'; '.join(parts)}"
+
+
+def _word(row: dict[str, Any]) -> str:
+    if abs(row["overhead"]) < GOAL_OVERHEAD:
+        return "within"
+    return "OVER" if row["overhead"] > 0 else "UNDER (the timer reads below the bare loop)"
 
 
 def _cmd(args: argparse.Namespace) -> int:
