@@ -30,9 +30,18 @@ class Batch:
 
     def table(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Table t's (indices, offsets), offsets rebased to start at 0."""
+        return self.tables([t])[0]
+
+    def tables(self, ts: list[int] | tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Tables ts' (indices, offsets), as `table` gives them. The tables' bounds are read to the host
+        in one copy: slicing by 0-d device tensors would wait on the device twice per table."""
         B = self.batch_size
-        offs = self.offsets[t * B : (t + 1) * B + 1]
-        return self.indices[offs[0] : offs[-1]], offs - offs[0]
+        if B == 0:  # no bags: every table's slice is empty
+            return [(self.indices[:0], self.offsets[:1] - self.offsets[:1]) for _ in ts]
+        bounds = self.offsets[::B].tolist() if ts else []  # T + 1 values: where each table's lookups start
+        return [
+            (self.indices[bounds[t] : bounds[t + 1]], self.offsets[t * B : (t + 1) * B + 1] - bounds[t]) for t in ts
+        ]
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(t.to(device, non_blocking=True) for t in (self.dense, self.indices, self.offsets, self.labels)))

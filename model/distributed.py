@@ -236,7 +236,7 @@ def local_batch(batch: Batch, placement: Placement, rank: int) -> Batch:
     B = batch.batch_size
     sizes = batch_slices(B, len(placement.tables))
     start = sum(sizes[:rank])
-    parts = [batch.table(t) for t in placement.tables[rank]]
+    parts = batch.tables(placement.tables[rank])
     indices = torch.cat([i for i, _ in parts]) if parts else batch.indices[:0]
     lengths = torch.cat([o.diff() for _, o in parts])
     offsets = torch.zeros(lengths.numel() + 1, dtype=batch.offsets.dtype, device=lengths.device)  # cumsum's out

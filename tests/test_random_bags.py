@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from model.data import RandomData
+from model.data import Batch, RandomData
 
 # every table with every L: E < L, E > L, E == L, a 1-row table, L = 1, a 2-row table (length 1 or 2 only)
 _ROWS, _POOLING = (3, 100, 5, 1, 50, 2), (1, 5, 7, 9)
@@ -103,3 +103,21 @@ def test_round_targets_rounds_each_label_to_0_or_1():
         rounded = RandomData(**kw, round_targets=True).batch(i).labels
         assert set(rounded.tolist()) == {0.0, 1.0}
         assert torch.equal(rounded, (raw >= 0.5).float())
+
+
+def test_tables_slice_each_tables_bags_by_hand():
+    # B = 2, T = 3; bags: t0 [10], [11 12]; t1 [], [20]; t2 [30 31], []
+    batch = Batch(
+        torch.zeros(2, 1),
+        torch.tensor([10, 11, 12, 20, 30, 31]),
+        torch.tensor([0, 1, 3, 3, 4, 6, 6]),
+        torch.zeros(2),
+    )
+    got = [(i.tolist(), o.tolist()) for i, o in batch.tables([2, 0, 1])]
+    assert got == [([30, 31], [0, 2, 2]), ([10, 11, 12], [0, 1, 3]), ([20], [0, 0, 1])]
+    assert [(i.tolist(), o.tolist()) for i, o in [batch.table(1)]] == [([20], [0, 0, 1])]
+    assert batch.tables([]) == []
+    empty = Batch(
+        torch.zeros(0, 1), torch.zeros(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64), torch.zeros(0)
+    )
+    assert [(i.tolist(), o.tolist()) for i, o in empty.tables([0, 1])] == [([], [0]), ([], [0])]
