@@ -30,6 +30,7 @@ import torch
 
 from kernels.autograd import differentiable
 from kernels.registry import Backend, register, register_unavailable
+from kernels.validate import INT32_MAX
 
 __all__ = [
     "EXTENSION_NAME",
@@ -49,7 +50,6 @@ SOURCES = ("embedding_bag.cu", "binding.cpp")  # compiled; the kernels are in em
 EXTENSION_NAME = "dlrmbench_embedding_bag"
 _DTYPES = (torch.float32, torch.float64)  # the kernels' scalar types: float4 / double2 row loads
 _REQUIRES = "a CUDA device, torch built with CUDA, nvcc (CUDA_HOME) of torch's CUDA major version, and ninja"
-_INT32_MAX = torch.iinfo(torch.int32).max
 
 _extension: ModuleType | None = None
 _build_error: str | None = None  # a failed build's message: raised again instead of rebuilding
@@ -215,7 +215,7 @@ def _psw(psw: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
 
 def _offsets(where: str, offsets: torch.Tensor, index_dtype: torch.dtype, num_indices: int) -> torch.Tensor:
     """Offsets in the indices' dtype (the kernels take one index type); refused where int32 would wrap."""
-    if index_dtype == torch.int32 and num_indices > _INT32_MAX:
+    if index_dtype == torch.int32 and num_indices > INT32_MAX:
         raise NotImplementedError(
             f"cuda {where}: {num_indices:,} int32 indices: offsets up to that overflow int32; pass int64 indices"
         )

@@ -19,6 +19,7 @@ import torch
 from kernels.autograd import differentiable
 from kernels.registry import Backend, register, register_unavailable
 from kernels.update import numba_threads
+from kernels.validate import INT32_MAX
 
 try:
     import numba
@@ -51,7 +52,6 @@ def _kernels(width: int, index_bits: int, float_bits: int = 32) -> numba_simd.Nu
     return numba_simd.build(width, index_bits, float_bits)
 
 
-_INT32_MAX = 2**31 - 1  # past this many lookups, offsets need int64 (and the indices widen with them)
 _FLOAT_BITS = {torch.float32: 32, torch.float64: 64}
 _INDEX_BITS = {torch.int32: 32, torch.int64: 64}
 
@@ -109,7 +109,7 @@ class NumbaBag:
     ) -> None:
         rows, dim = weight.shape
         if offsets.dtype != indices.dtype:  # one index type for the loop: offsets reach N, so past int32 widen
-            if indices.numel() > _INT32_MAX:
+            if indices.numel() > INT32_MAX:  # offsets need int64 (and the indices widen with them)
                 indices, offsets = indices.long(), offsets.long()
             else:
                 offsets = offsets.to(indices.dtype)

@@ -7,7 +7,9 @@ import torch
 
 from kernels.update import numba_threads
 
-__all__ = ["fused_rows", "validate_bags", "validate_tables"]
+__all__ = ["INT32_MAX", "fused_rows", "validate_bags", "validate_tables"]
+
+INT32_MAX = 2**31 - 1  # past this many rows or lookups, int32 indices and offsets no longer fit
 
 try:
     import numba

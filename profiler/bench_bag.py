@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kernels.validate import INT32_MAX
 from profiler.metrics import Cost, embedding_bag_cost, fused_sgd_cost
 from profiler.timer import Measurement
 
@@ -60,9 +61,9 @@ class BagPoint:
             raise ValueError(f"{self}: batch size, rows, dim, pooling factor and threads must be >= 1")
         if self.index_dtype not in ("int32", "int64"):
             raise ValueError(f"index_dtype={self.index_dtype!r}: allowed: int32, int64")
-        if self.index_dtype == "int32" and self.num_rows > 2**31 - 1:
+        if self.index_dtype == "int32" and self.num_rows > INT32_MAX:
             raise ValueError(f"num_rows={self.num_rows} does not fit int32 indices")
-        if self.index_dtype == "int32" and self.batch_size * self.pooling_factor > 2**31 - 1:
+        if self.index_dtype == "int32" and self.batch_size * self.pooling_factor > INT32_MAX:
             raise ValueError(f"batch_size x pooling_factor = {self.batch_size * self.pooling_factor:,} lookups: "
                              "their offsets do not fit int32 (use --index-dtype int64)")  # fmt: skip
         parse_distribution(self.distribution)

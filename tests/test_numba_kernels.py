@@ -201,7 +201,7 @@ def test_without_numba_the_widths_list_as_unavailable():
 def test_mixed_index_types_past_int32_lookups_widen_not_wrap(name, monkeypatch):
     # int32 indices with int64 offsets used to narrow the offsets to int32; past 2^31 - 1 lookups they wrapped
     # (a silently wrong sum, or a read out of bounds). The limit is lowered here so 13 lookups cross it.
-    monkeypatch.setattr(numba_bag, "_INT32_MAX", 4)
+    monkeypatch.setattr(numba_bag, "INT32_MAX", 4)
     built = numba_bag._kernels
     bits = []
     monkeypatch.setattr(numba_bag, "_kernels", lambda w, ib, fb=32: (bits.append(ib), built(w, ib, fb))[1])
