@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from model.criteo_cache import BadLinePolicy, default_cache_dir, preprocess
 from model.criteo_format import NUM_CAT
@@ -17,6 +18,9 @@ from profiler.store import write_json_atomic, write_text_atomic
 
 __all__ = ["add_commands", "trace_dump", "trace_generate", "trace_profile"]
 
+# peak bytes per generated access: the stream's slots and tree (2 x 2 x 8, grown to twice the count), the rows
+# and draws (2 x 8), and the text written (a Python int and its string per row, about 100)
+_GENERATE_BYTES_PER_ACCESS = 160
 _CDF_ROWS_SHOWN = 12  # distances printed before the CDF table is elided
 
 
@@ -83,6 +87,13 @@ def trace_generate(args: argparse.Namespace) -> int:
     if args.count < 1 or args.rows < 1:
         raise ValueError("--count and --rows must be >= 1")
     _check_outputs(args, "out")
+    avail = psutil.virtual_memory().available
+    if args.count * _GENERATE_BYTES_PER_ACCESS > 0.8 * avail:  # else numpy's MemoryError, or the OOM killer
+        raise ValueError(
+            f"--count {args.count:,}: about {args.count * _GENERATE_BYTES_PER_ACCESS / 2**30:,.1f} GiB to generate and "
+            f"write, {avail / 2**30:.1f} GiB available; at most {int(0.8 * avail) // _GENERATE_BYTES_PER_ACCESS:,} "
+            "accesses fit"
+        )
     prof = StackDistanceProfile.read(args.profile)
     cdf = prof.normalized_cdf()
     first = float(cdf[0]) if prof.distances[0] == 0 else 0.0  # share of first accesses (distance 0)

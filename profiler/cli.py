@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, NotImplementedError) as exc:
         print(f"{where}: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:  # an allocation no check foresaw (numpy's names its size)
+        print(f"{where}: error: out of memory: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # a file or folder the command reads or writes, named in the message
         print(f"{where}: error: {_os_error_text(exc)}", file=sys.stderr)
         return 2

@@ -93,7 +93,7 @@ def label_sides(sets: list[ResultSet], sources: list[str] | None = None) -> list
         m = s.machines[sku]
         machine = _Side(m.sku_id, m.fingerprint, m.ceilings, source=src)
         rows = [{**r, "sku_id": side, "machine_name": machine.name} for r in s.rows]
-        out.append(ResultSet(rows, {side: machine}, s.files, s.torn_lines, s.excluded_contended))
+        out.append(ResultSet(rows, {side: machine}, s.files, s.torn_lines, s.excluded_contended, s.torn_notes))
     return out
 
 
@@ -298,7 +298,8 @@ def _cmd(args: argparse.Namespace) -> int:
     sets = []
     for path in args.results:
         s = load_results(path, include_contended=not args.exclude_contended)
-        sets.append(ResultSet(select(s.rows, filters), s.machines, s.files, s.torn_lines, s.excluded_contended))
+        rows = select(s.rows, filters)
+        sets.append(ResultSet(rows, s.machines, s.files, s.torn_lines, s.excluded_contended, s.torn_notes))
     sets = label_sides(sets, list(args.results))
     aligned, skus = align(sets)
     machines = {k: v for s in sets for k, v in s.machines.items()}

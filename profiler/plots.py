@@ -172,7 +172,7 @@ def _cmd(args: argparse.Namespace) -> int:
     for note in out.notes:
         print(f"note: {note}", file=sys.stderr)
     if results.torn_lines:
-        print(f"note: skipped {results.torn_lines} torn or malformed line(s) in {args.results}", file=sys.stderr)
+        print(f"note: skipped {results.torn_summary()}", file=sys.stderr)
     if results.excluded_contended:
         print(f"note: left out {results.excluded_contended} contended point(s)", file=sys.stderr)
     print("wrote " + ", ".join(map(str, out.paths)))

@@ -197,8 +197,7 @@ def write_report(
     else:
         blocks.append(("p", "No ceilings stored; run `dlrmbench machine --ceilings` for the roofline."))
     if results.torn_lines:
-        skipped = _count(results.torn_lines, "torn or malformed line")
-        blocks.append(("p", f"Skipped {skipped} (a crash mid-write, or an edit)."))
+        blocks.append(("p", f"Skipped {results.torn_summary()} (a crash mid-write, or an edit)."))
     paths: list[Path] = []
     for sweep in dict.fromkeys(r["sweep"] for r in rows):
         sweep_blocks, sweep_paths = _sweep_blocks(

@@ -68,6 +68,14 @@ class ResultSet:
     files: list[Path] = field(default_factory=list)
     torn_lines: int = 0
     excluded_contended: int = 0
+    torn_notes: tuple[str, ...] = ()  # 'FILE:LINE: why' of each skipped line
+
+    def torn_summary(self) -> str:
+        """'N torn or malformed line(s), first FILE:LINE: why' ('' when none was skipped)."""
+        if not self.torn_lines:
+            return ""
+        first = f", first {self.torn_notes[0]}" if self.torn_notes else ""
+        return f"{self.torn_lines} torn or malformed line(s){first}"
 
     def sweeps(self) -> list[str]:
         return list(dict.fromkeys(r["sweep"] for r in self.rows))
@@ -106,9 +114,11 @@ def load_results(path: str | Path, *, include_contended: bool = True, include_fa
     rows: list[dict[str, Any]] = []
     machines: dict[str, Machine] = {}
     torn = contended = 0
+    notes: list[str] = []
     for f in files:
         read = read_records(f)
         torn += len(read.torn_lines)
+        notes += [f"{f}:{n}: {why}" for n, why in read.problems.items()]
         header = read.header or {}
         machine = _machine_for(f.parent, header, machines)
         for rec in latest_per_key(read.records):  # a point measured again: its last record
@@ -121,7 +131,7 @@ def load_results(path: str | Path, *, include_contended: bool = True, include_fa
                 contended += 1
                 continue
             rows.append(row)
-    return ResultSet(rows, machines, files, torn, contended)
+    return ResultSet(rows, machines, files, torn, contended, tuple(notes))
 
 
 def _machine_for(folder: Path, header: dict[str, Any], seen: dict[str, Machine]) -> Machine:

@@ -191,7 +191,7 @@ def _run_bag(
     if point.mode not in ("forward", "backward"):
         raise ValueError(f"mode={point.mode!r} is not valid for embedding_bag; allowed: forward, backward")
     entry = kernels.get(point.kernel, torch.device(point.device).type)
-    bags = make_bag_inputs(point, ws)
+    bags = make_bag_inputs(point, ws, flush_bytes=int(timing.get("flush_bytes", 0)))
     weight, offsets = bags.weight.to(point.device), bags.offsets.to(point.device)
     batches = [b.to(point.device) for b in bags.batches]
     # the timed calls below run unchecked: every batch shares the offsets and the length, so one full check
@@ -240,7 +240,7 @@ def _run_dlrm(
         raise ValueError(f"mode={point.mode!r} is not valid for dlrm; allowed: forward, train")
     if ws is not None:
         raise NotImplementedError("working_set applies to embedding_bag points; dlrm points draw uniform rows")
-    check_memory(point, hot_rows(point, ws))
+    check_memory(point, hot_rows(point, ws), flush_bytes=int(timing.get("flush_bytes", 0)))
     bottom = (*parse_sizes(point.bottom_mlp, "bottom_mlp"), point.embedding_dim)
     config = DLRMConfig(
         point.embedding_dim,

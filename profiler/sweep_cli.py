@@ -111,7 +111,7 @@ def _run_points(
     stale = {  # stored ok at another cache state ([timing] flush_bytes changed): measured again, not kept
         r["key"]
         for r in latest
-        if r.get("status") == "ok" and int((r.get("measurement") or {}).get("flush_bytes", 0)) != flush
+        if r.get("status") == "ok" and int((r.get("measurement") or {}).get("flush_bytes") or 0) != flush
     }
     done = {k for k, v in status.items() if v == "ok"} - stale
     again = stale & {p.key() for p in points}

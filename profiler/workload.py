@@ -91,11 +91,15 @@ def estimate_bytes(point: Point, hot: int, touched_mask: bool = True) -> int:
     return total
 
 
-def check_memory(point: Point, hot: int, touched_mask: bool = True) -> None:
+def check_memory(point: Point, hot: int, touched_mask: bool = True, flush_bytes: int = 0) -> None:
+    """MemoryError when the point (and the timer's `flush_bytes` cache-flush buffer, on the host) would not fit."""
     need, avail = estimate_bytes(point, hot, touched_mask), psutil.virtual_memory().available
-    if need > _MEMORY_FRACTION * avail:
+    flush = flush_bytes if point.device == "cpu" else 0
+    if need + flush > _MEMORY_FRACTION * avail:
+        with_flush = f" with flush_bytes {flush / 2**30:.2f} GiB" if flush else ""
         raise MemoryError(
-            f"needs about {need / 2**30:.2f} GiB but {avail / 2**30:.2f} GiB is available; refused before allocating"
+            f"needs about {(need + flush) / 2**30:.2f} GiB{with_flush} but {avail / 2**30:.2f} GiB is available; "
+            "refused before allocating"
         )
 
 
@@ -113,12 +117,13 @@ def sample_rows(distribution: str, hot: int, n: int, generator: torch.Generator)
     raise NotImplementedError(f"distribution {distribution!r}: uniform and zipf:S are implemented here")
 
 
-def make_bag_inputs(point: Point, working_set_bytes: int | None, seed: int = 0) -> BagInputs:
-    """Tables (uniform weights) and B bags of exactly L lookups per table for `point`."""
+def make_bag_inputs(point: Point, working_set_bytes: int | None, seed: int = 0, flush_bytes: int = 0) -> BagInputs:
+    """Tables (uniform weights) and B bags of exactly L lookups per table for `point` (`flush_bytes`: the
+    timer's flush buffer, counted in the memory check)."""
     g = torch.Generator().manual_seed(seed)
     T, E, D, B, L = point.num_tables, point.num_rows, point.embedding_dim, point.batch_size, point.pooling_factor
     hot = hot_rows(point, working_set_bytes)
-    check_memory(point, hot)
+    check_memory(point, hot, flush_bytes=flush_bytes)
     weight = torch.empty(T * E, D).uniform_(-1.0 / math.sqrt(E), 1.0 / math.sqrt(E), generator=g)
     k = num_batches(point, hot)
     per_table = []
