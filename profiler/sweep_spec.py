@@ -257,11 +257,19 @@ def resolve_bytes(expr: str, caches: dict[str, int], *, where: str = "working_se
             size = sizes.get(level.replace("L1D", "L1"), 0)
         if not size:
             raise ValueError(f"{where}: {expr!r} names {level}, whose size is unknown here (known: {sorted(caches)})")
+        if float(m.group(1)) <= 0:  # '0*L2' used to become a 1-byte working set, silently
+            raise ValueError(f"{where}: {expr!r} is 0 bytes; a working set holds at least one byte (or use all)")
         return max(1, int(float(m.group(1)) * size))
     if m := _SIZE.fullmatch(text):
         unit = (m.group(2) or "").upper()[:1]
-        return max(1, int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]))
+        return _positive(expr, int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit]), where)
     raise ValueError(f"{where}: {expr!r} is not a size; use bytes (1048576, 64K, 2M), N*L1|L2|L3|LLC, or all")
+
+
+def _positive(expr: str, size: int, where: str) -> int:
+    if size < 1:  # '0' used to become a 1-byte working set, silently
+        raise ValueError(f"{where}: {expr!r} is {size} bytes; a working set holds at least one byte (or use all)")
+    return size
 
 
 def parse_spec(data: dict[str, Any], source: str = "") -> SweepSpec:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,10 @@ def test_resolve_bytes():
     assert resolve_bytes("all", CACHES) is None
     with pytest.raises(ValueError, match="whose size is unknown"):
         resolve_bytes("2*L3", {"L2": 1})
+    assert resolve_bytes("0.0000001*L1", CACHES) == 1  # a fraction of a cache: at least one byte
+    for empty in ("0*L2", "0.0*LLC", "0", "0.4"):  # no bytes at all: refused, not rounded up to 1
+        with pytest.raises(ValueError, match=rf"'{re.escape(empty)}' is 0 bytes; a working set holds at least one"):
+            resolve_bytes(empty, CACHES)
 
 
 def test_point_key_is_stable_and_ignores_the_sweep_name():
