@@ -128,6 +128,35 @@ def _run_points(
     # a batch job) each point gets one plain line instead, as it finishes.
     plain = progress and not sys.stderr.isatty()
     bar = tqdm(points, desc=spec.name, unit="pt", disable=not progress or plain, file=sys.stderr, dynamic_ncols=True)
+    try:
+        _measure_points(spec, points, store, fp, ceilings, bar, done, counts, plain, point_timeout_s)
+    except KeyboardInterrupt:
+        bar.close()
+        print(
+            f"{spec.name}: interrupted after {counts['ok']} ok, {counts['failed']} failed in this run, stored in "
+            f"{store.path}; the same command resumes (stored ok points are skipped)",
+            file=sys.stderr,
+        )
+        raise
+    bar.close()
+    print(
+        f"{spec.name}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already stored -> {store.path}"
+    )
+    return counts
+
+
+def _measure_points(
+    spec: SweepSpec,
+    points: list[Point],
+    store: ResultFile,
+    fp: dict[str, Any],
+    ceilings: list[Any],
+    bar: Any,
+    done: set[str],
+    counts: dict[str, int],
+    plain: bool,
+    point_timeout_s: float,
+) -> None:
     for i, point in enumerate(bar, 1):
         key = point.key()
         label = point.label(list(spec.axes))
@@ -151,11 +180,6 @@ def _run_points(
             bar.write(f"failed: {label}: {rec['reason']}")
         for warning in rec.get("warnings", []):
             bar.write(f"note: {label}: {warning}")
-    bar.close()
-    print(
-        f"{spec.name}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already stored -> {store.path}"
-    )
-    return counts
 
 
 def _check_kernel_names(spec_path: str, spec: SweepSpec, registered: set[str]) -> None:

@@ -272,3 +272,28 @@ def test_memory_estimate_by_hand_with_and_without_the_touched_rows_mask():
     # outputs 3 x 2 x 2 x 4 x 4 = 192; sampling tables 1000 x 8 twice = 16,000; the mask, a byte a row: 2,000
     assert estimate_bytes(p, 1000) == 32_000 + 32_160 + 192 + 16_000 + 2_000
     assert estimate_bytes(p, 1000, touched_mask=False) == 32_000 + 32_160 + 192 + 16_000
+
+
+def test_ctrl_c_mid_sweep_says_how_to_resume_and_the_rerun_skips_what_was_stored(tmp_path, monkeypatch, capsys):
+    import profiler.runner
+
+    spec = _spec(tmp_path, SPEC.replace(', "unbuilt_kernel"]', "]"))
+    results = tmp_path / "results"
+    real, calls = profiler.runner.run_point, []
+
+    def stop_at_the_third(point, **kw):
+        calls.append(point)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(point, **kw)
+
+    monkeypatch.setattr(profiler.runner, "run_point", stop_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, results_dir=results, progress=False)
+    err = capsys.readouterr().err
+    assert "tiny: interrupted after 2 ok, 0 failed in this run, stored in " in err
+    assert "the same command resumes (stored ok points are skipped)" in err
+    assert len(_records(results)) == 2
+    monkeypatch.setattr(profiler.runner, "run_point", real)
+    assert run_sweep(spec, results_dir=results, progress=False) == {
+        "ok": 2, "failed": 0, "skipped": 2}  # fmt: skip
