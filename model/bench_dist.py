@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from profiler.bench_bag_cli import parse_int_list, parse_threads
+from profiler.bench_bag_cli import parse_float, parse_int_list, parse_threads
 from profiler.cli import check_output_path
 from profiler.contention import usable_cpus
 from profiler.store import write_json_atomic
@@ -190,6 +190,6 @@ def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=2048, help="global batch")
     p.add_argument("--num-batches", type=int, default=20)
     p.add_argument("--threads", type=parse_threads, default=0, help="per process (default 0: CPUs / processes)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per world size")
+    p.add_argument("--timeout", type=parse_float(0, above=True), default=600.0, help="seconds per world size")
     p.add_argument("--json-out", default="")
     p.set_defaults(func=_cmd)

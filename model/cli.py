@@ -17,7 +17,7 @@ from model.config import DLRMConfig, EmbeddingGrad, Interaction, parse_sizes
 from model.data_cli import add_data_arguments, build_sources, fit_tables
 from model.presets import MEMORY_FRACTION, PRESETS, get_preset, scale_rows, scale_to_fit
 from model.train import LossFunction, TrainConfig, load_checkpoint, resolve_device, run
-from profiler.bench_bag_cli import parse_threads
+from profiler.bench_bag_cli import parse_float, parse_threads
 from profiler.cli import check_output_path
 
 __all__ = ["add_commands", "add_train_arguments", "parse_bool", "print_presets", "train_main"]
@@ -45,7 +45,9 @@ def _flag_bool(parser: argparse._ActionsContainer, name: str, help: str) -> None
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     arch = p.add_argument_group("architecture (reference flags; defaults are the reference's)")
     arch.add_argument("--preset", help=f"named configuration: {', '.join(PRESETS)} (see `dlrmbench presets`)")
-    arch.add_argument("--scale", type=float, default=1.0, help="divide every table's rows by this (presets too big)")
+    arch.add_argument(
+        "--scale", type=parse_float(), default=1.0, help="divide every table's rows by this (presets too big)"
+    )
     arch.add_argument("--arch-sparse-feature-size", type=int, help="embedding dim D (default 2)")
     arch.add_argument("--arch-embedding-size", help="rows per table, e.g. 1000-1000-1000 or 100000x26 (default 4-3-2)")
     arch.add_argument("--arch-mlp-bot", help="bottom MLP, dense features first, D last (default 4-3-2)")
@@ -64,10 +66,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     tr = p.add_argument_group("training")
     tr.add_argument("--nepochs", type=int, default=1)
-    tr.add_argument("--learning-rate", type=float, default=0.01)
+    tr.add_argument("--learning-rate", type=parse_float(0), default=0.01)
     tr.add_argument(
         "--embedding-learning-rate",
-        type=float,
+        type=parse_float(0),
         default=0.0,
         help="the embedding tables' learning rate (default 0: --learning-rate, as the reference)",
     )
@@ -85,7 +87,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     tr.add_argument(
         "--weight-decay",
-        type=float,
+        type=parse_float(0),
         default=0.0,
         help="L2 strength (sgd): MLP weights every step, embedding rows when a step touches them (default 0)",
     )
@@ -112,7 +114,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     tr.add_argument(
         "--ema-decay",
-        type=float,
+        type=parse_float(0),
         default=0.0,
         help="evaluate and save an exponential moving average of all weights with this decay, e.g. 0.99 "
         "(default 0: off, the trained weights)",
@@ -149,7 +151,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     run_.add_argument(
         "--dist-timeout",
-        type=float,
+        type=parse_float(0, above=True),
         default=60.0,
         help="seconds a collective waits for a peer before the rank gives up",
     )

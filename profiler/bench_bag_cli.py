@@ -21,6 +21,7 @@ __all__ = [
     "add_bench_targets",
     "add_commands",
     "parse_choice_list",
+    "parse_float",
     "parse_int_list",
     "parse_list",
     "parse_positive_int",
@@ -61,6 +62,23 @@ def parse_positive_int(text: str) -> int:
     if len(values) != 1:
         raise argparse.ArgumentTypeError(f"{text!r}: one number expected, not a list")
     return values[0]
+
+
+def parse_float(low: float | None = None, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse `type=` for one finite number, at least `low` (above it, with `above`): float() takes
+    'nan' and 'inf', which passed range checks written as `x < 0` and surfaced later as a NaN loss."""
+    bound = "" if low is None else f" {'>' if above else '>='} {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (low is not None and (value <= low if above else value < low)):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number{bound}")
+        return value
+
+    return parse
 
 
 def parse_threads(text: str) -> int:
@@ -390,9 +408,9 @@ def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
         "share of its GB/s; a floor a good kernel clears, not the machine's roof (machine --ceilings' gather "
         "is the fastest of it and every kernel)",
     )
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate in --backward mode")
-    p.add_argument("--warmup-ms", type=float, default=30.0)
-    p.add_argument("--rep-ms", type=float, default=150.0)
+    p.add_argument("--lr", type=parse_float(0), default=0.01, help="SGD learning rate in --backward mode")
+    p.add_argument("--warmup-ms", type=parse_float(0), default=30.0)
+    p.add_argument("--rep-ms", type=parse_float(0, above=True), default=150.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", help="write a JSON list, one object per point")
     _add_isa(p)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from profiler.bench_bag_cli import parse_float
 from profiler.plot_roofline import DEFAULT_TOLERANCE, missing_ceilings, roofline_figure
 from profiler.plot_style import save_figure
 from profiler.plot_throughput import throughput_figure
@@ -203,7 +204,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--logy", action="store_true", help="throughput: log y axis (default: the sweep file's logy)")
     p.add_argument("--labels", action="store_true", help="roofline: label each point with its varying fields")
     p.add_argument("--baseline", default="torch", help="speedup: the kernel to divide by (default torch)")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+    p.add_argument("--tolerance", type=parse_float(0), default=DEFAULT_TOLERANCE,
                    help="roofline: flag points more than this fraction above their roof (default 0.05)")  # fmt: skip
     add_shared_options(p)
     p.set_defaults(func=_cmd)

@@ -148,9 +148,42 @@ def test_bench_embedding_bag_refuses_a_table_past_memory_before_allocating(monke
         (["bench", "timer", "--threads", "0"], "argument --threads: '0' is not a whole number >= 1"),
         (["train", "--preset=tiny", "--test-predictions-out", "p.csv"], "--test-predictions-out needs test data"),
         (["sweep", "sweeps/quickstart.toml", "--point-timeout", "-5", "--dry-run"], "--point-timeout -5: give seconds"),
+        # float flags: nan and inf passed `x < 0` checks and became a NaN loss (a traceback) or a cryptic error
+        (
+            ["train", "--preset=tiny", "--learning-rate", "nan"],
+            "argument --learning-rate: 'nan': expected a finite number >= 0",
+        ),
+        (
+            ["train", "--preset=tiny", "--embedding-learning-rate", "-1"],
+            "argument --embedding-learning-rate: '-1': expected a finite number >= 0",
+        ),
+        (
+            ["train", "--preset=tiny", "--weight-decay", "inf"],
+            "argument --weight-decay: 'inf': expected a finite number >= 0",
+        ),
+        (
+            ["train", "--preset=tiny", "--ema-decay", "nan"],
+            "argument --ema-decay: 'nan': expected a finite number >= 0",
+        ),
+        (
+            ["train", "--preset=tiny", "--dist-timeout", "0"],
+            "argument --dist-timeout: '0': expected a finite number > 0",
+        ),
+        (["train", "--preset=tiny", "--scale", "nan"], "argument --scale: 'nan': expected a finite number"),
+        (["bench", "dist", "--timeout", "nan"], "argument --timeout: 'nan': expected a finite number > 0"),
+        (
+            ["bench", "embedding-bag", "--warmup-ms", "nan"],
+            "argument --warmup-ms: 'nan': expected a finite number >= 0",
+        ),
+        (["bench", "embedding-bag", "--rep-ms", "-1"], "argument --rep-ms: '-1': expected a finite number > 0"),
+        (["bench", "embedding-bag", "--lr", "x"], "argument --lr: 'x': expected a finite number >= 0"),
+        (
+            ["plot", "r", "--kind", "roofline", "--out", "o", "--tolerance", "inf"],
+            "argument --tolerance: 'inf': expected a finite number >= 0",
+        ),
     ],
 )
-def test_bad_counts_and_missing_inputs_are_refused_before_any_work(capsys, argv, message):
+def test_bad_counts_numbers_and_missing_inputs_are_refused_before_any_work(capsys, argv, message):
     try:
         code = main(argv)
     except SystemExit as exc:  # argparse refuses a bad value while parsing
