@@ -61,6 +61,8 @@ def _summary(fp: dict[str, Any]) -> list[str]:
         lines.append(f"memory      {fp['memory_bytes'] / (1 << 30):.1f} GiB, {fp.get('numa_nodes', '?')} NUMA node(s)")
     for gpu in fp.get("gpus", []):
         lines.append(f"gpu         {gpu['name']}, {gpu['sm_count']} SMs, {gpu['memory_bytes'] / (1 << 30):.0f} GiB")
+    if not fp.get("gpus"):
+        lines.append("gpu         none visible")
     versions = ", ".join(f"{k} {v}" for k, v in fp.get("versions", {}).items())
     lines.append(f"versions    {versions}")
     if "git_commit" in fp:

@@ -27,6 +27,20 @@ def matches(point: Point, filters: list[str]) -> bool:
     return True
 
 
+def _no_match(spec_path: str, points: list[Point], filters: list[str]) -> str:
+    """Why `--filter` left no point: each value no point has, beside the values the sweep has for its key."""
+    fields = [p.to_dict() for p in points]
+    wrong = []
+    for f in filters:
+        key, _, value = f.partition("=")
+        have = list(dict.fromkeys(str(d[key]) for d in fields))
+        if value not in have:
+            wrong.append(f"{key} is {', '.join(have)} here, not {value!r}")
+    if wrong:
+        return f"--filter {','.join(filters)} matches no point of {spec_path}: {'; '.join(wrong)}"
+    return f"--filter {','.join(filters)} matches no point of {spec_path}: no point has all of these values"
+
+
 def load_machine(results_dir: Path, *, quick_ceilings: bool = False) -> tuple[dict[str, Any], list[Any], Path]:
     """The fingerprint of this machine and its stored ceilings (measured quickly if asked and missing)."""
     from profiler import fingerprint
@@ -76,7 +90,10 @@ def run_sweep(
     entries = kernels.list_kernels()
     _check_kernel_names(spec_path, spec, {e.name for e in entries})
     available = [e.name for e in entries if e.available]
-    points = [p for p in expand(spec, available) if matches(p, filters or [])]
+    every = expand(spec, available)
+    points = [p for p in every if matches(p, filters or [])]
+    if filters and every and not points:
+        raise ValueError(_no_match(spec_path, every, filters))
     if dry_run:
         for i, p in enumerate(points, 1):
             print(f"{i:4d}  {p.key()}  {p.label(list(spec.axes))}")

@@ -1,7 +1,7 @@
 """DLRM against one-hot logistic regression by K-fold cross-validation on the training rows (issue #6).
 
     python scripts/criteo_cv.py [--raw-data-file F] [--rows 6400] [--folds 5] [--seeds 1,2,3] \
-        [--scheme kfold|forward] [--json-out cv.json] -- [dlrmbench train flags]
+        [--scheme kfold|forward|external] [--test-file F] [--json-out cv.json] -- [dlrmbench train flags]
 
 One held-out split of 1,600 rows measures AUC to about +-0.012 (one standard error), more
 than the differences between the settings worth comparing; seeds move DLRM by as much again.
@@ -133,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         "training flags); the data, seed and output flags (--raw-data-file, --test-fraction, --numpy-rand-seed, "
         "--json-out, ...) are this script's own and refused there.",
     )
-    p.add_argument("--raw-data-file", type=Path, default=RAW)
+    p.add_argument("--raw-data-file", type=Path, default=RAW, help="(default: the bundled sample, %(default)s)")
     p.add_argument("--rows", type=int, help="the first this many rows are used (default 6400; external: all)")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seeds", default="1,2,3", help="DLRM seeds (--numpy-rand-seed) per fold")
+    p.add_argument("--folds", type=int, default=5, help="(default 5)")
+    p.add_argument("--seeds", default="1,2,3", help="DLRM seeds (--numpy-rand-seed) per fold (default 1,2,3)")
     p.add_argument(
         "--scheme",
         choices=("kfold", "forward", "external"),
@@ -160,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     clash = [f for f in flags if f.split("=")[0] in _OWN]
     if clash:
         p.error(f"{', '.join(clash)}: this script sets the data, seed and output flags itself")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: give whole numbers, comma-separated (e.g. 1,2,3)")
     if not args.raw_data_file.is_file():
         p.error(f"--raw-data-file {args.raw_data_file}: no such file")
     if args.scheme == "external":

@@ -68,10 +68,17 @@ def run(cmd: list[str], cwd: str | None, env: dict[str, str], what: str) -> floa
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference-dir", required=True, help="folder holding dlrm_s_pytorch.py")
-    ap.add_argument("--batch-sizes", type=parse_int_list, default=[128, 2048], help="comma-separated")
-    ap.add_argument("--rounds", type=parse_positive_int, default=3)
-    ap.add_argument("--threads", type=parse_positive_int, default=2)
-    ap.add_argument("--kernels", type=parse_list, default=["torch", "torch_naive"], help="dlrmbench --kernel values")
+    ap.add_argument(
+        "--batch-sizes", type=parse_int_list, default=[128, 2048], help="comma-separated (default 128,2048)"
+    )
+    ap.add_argument("--rounds", type=parse_positive_int, default=3, help="(default 3)")
+    ap.add_argument("--threads", type=parse_positive_int, default=2, help="torch threads of both (default 2)")
+    ap.add_argument(
+        "--kernels",
+        type=parse_list,
+        default=["torch", "torch_naive"],
+        help="dlrmbench --kernel values (default torch,torch_naive)",
+    )
     ap.add_argument("--extra-pythonpath", default="", help="folders for the reference's PYTHONPATH, e.g. its stubs")
     ap.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="passed to both (default sgd)")
     args = ap.parse_args()

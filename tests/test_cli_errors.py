@@ -181,6 +181,7 @@ def test_bench_embedding_bag_refuses_a_table_past_memory_before_allocating(monke
             ["plot", "r", "--kind", "roofline", "--out", "o", "--tolerance", "inf"],
             "argument --tolerance: 'inf': expected a finite number >= 0",
         ),
+        (["sweep", "quickstart", "--filter", "working_set=0.5L2", "--dry-run"], "8*L3 here, not '0.5L2'"),
     ],
 )
 def test_bad_counts_numbers_and_missing_inputs_are_refused_before_any_work(capsys, argv, message):

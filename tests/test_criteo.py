@@ -343,6 +343,9 @@ def test_criteo_cv_holds_out_each_fold_once(tmp_path, capsys):
     e = [f["ensemble"]["logloss"] - f["baseline"]["logloss"] for f in folds]
     assert record["paired_difference"]["ensemble_logloss"]["se"] == pytest.approx(abs(e[0] - e[1]) / 2)
     with pytest.raises(SystemExit):
+        cv.main([f"--raw-data-file={raw}", "--seeds=1,two"])  # a traceback (ValueError from int()) before
+    assert "--seeds '1,two': give whole numbers, comma-separated" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         cv.main([f"--raw-data-file={raw}", "--", "--numpy-rand-seed=3"])
     assert "sets the data, seed and output flags itself" in capsys.readouterr().err
     forward = tmp_path / "fw.json"

@@ -155,6 +155,19 @@ def test_dry_run_lists_points(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_filter_that_matches_no_point_is_refused_naming_the_values(tmp_path, capsys):
+    # a typo ('0.5L2' for '0.5*L2', '2048.0') ran nothing and exited 0, as if the points were stored
+    spec = _spec(tmp_path)
+    with pytest.raises(ValueError, match=r"matches no point of .*tiny.toml: num_tables is 1, 2 here, not '3'"):
+        run_sweep(spec, results_dir=tmp_path / "r", filters=["kernel=torch", "num_tables=3"], dry_run=True)
+    zipped = _spec(tmp_path, SPEC.replace("[fixed]", 'zip = [["kernel", "num_tables"]]\n[fixed]').replace(
+        '"torch", "torch_naive", "unbuilt_kernel"', '"torch", "torch_naive"'))  # fmt: skip
+    with pytest.raises(ValueError, match="no point has all of these values"):
+        run_sweep(zipped, results_dir=tmp_path / "r", filters=["kernel=torch", "num_tables=2"], dry_run=True)
+    assert run_sweep(zipped, results_dir=tmp_path / "r", filters=["kernel=torch"], dry_run=True) == {"points": 1}
+    assert not (tmp_path / "r").exists()
+
+
 def test_kill_9_loses_at_most_the_point_in_flight(tmp_path):
     slow = SPEC.replace("rep_ms = 5", "rep_ms = 400").replace("num_tables = [1, 2]", "num_tables = [1, 2, 3, 4]")
     slow = slow.replace('"unbuilt_kernel"', '"numba_w4"')  # a subprocess: the test's registration is not there

@@ -20,6 +20,18 @@ def test_machine_writes_json(tmp_path, capsys) -> None:
     assert record["sku_id"] in capsys.readouterr().out
 
 
+def test_the_summary_says_when_no_gpu_is_visible() -> None:
+    # the README lists the GPU among what `dlrmbench machine` prints; with none the line was left out
+    from profiler.machine_cli import _summary
+
+    fp = {"sku_id": "sku-a", "gpus": []}
+    assert "gpu         none visible" in _summary(fp)
+    gpu = {"name": "NVIDIA H200", "sm_count": 132, "memory_bytes": 141 << 30}
+    assert [line for line in _summary({**fp, "gpus": [gpu]}) if line.startswith("gpu")] == [
+        "gpu         NVIDIA H200, 132 SMs, 141 GiB"
+    ]
+
+
 def test_bad_cache_sizes_exit_2(capsys) -> None:
     assert main(["machine", "--no-py-cpuinfo", "--cache-sizes", "L9=1K"]) == 2
     assert "L9" in capsys.readouterr().err
