@@ -417,7 +417,8 @@ def run(
             "all_reduce_ms_per_iter": 1000.0 * comm.all_reduce_s / iters,
         }
     log(
-        f"{mode}: {iters} it, {result['ms_per_iter']:.2f} ms/it (step), "
+        f"{mode}: {iters} it{f' ({iters - iters0} in this run, resumed at {iters0})' if resume else ''}, "
+        f"{result['ms_per_iter']:.2f} ms/it (step), "
         f"{result['step_samples_per_s']:,.0f} samples/s by step time, "
         f"{result['samples_per_s']:,.0f} samples/s by wall clock "
         f"(data {result['data_ms_per_iter']:.2f} ms/it), kernel {config.kernel}, {device}, "

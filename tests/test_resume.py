@@ -90,7 +90,9 @@ def test_a_run_stopped_by_ctrl_c_goes_on_as_if_never_stopped(tmp_path, monkeypat
     monkeypatch.setattr(CriteoData, "batch", counted)
     assert main([*_argv(tmp_path, "cut"), f"--load-model={tmp_path / 'cut.pt'}"]) == 0
     assert len(built) == 27 - stop_at
-    assert f"going on from {tmp_path / 'cut.pt'}: iteration {stop_at}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"going on from {tmp_path / 'cut.pt'}: iteration {stop_at}" in out
+    assert f"training: 27 it ({27 - stop_at} in this run, resumed at {stop_at}), " in out  # its ms/it are this run's
     resumed = json.loads((tmp_path / "cut.json").read_text())
     assert resumed["iterations"] == 27 and resumed["resumed_at_iteration"] == stop_at
     assert [h["iteration"] for h in resumed["test_history"]] == [h["iteration"] for h in whole["test_history"]]
