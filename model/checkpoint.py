@@ -100,6 +100,8 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> dict[
         ValueError: "PATH: not a dlrmbench checkpoint: WHY" for a file save_checkpoint did not write.
         OSError: the file cannot be opened (missing, a directory, no permission).
     """
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):  # refused before torch.load warns about its pickle
+        raise ValueError(f"{path}: not a dlrmbench checkpoint: {_unloadable_reason(path, None)}")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except OSError:
@@ -137,7 +139,7 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
-def _unloadable_reason(path: str | os.PathLike[str], exc: Exception) -> str:
+def _unloadable_reason(path: str | os.PathLike[str], exc: Exception | None) -> str:
     """Why torch.load failed, in a few words (its own messages run to paragraphs)."""
     if os.path.getsize(path) == 0:
         return "the file is empty"

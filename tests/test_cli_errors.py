@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 import re
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -28,6 +30,8 @@ def _write(path, what):
         path.write_text("epoch 1 loss 0.51\n")
     elif what == "empty":
         path.write_bytes(b"")
+    elif what == "pickle":  # torch.load warned about the pickle protocol before refusing it
+        path.write_bytes(pickle.dumps({"version": 1}, protocol=4))
     elif what == "list":
         torch.save([1, 2], path)
     elif what == "old version":
@@ -39,6 +43,7 @@ def _write(path, what):
     [
         ("text", "it is not the zip archive torch.save writes"),
         ("empty", "the file is empty"),
+        ("pickle", "it is not the zip archive torch.save writes"),
         ("list", "it holds a list, not a dict"),
         ("old version", "its version is 99; this dlrmbench reads version 1"),
     ],
@@ -46,7 +51,10 @@ def _write(path, what):
 def test_load_model_that_is_not_a_checkpoint_names_the_flag_and_why(tmp_path, capsys, what, why):
     path = tmp_path / "d.log"
     _write(path, what)
-    assert main(["train", "--num-batches", "5", "--load-model", str(path)]) == 2
+    with warnings.catch_warnings(record=True) as warned:  # nothing printed beside the error, torch's warnings neither
+        warnings.simplefilter("always")
+        assert main(["train", "--num-batches", "5", "--load-model", str(path)]) == 2
+    assert [str(w.message) for w in warned] == []
     err = _one_line_error(capsys)
     assert f"--load-model {path}: not a dlrmbench checkpoint: {why}\n" in err
 
