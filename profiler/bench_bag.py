@@ -10,6 +10,7 @@ or off them, so page size is an input rather than whatever the allocator did.
 from __future__ import annotations
 
 import itertools
+import math
 import mmap
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -88,9 +89,9 @@ def parse_distribution(text: str) -> tuple[str, float]:
             s = float(arg)
         except ValueError:
             s = -1.0
-        if s > 0:
+        if s >= 0 and math.isfinite(s):  # 0 is uniform, as train --locality zipf:0 and a sweep take it
             return "zipf", s
-    raise ValueError(f"distribution {text!r}: allowed: uniform, zipf:<exponent > 0> (e.g. zipf:1.15)")
+    raise ValueError(f"distribution {text!r}: allowed: uniform, zipf:<exponent >= 0> (e.g. zipf:1.15)")
 
 
 def expand(kernels: list[str], **axes: list[Any]) -> list[BagPoint]:

@@ -44,7 +44,8 @@ def test_choice_lists_name_the_allowed_values():
 def test_distributions():
     assert parse_distribution("uniform") == ("uniform", 0.0)
     assert parse_distribution("zipf:1.15") == ("zipf", 1.15)
-    for bad in ("zipf", "zipf:-1", "zipf:x", "normal"):
+    assert parse_distribution("zipf:0") == ("zipf", 0.0)  # uniform, as train and sweep specs take it
+    for bad in ("zipf", "zipf:-1", "zipf:x", "zipf:nan", "zipf:inf", "normal"):
         with pytest.raises(ValueError, match="allowed"):
             parse_distribution(bad)
 
