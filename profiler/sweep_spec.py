@@ -213,6 +213,10 @@ def _check_value(key: str, value: Any, where: str) -> None:
         resolve_bytes(str(value), {"L1": 1, "L1d": 1, "L2": 1, "L3": 1}, where=where)
     elif key == "device" and not re.fullmatch(r"cpu|cuda(:\d+)?", str(value)):
         raise ValueError(f"{where}: device = {value!r}; allowed: cpu, cuda, cuda:N")
+    elif key in ("bottom_mlp", "top_mlp"):  # checked here, not only when each dlrm point runs
+        from model.config import parse_sizes
+
+        parse_sizes(str(value), f"{where}: {key}")
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]i?B?)?", re.I)

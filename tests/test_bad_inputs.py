@@ -145,6 +145,8 @@ def test_a_full_disk_leaves_no_torn_line_and_names_the_file(tmp_path, monkeypatc
         ("[fixed]\nbatch_size = nan", "batch_size = nan must be an integer"),
         ("[axes]\nnum_rows = [1, -inf]", "num_rows = -inf must be an integer"),
         ('[fixed]\ndistribution = "profile:x.prof"', "distribution = 'profile:x.prof'; allowed: uniform, zipf:S"),
+        ('[fixed]\nbottom_mlp = "abc"', "bottom_mlp: 'abc' in 'abc' is not an integer"),  # each point failed when run
+        ('[axes]\ntop_mlp = ["64-1", "64-0-1"]', "top_mlp: sizes must be positive, got 0 in '64-0-1'"),
     ],
 )
 def test_spec_values_that_cannot_run_are_refused_naming_file_and_key(tmp_path, text, match):
