@@ -51,7 +51,7 @@ class BagPoint:
     num_rows: int
     embedding_dim: int
     pooling_factor: int
-    distribution: str = "uniform"  # "uniform" or "zipf:<exponent>", e.g. "zipf:1.15"
+    distribution: str = "uniform"  # "uniform", "zipf:<exponent>" (e.g. "zipf:1.15") or "sd:PATH" (a profile)
     threads: int = 1
     huge_pages: bool = False
     backward: bool = False  # forward + backward + SGD update instead of forward alone
@@ -84,6 +84,11 @@ def parse_distribution(text: str) -> tuple[str, float]:
     if text == "uniform":
         return "uniform", 0.0
     name, _, arg = text.partition(":")
+    if name == "sd" and arg:
+        from model.traces import StackDistanceProfile
+
+        StackDistanceProfile.read(arg)  # ValueError or OSError naming the file
+        return "sd", 0.0
     if name == "zipf":
         try:
             s = float(arg)
@@ -91,7 +96,10 @@ def parse_distribution(text: str) -> tuple[str, float]:
             s = -1.0
         if s >= 0 and math.isfinite(s):  # 0 is uniform, as train --locality zipf:0 and a sweep take it
             return "zipf", s
-    raise ValueError(f"distribution {text!r}: allowed: uniform, zipf:<exponent >= 0> (e.g. zipf:1.15)")
+    raise ValueError(
+        f"distribution {text!r}: allowed: uniform, zipf:<exponent >= 0> (e.g. zipf:1.15), sd:PATH (a stack-distance "
+        "profile)"
+    )
 
 
 def expand(kernels: list[str], **axes: list[Any]) -> list[BagPoint]:
@@ -193,14 +201,15 @@ def make_bags(
     """B bags of L lookups each: (indices (B*L,), offsets (B+1,)) of `dtype`.
 
     Zipf: rank k is drawn with probability proportional to k^-s, and ranks map to rows through a
-    fixed random permutation, so hot rows are scattered over the table as in real traces.
+    fixed random permutation, so hot rows are scattered over the table as in real traces. sd:PATH:
+    one LRU stream over all the bags, its stack distances following the profile (profiler.workload).
     """
     from profiler.workload import sample_rows
 
     kind, _ = parse_distribution(distribution)
     g = torch.Generator().manual_seed(seed)
     n = batch_size * pooling
-    idx = sample_rows(distribution, rows, n, g)  # uniform rows, or Zipf ranks
+    idx = sample_rows(distribution, rows, n, g)  # uniform rows, or Zipf or LRU-stream ranks
     if kind != "uniform":
         idx = torch.randperm(rows, generator=g)[idx]
     offsets = torch.arange(0, n + 1, pooling, dtype=dtype)

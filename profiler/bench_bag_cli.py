@@ -276,9 +276,12 @@ def _run_bench(args: argparse.Namespace, records: list[dict[str, Any]]) -> None:
 
 def _point_label(r: dict[str, Any]) -> str:
     hp = "hp" if r["huge_pages"] else "4k"
+    dist = r["distribution"]
+    if dist.startswith("sd:"):  # the profile's file name: its folder would widen every row of the table
+        dist = "sd:" + os.path.basename(dist[3:])
     return (
         f"B={r['batch_size']} E={r['num_rows']:.0e} D={r['embedding_dim']} L={r['pooling_factor']} "
-        f"{r['distribution']} t={r['threads']} {hp}{' bwd' if r['backward'] else ''}"
+        f"{dist} t={r['threads']} {hp}{' bwd' if r['backward'] else ''}"
     )
 
 
@@ -391,7 +394,12 @@ def add_bench_targets(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-rows", type=parse_int_list, default=[1_000_000], help="E, rows per table")
     p.add_argument("--embedding-dim", type=parse_int_list, default=[64], help="D")
     p.add_argument("--pooling-factor", type=parse_int_list, default=[20], help="L, lookups per bag")
-    p.add_argument("--distribution", type=_parse_distributions, default=["uniform"], help="uniform, zipf:1.15")
+    p.add_argument(
+        "--distribution",
+        type=_parse_distributions,
+        default=["uniform"],
+        help="uniform, zipf:1.15, sd:PATH (a stack-distance profile, e.g. from `dlrmbench trace profile`)",
+    )
     p.add_argument(
         "--threads",
         type=parse_int_list,

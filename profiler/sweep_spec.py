@@ -71,7 +71,7 @@ class Point:
     embedding_dim: int = 64  # D
     pooling_factor: int = 20  # L, fixed per bag
     num_tables: int = 1  # T
-    distribution: str = "uniform"  # uniform | zipf:S
+    distribution: str = "uniform"  # uniform | zipf:S | sd:PATH (a stack-distance profile, relative to the cwd)
     working_set: str = "all"
     threads: int = 0  # 0: torch's default
     world_size: int = 1  # all_to_all: ranks (processes, one thread each)
@@ -206,9 +206,18 @@ def _check_value(key: str, value: Any, where: str) -> None:
             raise ValueError(f"{where}: {key} = {value!r} must be >= {0 if key == 'threads' else 1}")
     elif key in _CHOICES and value not in _CHOICES[key]:
         raise ValueError(f"{where}: {key} = {value!r}; allowed: {sorted(_CHOICES[key])}")
+    elif key == "distribution" and str(value).startswith("sd:"):
+        from model.traces import StackDistanceProfile
+
+        try:  # read at load: a missing or malformed profile fails the spec, not each point as it runs
+            StackDistanceProfile.read(str(value)[3:])
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{where}: distribution = {value!r}: {exc}") from None
     elif key == "distribution" and not (value == "uniform" or re.fullmatch(r"zipf:\d+(\.\d+)?", str(value))):
-        # profile:PATH was listed here, but no runner draws from a profile: every such point failed when run
-        raise ValueError(f"{where}: distribution = {value!r}; allowed: uniform, zipf:S (e.g. zipf:1.15)")
+        raise ValueError(
+            f"{where}: distribution = {value!r}; allowed: uniform, zipf:S (e.g. zipf:1.15), sd:PATH (a stack-distance "
+            "profile)"
+        )
     elif key == "working_set":
         resolve_bytes(str(value), {"L1": 1, "L1d": 1, "L2": 1, "L3": 1}, where=where)
     elif key == "device" and not re.fullmatch(r"cpu|cuda(:\d+)?", str(value)):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import psutil
 import torch
 
@@ -104,7 +105,17 @@ def check_memory(point: Point, hot: int, touched_mask: bool = True, flush_bytes:
 
 
 def sample_rows(distribution: str, hot: int, n: int, generator: torch.Generator) -> torch.Tensor:
-    """n ranks in [0, hot): uniform, or Zipf ('zipf:S': P(k) ~ 1/(k+1)^S on the finite support)."""
+    """n ranks in [0, hot): uniform; Zipf ('zipf:S': P(k) ~ 1/(k+1)^S on the finite support); or one LRU
+    stream whose stack distances follow a profile ('sd:PATH', the reference's --data-trace-file format, as
+    train --locality takes it): the n draws keep one LRU state, so reuse spans bags and batches."""
+    if distribution.startswith("sd:"):
+        from model.stack_distance import LRUStream
+        from model.traces import StackDistanceProfile
+
+        prof = StackDistanceProfile.read(distribution[3:])
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        stream = LRUStream(np.asarray(prof.distances, dtype=np.int64), prof.normalized_cdf(), hot, seed)
+        return torch.from_numpy(stream.take(n))
     if distribution == "uniform":
         return torch.randint(hot, (n,), generator=generator)
     if distribution.startswith("zipf:"):
@@ -114,7 +125,7 @@ def sample_rows(distribution: str, hot: int, n: int, generator: torch.Generator)
         cdf /= cdf[-1].clone()
         u = torch.rand(n, generator=generator, dtype=torch.float64)
         return torch.searchsorted(cdf, u).clamp_(max=hot - 1)
-    raise NotImplementedError(f"distribution {distribution!r}: uniform and zipf:S are implemented here")
+    raise NotImplementedError(f"distribution {distribution!r}: uniform, zipf:S and sd:PATH are implemented here")
 
 
 def make_bag_inputs(point: Point, working_set_bytes: int | None, seed: int = 0, flush_bytes: int = 0) -> BagInputs:

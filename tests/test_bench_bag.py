@@ -235,3 +235,14 @@ def test_zipf_batches_share_one_placement():
     assert len(batches) > 1
     hottest = {int(torch.bincount(b, minlength=10_000).argmax()) for b in batches}
     assert len(hottest) == 1
+
+
+def test_bench_bags_can_replay_a_stack_distance_profile(tmp_path):
+    path = tmp_path / "p.prof"
+    path.write_text("1\n0, 2\n1e-9, 1.0\n")  # distance 2 (P(0) must be > 0): two rows in turn, then again
+    assert parse_distribution(f"sd:{path}") == ("sd", 0.0)
+    idx, offsets = make_bags(3, 1000, 4, f"sd:{path}")
+    a, b = idx[:2].tolist()
+    assert a != b and idx.tolist() == [a, b] * 6 and offsets.tolist() == [0, 4, 8, 12]
+    with pytest.raises(ValueError, match=r"nope\.prof: no such file"):
+        parse_distribution(f"sd:{tmp_path / 'nope.prof'}")

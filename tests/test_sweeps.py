@@ -228,3 +228,46 @@ def test_read_records_keeps_the_first_header_of_concatenated_files(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     got = read_records(path)
     assert got.header == {"kind": "header", "sweep": "first"} and [r["key"] for r in got.records] == ["a", "b"]
+
+
+def _profile(tmp_path, distances, cdf, name="p.prof"):
+    path = tmp_path / name
+    path.write_text(f"1\n{', '.join(map(str, distances))}\n{', '.join(map(str, cdf))}\n")
+    return path
+
+
+def test_stack_distance_draws_follow_the_profile_by_hand(tmp_path):
+    import torch
+
+    from profiler.workload import sample_rows
+
+    def draw(distances, cdf, hot, n):
+        path = _profile(tmp_path, distances, cdf)
+        return sample_rows(f"sd:{path}", hot, n, torch.Generator().manual_seed(3)).tolist()
+
+    # distance 0 only: every access a first one, each row once; then, every row handed out, the LRU row
+    every_new = draw([0], [1.0], 50, 100)
+    assert sorted(every_new[:50]) == list(range(50)) and every_new[50:] == every_new[:50]
+    # P(distance 0) must be > 0; at 1e-9 no draw of these takes it. A draw deeper than the stack is a new row.
+    same = draw([0, 1], [1e-9, 1.0], 50, 20)  # distance 1: the row just used, again and again
+    assert same == [same[0]] * 20
+    a, b, *rest = draw([0, 2], [1e-9, 1.0], 50, 12)  # distance 2: two rows in turn
+    assert a != b and [a, b, *rest] == [a, b] * 6
+
+
+def test_a_sweep_point_draws_from_a_stack_distance_profile(tmp_path):
+    import torch
+
+    from profiler.workload import make_bag_inputs
+
+    path = _profile(tmp_path, [0, 1, 2], [1e-9, 0.5, 1.0])
+    fixed = {"batch_size": 4, "pooling_factor": 3, "num_rows": 1000, "embedding_dim": 4}
+    axes = {"distribution": [f"sd:{path}"]}
+    spec = parse_spec({"name": "sd", "target": "embedding_bag", "axes": axes, "fixed": fixed})
+    (p,) = expand(spec, ["torch"])
+    rows = torch.cat(make_bag_inputs(p, None).batches)
+    assert rows.unique().numel() == 2  # distances 1 and 2 only: after the first two, no new row is ever taken
+    bad = _profile(tmp_path, [1, 2], [0.5, 1.0], "bad.prof")
+    for missing, match in ((tmp_path / "nope.prof", "no such file"), (bad, "stack distances must start at 0")):
+        with pytest.raises(ValueError, match=rf"^s.toml: distribution = 'sd:{re.escape(str(missing))}': .*{match}"):
+            parse_spec({"name": "s", "target": "embedding_bag", "fixed": {"distribution": f"sd:{missing}"}}, "s.toml")
