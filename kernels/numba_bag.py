@@ -41,7 +41,8 @@ __all__ = [
 WIDTHS = (1, 4, 8, 16)  # float32 lanes: scalar, 128-bit (SSE/NEON), 256-bit (AVX2), 512-bit (AVX-512)
 # Lookups ahead. 32 rows of 256 B (8 KiB) stay inside L1 and cover DRAM latency; measured on a 32 MiB-L3 Zen 4
 # (numba_w16 at 1 thread, medians of 5 interleaved rounds), 32 against 16: D=16 DRAM 254 against 344 us, D=64
-# Zipf 1.15 over 1M rows 53 against 62 us, D=64 L3-sized 344 against 383 us, D=128 DRAM 1,796 against 1,750 us.
+# Zipf 1.15 over 1M rows 53 against 62 us, D=64 L3-sized 344 against 383 us, D=128 DRAM 1,796 against 1,750 us;
+# the fused SGD update (B=2048): D=16 DRAM 288 against 411 us, D=64 DRAM 1,066 against 1,077, Zipf 494 against 529.
 DEFAULT_PREFETCH_ROWS = 32
 # Smaller tables sit in L2/L3, where the prefetch instructions cost more than they save (measured on a
 # 32 MiB-L3 Zen 4: a 5 MiB table ran ~12% slower with them, 256 MiB+ tables 10-30% faster).
