@@ -18,6 +18,7 @@ profiler.metrics.embedding_bag_cost, so an embedding-bag point divided by it is 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "skewed_arrays",
     "stream_ceiling",
     "sweeps_per_call",
+    "usable_threads",
 ]
 
 _GATHER_DIMS = (16, 64, 128)  # D: Kaggle/MLPerf-sized rows of 64, 256 and 512 bytes
@@ -122,21 +124,32 @@ def _from_measurement(m: Measurement, **kw: Any) -> Ceiling:
     ).validate()
 
 
+def _instances_used(cache: dict[str, Any], threads: int, default: int) -> int:
+    """Instances of a cache that `threads` threads are sure to have: packed onto as few as the cache's
+    sharing allows (SMT siblings share an L1d / L2, a socket's or CCD's cores an L3)."""
+    shared = cache.get("shared_cpus")
+    if not shared:
+        return default
+    return max(1, min(-(-threads // shared), cache.get("instances") or threads))
+
+
 def level_working_sets(fp: dict[str, Any], threads: int) -> dict[str, int]:
-    """Total bytes (all arrays, all threads) that sit inside each level: half of L1d / L2 per thread,
-    half of L3, and 4 x the last level for DRAM. A level whose set would not exceed the one below is
-    left out (e.g. an L3 smaller than the L2s in use)."""
+    """Total bytes (all arrays, all threads) that sit inside each level: half of each L1d / L2 / L3
+    instance the threads use (threads packed: two SMT siblings share one core's L1d and L2), and 4 x
+    the last level for DRAM. A level whose set would not exceed the one below is left out (e.g. an L3
+    smaller than the L2s in use). Without sharing counts: one L1d / L2 per thread, one L3."""
     caches = fp.get("caches", {})
     size = {lv: caches[lv]["size_bytes"] for lv in ("L1d", "L2", "L3") if lv in caches}
     sets: dict[str, int] = {}
     if "L1d" in size:
-        sets["L1d"] = threads * size["L1d"] // 2
+        sets["L1d"] = _instances_used(caches["L1d"], threads, threads) * size["L1d"] // 2
     if "L2" in size:
-        sets["L2"] = threads * size["L2"] // 2
+        sets["L2"] = _instances_used(caches["L2"], threads, threads) * size["L2"] // 2
     if "L3" in size:
-        l3_one = size["L3"]  # one instance: a thread cannot fill another socket's / CCD's L3
-        if l3_one // 2 > 2 * sets.get("L2", 0):
-            sets["L3"] = l3_one // 2
+        # a thread cannot fill another socket's / CCD's L3: one instance per shared_cpus threads
+        l3 = _instances_used(caches["L3"], threads, 1) * size["L3"]
+        if l3 // 2 > 2 * sets.get("L2", 0):
+            sets["L3"] = l3 // 2
     # DRAM: 4 x every L3 instance together, so no thread placement keeps it in cache
     llc = max(size.values(), default=32 << 20) * (caches.get("L3", {}).get("instances", 1) if "L3" in size else 1)
     sets["DRAM"] = max(4 * llc, 64 << 20)
@@ -303,32 +316,59 @@ def gemm_ceiling(
     )
 
 
+def _compute_cores(fp: dict[str, Any]) -> float | None:
+    """Physical cores this process may run on (SMT siblings share a core's FMA units), at most the
+    cgroup's CPU quota."""
+    cores = fp.get("affinity_cores")
+    if not cores:
+        known = [n for n in (fp.get("affinity_cpus"), fp.get("physical_cores")) if n]
+        cores = min(known) if known else fp.get("logical_cpus")
+    if cores and fp.get("cpu_quota"):
+        return min(cores, fp["cpu_quota"])
+    return cores
+
+
+def usable_threads(fp: dict[str, Any]) -> tuple[int, int]:
+    """(physical cores, CPUs) this process may use: its affinity set, at most the cgroup's CPU quota
+    (more threads than the quota are throttled, and time the throttling)."""
+    cpus = fp.get("affinity_cpus") or fp.get("logical_cpus") or 1
+    quota = fp.get("cpu_quota")
+    if quota:
+        cpus = max(1, min(cpus, int(quota)))
+    cores = max(1, min(cpus, math.ceil(_compute_cores(fp) or cpus)))
+    return cores, cpus
+
+
 def derived_ceilings(fp: dict[str, Any]) -> list[Ceiling]:
     """Textbook peaks from the fingerprint, each with its assumptions in `method`.
 
-    CPU float32 peak = cores x MHz x FMA units x lanes x 2, assuming 2 FMA units per core at the widest
+    CPU float32 peak = cores x MHz x FMA units x lanes x 2 (physical cores in the affinity set, at most the
+    cgroup quota: SMT siblings share the units), assuming 2 FMA units per core at the widest
     vector width the ISA flags allow. This overstates CPUs that split wide vectors (Zen 4 executes
     512-bit FMAs on 256-bit units: half the AVX-512 figure), which is why plots prefer measured ceilings.
     GPU DRAM = memory clock x bus width x 2 (DDR) / 8, where both are known.
     """
     out: list[Ceiling] = []
     flags = set(fp.get("isa_flags", []))
-    cores = fp.get("affinity_cpus") or fp.get("physical_cores") or fp.get("logical_cpus")
+    cores = _compute_cores(fp)
     mhz = fp.get("cpu_mhz")
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags or "avx" in flags else 4
     fma = 2 if ("fma" in flags or "avx512f" in flags or "asimd" in flags) else 1
     if cores and mhz:
         per_cycle = 2 * lanes * fma  # 2 units x lanes x (2 FLOPs per FMA, or mul + add)
-        assume = f"{cores} cores x {mhz:.0f} MHz x 2 units x {lanes} lanes x {2 if fma == 2 else 1} FLOP"
+        assume = f"{cores:g} cores x {mhz:.0f} MHz x 2 units x {lanes} lanes x {2 if fma == 2 else 1} FLOP"
+        if fp.get("cpu_quota") is not None and cores == fp["cpu_quota"]:
+            assume += " (the cgroup's CPU quota)"
+        threads = math.ceil(cores)
         out.append(
             Ceiling(
-                "fma_peak", "compute", "derived", threads=cores, gflops=cores * mhz * per_cycle / 1e3, method=assume
+                "fma_peak", "compute", "derived", threads=threads, gflops=cores * mhz * per_cycle / 1e3, method=assume
             )
         )
         if "avx512_bf16" in flags:
             out.append(
                 Ceiling(
-                    "fma_peak", "compute", "derived", threads=cores, dtype="bfloat16",
+                    "fma_peak", "compute", "derived", threads=threads, dtype="bfloat16",
                     gflops=2 * cores * mhz * per_cycle / 1e3,
                     method=assume + "; bf16 dot-product (vdpbf16ps) doubles the float32 rate",
                 )
@@ -357,7 +397,7 @@ def measure_ceilings(
     Args:
         fp: the fingerprint (profiler.fingerprint.collect()), for cache sizes, cores and GPUs.
         quick: smaller budgets, 1024 square GEMM, no DLRM-shaped GEMMs at 1 thread, D=64 gather only.
-        thread_counts: default (1, all CPUs this process may use).
+        thread_counts: default 1, the physical cores and all CPUs this process may use (usable_threads).
         log: called with one line per finished ceiling.
     Returns:
         Measured ceilings followed by derived ones.
@@ -365,8 +405,7 @@ def measure_ceilings(
     mode = "quick" if quick else "full"
     rounds = _ROUNDS[mode]
     budget = {k: v / rounds for k, v in _BUDGET[mode].items()}
-    cpus = fp.get("affinity_cpus") or fp.get("logical_cpus") or 1
-    threads_list = thread_counts or tuple(sorted({1, cpus}))
+    threads_list = thread_counts or tuple(sorted({1, *usable_threads(fp)}))
     say = log or (lambda _line: None)
     jobs: list[Callable[[], Ceiling]] = []
 
