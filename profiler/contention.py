@@ -128,11 +128,16 @@ def snapshot(*, clock: Callable[[], float] = time.monotonic) -> Snapshot:
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask; all CPUs where there is none)."""
+    """CPUs this process may run on: its affinity mask (all CPUs where there is none), at most its cgroup's
+    CPU quota (4 CPUs' worth of time over 64 CPUs: 64 threads would be throttled, and time the throttling)."""
+    from profiler.fingerprint import cgroup_cpu_quota
+
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, int(quota))) if quota else cpus
 
 
 def assess(

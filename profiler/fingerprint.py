@@ -24,6 +24,7 @@ from typing import Any
 __all__ = [
     "FIELDS",
     "ISA_FLAGS",
+    "cgroup_cpu_quota",
     "collect",
     "collect_caches",
     "collect_cpu",
@@ -278,7 +279,7 @@ def _affinity_cores(cpus: set[int]) -> int | None:
     return len(cores) or None
 
 
-def _cgroup_cpu_quota() -> float | None:
+def cgroup_cpu_quota() -> float | None:
     """CPUs' worth of time this process's cgroup may use: the tightest cgroup v2 cpu.max from its cgroup up
     to the root, or v1's cpu.cfs_quota_us / cpu.cfs_period_us; None where no limit is set or readable.
     (In a container the cgroup mount is its own cgroup, so the mount's root is read too.)"""
@@ -363,7 +364,7 @@ def collect_cpu(info: dict[str, Any], cpuinfo: dict[str, Any] | None = None) -> 
         info["affinity_cpus"] = len(affinity)
         if cores := _affinity_cores(affinity):
             info["affinity_cores"] = cores
-    if (quota := _cgroup_cpu_quota()) is not None:
+    if (quota := cgroup_cpu_quota()) is not None:
         info["cpu_quota"] = quota
     packages = {_read(p) for p in glob.glob(f"{_SYS_CPU}/cpu[0-9]*/topology/physical_package_id")} - {None}
     if packages:

@@ -15,6 +15,7 @@ import pytest
 
 from profiler import fingerprint
 from profiler.ceilings import derived_ceilings, level_working_sets, usable_threads
+from profiler.contention import usable_cpus
 from profiler.sweep_spec import cache_sizes
 
 _REAL_PY_CPUINFO = fingerprint._py_cpuinfo
@@ -340,6 +341,8 @@ def test_cgroup_cpu_quota_caps_threads_and_peak(
         assert usable_threads(fp) == (int(quota), int(quota))
         assert peak.gflops == pytest.approx(quota * 3000 * 2 * 8 * 2 / 1e3)
     assert fp.get("cpu_quota") == quota
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert usable_cpus() == (int(quota) if quota else 64)  # the timer refuses more threads than the quota runs
 
 
 def test_psutil_without_counts_falls_back(machine: FakeMachine, monkeypatch: pytest.MonkeyPatch) -> None:
