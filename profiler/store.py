@@ -132,6 +132,19 @@ def read_records(path: str | Path) -> Read:
     return Read(header, records, sorted(problems), problems)
 
 
+def _first_header(path: Path) -> dict[str, Any] | None:
+    """The file's header: its first intact JSON line, when that is one; not a read of every record."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # blank or torn
+            ok = isinstance(rec, dict) and rec.get("kind") == "header" and isinstance(rec.get("fingerprint", {}), dict)
+            return rec if ok else None
+    return None
+
+
 def latest_per_key(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The last record of each key, in the order the keys first appear."""
     latest: dict[str, dict[str, Any]] = {}
@@ -188,9 +201,7 @@ class ResultFile:
     def _check_header(self) -> None:
         """Refuse to add to a file of another schema version or another machine: its points would be mixed with
         this run's, and those stored as ok skipped here as if measured on this machine."""
-        if not self.path.exists():
-            return
-        theirs = read_records(self.path).header
+        theirs = _first_header(self.path) if self.path.exists() else None
         if theirs is None:
             return
         if theirs.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
