@@ -184,6 +184,7 @@ def test_adagrad_optimizer_trains_and_refuses_fused_updates(tmp_path, capsys):
     assert "fused updates are SGD only" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # torch warned about implicit sparse invariant checks
 def test_bench_dlrm_runs_each_optimizer_beside_the_reference_style(tmp_path, capsys):
     small = ["bench", "dlrm", "--arch-embedding-size=500x3", "--arch-mlp-bot=13-8-4", "--arch-sparse-feature-size=4",
              "--arch-mlp-top=8-1", "--batch-size=32", "--steps=3", "--warmup=1",
