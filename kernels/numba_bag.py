@@ -140,7 +140,7 @@ class NumbaBag:
             bd.data_ptr(),
             0 if nd is None else nd.data_ptr(),
             lr,
-            self.prefetch_distance(rows * dim * 4),
+            self.prefetch_distance(rows * dim * weight.element_size()),  # float64 rows are 8-byte
             chunks,
         )
 

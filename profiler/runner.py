@@ -63,19 +63,22 @@ def pick_ceiling(
     return min(pool, key=lambda c: abs((c.shape[1] if len(c.shape) > 1 else dim) - dim))
 
 
+_MAX_ALARM_S = 1e8  # about 3 years; setitimer overflows its time_t past ~9.2e9 s
+
+
 @contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
     """Raise PointTimeout in the main thread after `seconds` (checked between Python bytecodes)."""
-    if seconds <= 0 or not hasattr(signal, "setitimer"):
-        yield
+    if seconds <= 0 or seconds > _MAX_ALARM_S or not hasattr(signal, "setitimer"):
+        yield  # past _MAX_ALARM_S (or inf) setitimer raises OverflowError: no deadline, as years would be
         return
 
     def _fire(signum: int, frame: Any) -> None:
         raise PointTimeout(f"timed out after {seconds:g} s (--point-timeout)")
 
     old = signal.signal(signal.SIGALRM, _fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)

@@ -220,9 +220,14 @@ def _spec_file(name: str) -> str:
     return str(shipped) if shipped.is_file() else name
 
 
+def _parse_timeout(text: str) -> float:
+    """--point-timeout: finite seconds > 0 ('inf' reached setitimer, whose OverflowError was a traceback)."""
+    from profiler.bench_bag_cli import parse_float
+
+    return parse_float(0, above=True)(text)
+
+
 def _cmd(args: argparse.Namespace) -> int:
-    if not args.point_timeout > 0:
-        raise ValueError(f"--point-timeout {args.point_timeout:g}: give seconds > 0")
     filters = [f for part in args.filter for f in part.split(",") if f]
     run_sweep(
         _spec_file(args.file),
@@ -260,7 +265,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results-dir", default="results", help="replaces results/")
     p.add_argument(
         "--point-timeout",
-        type=float,
+        type=_parse_timeout,
         default=300.0,
         help="seconds before a point is abandoned and stored as failed (default %(default)g)",
     )

@@ -155,7 +155,14 @@ def test_bench_embedding_bag_refuses_a_table_past_memory_before_allocating(monke
         (["bench", "dlrm", "--threads", "-1"], "argument --threads: '-1' is not a whole number >= 0"),
         (["bench", "timer", "--threads", "0"], "argument --threads: '0' is not a whole number >= 1"),
         (["train", "--preset=tiny", "--test-predictions-out", "p.csv"], "--test-predictions-out needs test data"),
-        (["sweep", "sweeps/quickstart.toml", "--point-timeout", "-5", "--dry-run"], "--point-timeout -5: give seconds"),
+        (
+            ["sweep", "sweeps/quickstart.toml", "--point-timeout", "-5", "--dry-run"],
+            "argument --point-timeout: '-5': expected a finite number > 0",
+        ),
+        (  # inf reached setitimer: an OverflowError traceback at the first point
+            ["sweep", "sweeps/quickstart.toml", "--point-timeout", "inf", "--dry-run"],
+            "argument --point-timeout: 'inf': expected a finite number > 0",
+        ),
         # float flags: nan and inf passed `x < 0` checks and became a NaN loss (a traceback) or a cryptic error
         (
             ["train", "--preset=tiny", "--learning-rate", "nan"],

@@ -278,3 +278,51 @@ def test_float64_or_strided_per_sample_weights_on_a_float32_table(name):
         g = torch.randn(len(_LENGTHS), 5)
         bags = torch.repeat_interleave(torch.arange(len(_LENGTHS)), torch.tensor(_LENGTHS))
         torch.testing.assert_close(bag.lookup_grads(g, indices, offsets, p), psw[:, None] * g[bags])
+
+
+def test_a_float64_table_is_sized_by_its_own_bytes_for_the_auto_prefetch(monkeypatch):
+    # a 24 MiB float64 table was sized as float32 (12 MiB, under AUTO_PREFETCH_MIN_BYTES): no prefetch
+    rows, dim = 49_152, 64  # 24 MiB as float64, 12 MiB as float32
+    dists = []
+    built = numba_bag._kernels
+
+    def spy(w, ib, fb=32):
+        k = built(w, ib, fb)
+        return type(k)(lambda *a: (dists.append(a[13]), k.serial(*a))[1], k.parallel)
+
+    monkeypatch.setattr(numba_bag, "_kernels", spy)
+    weight = torch.zeros(rows, dim, dtype=torch.float64)
+    indices, offsets = torch.tensor([0, rows - 1]), torch.tensor([0, 1, 2])
+    numba_bag.make_numba_bag(4).forward(weight, indices, offsets)
+    numba_bag.make_numba_bag(4).forward(weight.float(), indices, offsets)
+    assert dists == [numba_bag.DEFAULT_PREFETCH_ROWS, 0]
+
+
+@pytest.mark.parametrize("width", numba_bag.WIDTHS)
+@pytest.mark.parametrize("prefetch", [1, 3, 32])
+def test_forward_with_prefetch_matches_torch_for_every_tile_shape(width, prefetch):
+    # the prefetching loops (whole rows up to 128 B, else each tile's lines, split at kend - dist) ran in no
+    # test: tables here are under the 16 MiB auto threshold. Every D to 200 (whole and tiled, every tail),
+    # int32/int64, float32/64, weighted or not, bags of 0-40 with empty ones at each end, 1 and 2 chunks.
+    g = torch.Generator().manual_seed(width * 100 + prefetch)
+    bag = numba_bag.make_numba_bag(width, prefetch_rows=prefetch)
+    threads = torch.get_num_threads()
+    try:
+        for case in range(60):
+            dim = 1 + (case * 37 + width) % 200
+            idt = (torch.int32, torch.int64)[case % 2]
+            fdt = (torch.float32, torch.float64)[case // 2 % 2]
+            rows = int(torch.randint(1, 400, (1,), generator=g))
+            lengths = torch.randint(0, 41, (int(torch.randint(1, 120, (1,), generator=g)),), generator=g)
+            lengths[torch.rand(lengths.numel(), generator=g) < 0.2] = 0
+            lengths[0] = lengths[-1] = 0
+            indices = torch.randint(0, rows, (int(lengths.sum()),), generator=g, dtype=idt)
+            offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(idt)
+            weight = torch.randn(rows, dim, generator=g, dtype=fdt)
+            psw = torch.randn(indices.numel(), generator=g, dtype=fdt) if case % 3 else None
+            torch.set_num_threads(1 + case % 2)  # 2 threads: 2 chunks where the batch is big enough
+            got = bag.forward(weight, indices, offsets, psw)
+            want = F.embedding_bag(indices.long(), weight, offsets[:-1].long(), mode="sum", per_sample_weights=psw)
+            assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (case, dim, idt, fdt)
+    finally:
+        torch.set_num_threads(threads)

@@ -310,3 +310,11 @@ def test_ctrl_c_mid_sweep_says_how_to_resume_and_the_rerun_skips_what_was_stored
     monkeypatch.setattr(profiler.runner, "run_point", real)
     assert run_sweep(spec, results_dir=results, progress=False) == {
         "ok": 2, "failed": 0, "skipped": 2}  # fmt: skip
+
+
+def test_a_point_timeout_of_years_runs_the_point_without_an_alarm(tmp_path):
+    # setitimer overflows past ~9.2e9 s: run_sweep(point_timeout_s=1e10) raised OverflowError (a traceback)
+    spec = _spec(tmp_path, SPEC.replace(', "torch_naive", "unbuilt_kernel"]', "]").replace("[1, 2]", "[1]"))
+    counts = run_sweep(spec, results_dir=tmp_path / "results", progress=False, point_timeout_s=1e10)
+    assert counts == {"ok": 1, "failed": 0, "skipped": 0}
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
