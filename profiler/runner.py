@@ -24,7 +24,7 @@ from profiler.collective import CollectiveFailure
 from profiler.metrics import Cost, dlrm_step_cost, embedding_bag_cost, fused_sgd_cost, rates
 from profiler.sweep_spec import Point, cache_sizes, check_sizes, format_bytes, resolve_bytes
 from profiler.timer import measure
-from profiler.workload import check_memory, hot_rows, make_bag_inputs
+from profiler.workload import check_memory, hot_rows, make_bag_inputs, profile_digest
 
 __all__ = ["PointTimeout", "cache_sizes", "pick_ceiling", "run_point"]
 
@@ -227,6 +227,8 @@ def _run_bag(
         "index_batches": len(batches),
         "touched_bytes": bags.touched_rows * point.embedding_dim * 4,
     }
+    if (digest := profile_digest(point.distribution)) is not None:
+        extra["profile_sha256"] = digest
     return m, cost, extra
 
 

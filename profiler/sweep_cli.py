@@ -11,6 +11,7 @@ from typing import Any
 
 from profiler.store import ResultFile, latest_per_key
 from profiler.sweep_spec import Point, SweepSpec, expand, load_spec
+from profiler.workload import profile_digest
 
 __all__ = ["add_commands", "load_machine", "matches", "run_sweep"]
 
@@ -130,11 +131,24 @@ def _run_points(
         for r in latest
         if r.get("status") == "ok" and int((r.get("measurement") or {}).get("flush_bytes") or 0) != flush
     }
-    done = {k for k, v in status.items() if v == "ok"} - stale
     again = stale & {p.key() for p in points}
     if again:
         print(f"note: measuring again {len(again)} point(s) stored with another flush_bytes than [timing]'s {flush}",
               flush=True)  # fmt: skip
+    # a point keyed by its profile's path: measured again when the file's contents changed since it was stored
+    digests = {p.key(): d for p in points if (d := profile_digest(p.distribution)) is not None}
+    changed = {
+        r["key"]
+        for r in latest
+        if r.get("status") == "ok"
+        and r["key"] in digests
+        and (r.get("derived") or {}).get("profile_sha256") != digests[r["key"]]
+    } - stale
+    if changed:
+        print(f"note: measuring again {len(changed)} point(s) whose stack-distance profile changed since stored",
+              flush=True)  # fmt: skip
+    stale |= changed
+    done = {k for k, v in status.items() if v == "ok"} - stale
     retry = sum(status.get(p.key()) not in (None, "ok") for p in points)
     if retry:
         print(f"note: measuring again {retry} point(s) stored as failed", flush=True)

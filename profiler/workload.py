@@ -27,6 +27,7 @@ __all__ = [
     "hot_rows",
     "make_bag_inputs",
     "num_batches",
+    "profile_digest",
     "rotation_batches",
     "sample_rows",
 ]
@@ -102,6 +103,17 @@ def check_memory(point: Point, hot: int, touched_mask: bool = True, flush_bytes:
             f"needs about {(need + flush) / 2**30:.2f} GiB{with_flush} but {avail / 2**30:.2f} GiB is available; "
             "refused before allocating"
         )
+
+
+def profile_digest(distribution: str) -> str | None:
+    """'sd:PATH': the profile file's SHA-256 (16 hex digits), stored with the point so that a resumed sweep
+    measures again what a changed profile would draw differently; None for other distributions."""
+    if not distribution.startswith("sd:"):
+        return None
+    import hashlib
+
+    with open(distribution[3:], "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def sample_rows(distribution: str, hot: int, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -318,3 +318,20 @@ def test_a_point_timeout_of_years_runs_the_point_without_an_alarm(tmp_path):
     counts = run_sweep(spec, results_dir=tmp_path / "results", progress=False, point_timeout_s=1e10)
     assert counts == {"ok": 1, "failed": 0, "skipped": 0}
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_points_of_a_changed_stack_distance_profile_are_measured_again(tmp_path, capsys):
+    """Points are keyed by the profile's path: a resumed sweep must not keep what the old file's contents drew."""
+    prof = tmp_path / "p.prof"
+    prof.write_text("1\n0, 1\n0.5, 1.0\n")
+    text = SPEC.replace(', "torch_naive", "unbuilt_kernel"]', "]")
+    spec = _spec(tmp_path, text.replace("num_tables = [1, 2]", f'num_tables = [1]\ndistribution = ["sd:{prof}"]'))
+    results = tmp_path / "results"
+    assert run_sweep(spec, results_dir=results, progress=False) == {"ok": 1, "failed": 0, "skipped": 0}
+    assert run_sweep(spec, results_dir=results, progress=False)["skipped"] == 1  # unchanged: kept
+    prof.write_text("1\n0, 2\n0.5, 1.0\n")
+    capsys.readouterr()
+    assert run_sweep(spec, results_dir=results, progress=False) == {"ok": 1, "failed": 0, "skipped": 0}
+    assert "measuring again 1 point(s) whose stack-distance profile changed since stored" in capsys.readouterr().out
+    digests = [r["derived"]["profile_sha256"] for r in _records(results)]
+    assert len(digests) == 2 and digests[0] != digests[1] and all(len(d) == 16 for d in digests)
