@@ -18,7 +18,6 @@ profiler.metrics.embedding_bag_cost, so an embedding-bag point divided by it is 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -316,15 +315,15 @@ def gemm_ceiling(
     )
 
 
-def _compute_cores(fp: dict[str, Any]) -> float | None:
-    """Physical cores this process may run on (SMT siblings share a core's FMA units), at most the
-    cgroup's CPU quota."""
+def _compute_cores(fp: dict[str, Any]) -> int | None:
+    """Physical cores this process may run on (SMT siblings share a core's FMA units), at most the whole
+    CPUs of the cgroup's quota: the thread counts the ceilings and the timer use (1.5 CPUs: 1 thread)."""
     cores = fp.get("affinity_cores")
     if not cores:
         known = [n for n in (fp.get("affinity_cpus"), fp.get("physical_cores")) if n]
         cores = min(known) if known else fp.get("logical_cpus")
     if cores and fp.get("cpu_quota"):
-        return min(cores, fp["cpu_quota"])
+        return min(cores, max(1, int(fp["cpu_quota"])))
     return cores
 
 
@@ -335,7 +334,7 @@ def usable_threads(fp: dict[str, Any]) -> tuple[int, int]:
     quota = fp.get("cpu_quota")
     if quota:
         cpus = max(1, min(cpus, int(quota)))
-    cores = max(1, min(cpus, math.ceil(_compute_cores(fp) or cpus)))
+    cores = max(1, min(cpus, _compute_cores(fp) or cpus))
     return cores, cpus
 
 
@@ -356,10 +355,10 @@ def derived_ceilings(fp: dict[str, Any]) -> list[Ceiling]:
     fma = 2 if ("fma" in flags or "avx512f" in flags or "asimd" in flags) else 1
     if cores and mhz:
         per_cycle = 2 * lanes * fma  # 2 units x lanes x (2 FLOPs per FMA, or mul + add)
-        assume = f"{cores:g} cores x {mhz:.0f} MHz x 2 units x {lanes} lanes x {2 if fma == 2 else 1} FLOP"
-        if fp.get("cpu_quota") is not None and cores == fp["cpu_quota"]:
-            assume += " (the cgroup's CPU quota)"
-        threads = math.ceil(cores)
+        assume = f"{cores} cores x {mhz:.0f} MHz x 2 units x {lanes} lanes x {2 if fma == 2 else 1} FLOP"
+        if fp.get("cpu_quota") is not None and cores == max(1, int(fp["cpu_quota"])):
+            assume += f" (the cgroup's CPU quota, {fp['cpu_quota']:g} CPUs)"
+        threads = cores
         out.append(
             Ceiling(
                 "fma_peak", "compute", "derived", threads=threads, gflops=cores * mhz * per_cycle / 1e3, method=assume
