@@ -43,8 +43,10 @@ def _facets(rows: list[dict[str, Any]], x: str, line: str) -> list[str]:
     return varying_fields(rows, exclude=exclude)
 
 
-def _draw_caches(ax: Any, machine: Machine, tint: str, prefix: str) -> None:
+def _draw_caches(ax: Any, machine: Machine, tint: str, prefix: str, levels: set[str] | None = None) -> None:
     for level, size in machine.cache_sizes_bytes().items():
+        if levels is not None and level not in levels:
+            continue
         ax.axvline(size, color=tint, ls=_CACHE_STYLES.get(level, ":"), lw=1.0, alpha=0.7)
         ax.annotate(f"{prefix}{level} {format_bytes(size)}", (size, 1.0), xycoords=("data", "axes fraction"),
                     xytext=(2, -10), textcoords="offset points", fontsize=7, color=tint, rotation=90,
@@ -122,10 +124,13 @@ def throughput_figure(
             tint = color(skus.index(group[0])) if len(group) == 1 else SHARED_TINT
             return tint, ", ".join(tags[s] for s in group) + ": "
 
-        if x in BYTE_FIELDS:  # machines with the same caches share their lines
-            for group in group_equal({sku: machines[sku].cache_sizes_bytes() for sku in known}):
-                tint, prefix = tint_and_prefix(group)
-                _draw_caches(ax, machines[group[0]], tint or "gray", prefix)
+        if x in BYTE_FIELDS:  # machines with the same size of a cache level share that level's line
+            sizes = {sku: machines[sku].cache_sizes_bytes() for sku in known}
+            for level in dict.fromkeys(lv for s in sizes.values() for lv in s):
+                have = {sku: s[level] for sku, s in sizes.items() if level in s}
+                for group in group_equal(have):
+                    tint, prefix = tint_and_prefix(group)
+                    _draw_caches(ax, machines[group[0]], tint or "gray", prefix, {level})
         if y == "gbps":
             shown = {sku: _bandwidth_roofs(machines[sku], [r for r in panel_rows if r["sku_id"] == sku])
                      for sku in known if machines[sku].ceilings}  # fmt: skip

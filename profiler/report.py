@@ -17,7 +17,7 @@ from typing import Any
 from profiler.plot_style import format_bytes
 from profiler.plots import add_shared_options, find_spec, make_plot, plot_settings
 from profiler.results import Machine, kernel_label, load_results, point_label, select, varying_fields
-from profiler.store import write_text_atomic
+from profiler.store import read_header, write_text_atomic
 
 __all__ = [
     "add_commands",
@@ -85,7 +85,8 @@ def machine_lines(machine: Machine) -> list[str]:
     if fp.get("versions"):
         out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in fp["versions"].items()))
     if fp.get("git_commit"):
-        out.append(f"Git: {fp['git_commit'][:12]}{' (dirty)' if fp.get('git_dirty') else ''}")
+        dirty = " (dirty)" if fp.get("git_dirty") else ""
+        out.append(f"Git at fingerprint (machine.json): {fp['git_commit'][:12]}{dirty}")
     return out
 
 
@@ -124,6 +125,24 @@ def sweep_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
     return _POINT_HEADERS, out
 
 
+def _provenance(rows: list[dict[str, Any]]) -> str:
+    """Where a sweep's points come from: each results file and the commit its run was measured at (from the
+    file's header, which can differ from the machine.json one: sweeps are often re-run after a change)."""
+    parts = []
+    for src in dict.fromkeys(str(r.get("source") or "") for r in rows):
+        if not src:
+            continue
+        try:
+            fp = (read_header(Path(src)) or {}).get("fingerprint") or {}
+        except OSError:
+            fp = {}
+        commit = fp.get("git_commit")
+        dirty = " (dirty)" if fp.get("git_dirty") else ""
+        parts.append(f"{Path(src).name} (run at commit {commit[:12]}{dirty})" if commit else
+                     f"{Path(src).name} (run's commit not recorded)")  # fmt: skip
+    return "Data: " + ", ".join(parts) + "." if parts else ""
+
+
 def _sweep_blocks(
     sweep: str, rows: list[dict[str, Any]], machines: dict[str, Machine], out_dir: Path, spec_dir: str | Path
 ) -> tuple[list[Block], list[Path]]:
@@ -137,6 +156,8 @@ def _sweep_blocks(
     source = f"sweep file {_shown_path(spec.source)}" if spec else "defaults (no sweep file found)"
     blocks.append(("p", f"{len(ok)} ok, {len(rows) - len(ok)} failed, {contended} measured under contention. "
                         f"Plot settings: {source}."))  # fmt: skip
+    if provenance := _provenance(rows):
+        blocks.append(("p", provenance))
     headers, table = sweep_table(rows)
     blocks.append(("table", headers, table))
     paths: list[Path] = []
@@ -155,6 +176,10 @@ def _sweep_blocks(
         for line in res.flagged + res.notes:
             blocks.append(("p", f"Note ({kind}): {line}"))
         blocks.append(("img", f"plots/{stem.name}.png", f"{sweep}: {kind}"))
+        files = ", ".join(dict.fromkeys(Path(str(r.get("source"))).name for r in ok if r.get("source")))
+        roofs = "; ceilings from machine.json" if kind != "speedup" else ""
+        blocks.append(("p", f"Figure ({kind}): the {len(ok)} ok points of sweep {sweep} from {files or '?'}{roofs}; "
+                            f"redraw with `dlrmbench plot RESULTS_DIR --sweep {sweep} --kind {kind}`."))  # fmt: skip
     return blocks, paths
 
 

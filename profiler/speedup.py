@@ -138,7 +138,7 @@ def speedup_figure(table: SpeedupTable, *, title: str = "") -> Figure:
         ax.axhline(1.0, color="black", lw=0.8, ls="--")
         ax.set_xticks(range(n), table.labels, rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center",
                       fontsize=8)  # fmt: skip
-        ax.set_ylabel(f"speedup over {table.baseline} (log scale)")
+        ax.set_ylabel(f"speedup over {table.baseline} (log scale; > 1x: faster than {table.baseline})")
         ax.set_xlabel("point")
         ax.legend(fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
@@ -157,6 +157,6 @@ def speedup_figure(table: SpeedupTable, *, title: str = "") -> Figure:
                 v = table.values.get((label, k))
                 ax.text(j, i, f"{v:.2f}" if v else table.why_missing(label, k), ha="center", va="center",
                         fontsize=6)  # fmt: skip
-        fig.colorbar(im, ax=ax, label=f"log2 speedup over {table.baseline} (grey: no value)")
+        fig.colorbar(im, ax=ax, label=f"log2 speedup over {table.baseline} (> 0: faster; grey: no value)")
     ax.set_title(title)
     return fig

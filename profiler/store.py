@@ -27,6 +27,7 @@ __all__ = [
     "ResultFile",
     "ensure_folder",
     "latest_per_key",
+    "read_header",
     "read_records",
     "replace_atomic",
     "write_json_atomic",
@@ -132,8 +133,8 @@ def read_records(path: str | Path) -> Read:
     return Read(header, records, sorted(problems), problems)
 
 
-def _first_header(path: Path) -> dict[str, Any] | None:
-    """The file's header: its first intact JSON line, when that is one; not a read of every record."""
+def read_header(path: Path) -> dict[str, Any] | None:
+    """A results file's header: its first intact JSON line, when that is one; not a read of every record."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
@@ -201,7 +202,7 @@ class ResultFile:
     def _check_header(self) -> None:
         """Refuse to add to a file of another schema version or another machine: its points would be mixed with
         this run's, and those stored as ok skipped here as if measured on this machine."""
-        theirs = _first_header(self.path) if self.path.exists() else None
+        theirs = read_header(self.path) if self.path.exists() else None
         if theirs is None:
             return
         if theirs.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:

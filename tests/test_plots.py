@@ -395,3 +395,26 @@ def test_a_point_field_wins_over_a_derived_value_of_the_same_name(tmp_path):
     path.write_text(json.dumps({"kind": "header", "sweep": "s"}) + "\n" + json.dumps(rec) + "\n")
     row = load_results(path).rows[0]
     assert row["kernel"] == "torch" and row["gbps"] == 3.0
+
+
+def test_compare_throughput_shares_a_cache_line_per_level_the_machines_agree_on(tmp_path):
+    """Two machines that differ only in L3: one shared L1d and L2 line each, tagged 'A, B', and one L3 line
+    per machine; before, any difference drew every level twice, the labels printed over each other."""
+    pts = [(bag_point("torch", working_set=ws), t, c) for ws, t, c in (("8K", 1e-5, TRIAD_L1), ("256M", 2e-4, GATHER))]
+    a = write_sku(tmp_path, "sku-a", "Synthetic CPU A", pts)
+    b = write_sku(tmp_path, "sku-b", "Synthetic CPU B", pts)
+    stored = json.loads((b / "machine.json").read_text())
+    stored["fingerprint"]["caches"]["L3"]["size_bytes"] = 16 << 20
+    (b / "machine.json").write_text(json.dumps(stored))
+    sets = [load_results(a), load_results(b)]
+    rows = [r for s in sets for r in s.rows]
+    machines = {k: v for s in sets for k, v in s.machines.items()}
+    fig, _ = throughput_figure(rows, machines, x="working_set_bytes")
+    texts = [t.get_text() for t in fig.axes[0].texts if "KiB" in t.get_text() or "MiB" in t.get_text()]
+    assert sorted(texts) == ["A, B: L1d 32 KiB", "A, B: L2 1 MiB", "A: L3 32 MiB", "B: L3 16 MiB"]
+
+
+def test_speedup_axis_says_which_way_is_faster(tmp_path):
+    table = speedups(load_results(_one_sku(tmp_path)).rows, "torch")
+    ax = speedup_figure(table).axes[0]
+    assert ax.get_ylabel() == "speedup over torch (log scale; > 1x: faster than torch)"

@@ -135,3 +135,25 @@ def test_a_filter_that_leaves_no_point_is_an_error_not_an_empty_report(tmp_path,
     assert not (out / "index.md").exists()
     assert main(["report", str(folder), "--out", str(out), "--filter", "kernel=torch"]) == 0
     assert "| 1.25 |" in (out / "index.md").read_text() and "| 0.5 |" not in (out / "index.md").read_text()
+
+
+def test_report_names_each_sweeps_file_and_run_commit_and_captions_its_figures(tmp_path):
+    """The Machine section's commit is machine.json's (when fingerprinted); a sweep re-run later at another
+    commit says its own, read from its results file's header, and each figure names the points it draws."""
+    folder = _folder(tmp_path)
+    stored = json.loads((folder / "machine.json").read_text())
+    stored["fingerprint"]["git_commit"] = "a" * 40
+    (folder / "machine.json").write_text(json.dumps(stored))
+    jsonl = folder / "synth.jsonl"
+    lines = jsonl.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["fingerprint"] = {**header["fingerprint"], "git_commit": "b" * 40, "git_dirty": True}
+    jsonl.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    out = tmp_path / "report"
+    write_report(folder, out, spec_dir=tmp_path / "no-sweeps")
+    md = (out / "index.md").read_text()
+    assert "- Git at fingerprint (machine.json): aaaaaaaaaaaa" in md
+    assert "Data: synth.jsonl (run at commit bbbbbbbbbbbb (dirty))." in md
+    assert ("Figure (roofline): the 3 ok points of sweep synth from synth.jsonl; ceilings from machine.json; "
+            "redraw with `dlrmbench plot RESULTS_DIR --sweep synth --kind roofline`.") in md  # fmt: skip
+    assert "Figure (speedup): the 3 ok points of sweep synth from synth.jsonl; redraw" in md
