@@ -43,6 +43,10 @@ WIDTHS = (1, 4, 8, 16)  # float32 lanes: scalar, 128-bit (SSE/NEON), 256-bit (AV
 # (numba_w16 at 1 thread, medians of 5 interleaved rounds), 32 against 16: D=16 DRAM 254 against 344 us, D=64
 # Zipf 1.15 over 1M rows 53 against 62 us, D=64 L3-sized 344 against 383 us, D=128 DRAM 1,796 against 1,750 us;
 # the fused SGD update (B=2048): D=16 DRAM 288 against 411 us, D=64 DRAM 1,066 against 1,077, Zipf 494 against 529.
+# A distance by row size was measured and not adopted (same harness, 1M rows unless noted, B=2048, 48 against 32):
+# 256 B rows gain (D=64 DRAM 657 against 772 us, Zipf 1.15 244 against 263) but every other size loses or is
+# level (D=32 400 against 329, D=48 561 against 514, D=96 848 against 824, D=128 1,527 against 1,513) and so does
+# a 256 B row in an L3-sized table (100K rows: 365 against 313).
 DEFAULT_PREFETCH_ROWS = 32
 # Smaller tables sit in L2/L3, where the prefetch instructions cost more than they save (measured on a
 # 32 MiB-L3 Zen 4: a 5 MiB table ran ~12% slower with them, 256 MiB+ tables 10-30% faster).
@@ -112,11 +116,13 @@ class NumbaBag:
         parallel: bool = True,
     ) -> None:
         rows, dim = weight.shape
-        if offsets.dtype != indices.dtype:  # one index type for the loop: offsets reach N, so past int32 widen
+        index_dtype = indices.dtype
+        if offsets.dtype != index_dtype:  # one index type for the loop: offsets reach N, so past int32 widen
             if indices.numel() > INT32_MAX:  # offsets need int64 (and the indices widen with them)
                 indices, offsets = indices.long(), offsets.long()
             else:
-                offsets = offsets.to(indices.dtype)
+                offsets = offsets.to(index_dtype)
+            index_dtype = indices.dtype
         if not indices.is_contiguous():
             indices = indices.contiguous()
         if not offsets.is_contiguous():
@@ -124,8 +130,10 @@ class NumbaBag:
         if psw is not None and (psw.dtype != weight.dtype or not psw.is_contiguous()):
             psw = psw.detach().to(weight.dtype).contiguous()
         n = indices.numel()
-        k = _kernels(self.width, _INDEX_BITS[indices.dtype], _FLOAT_BITS[weight.dtype])
-        chunks = numba_threads() if parallel and n * dim >= _SERIAL_MAX_FLOATS else 1
+        k = _kernels(self.width, _INDEX_BITS[index_dtype], _FLOAT_BITS[weight.dtype])
+        # torch at 1 thread means serial: numba's count (~1 us to ask) only matters for a parallel launch
+        parallel = parallel and n * dim >= _SERIAL_MAX_FLOATS and torch.get_num_threads() > 1
+        chunks = numba_threads() if parallel else 1
         (k.parallel if chunks > 1 else k.serial)(
             op,
             weight.data_ptr(),
