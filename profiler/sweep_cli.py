@@ -136,7 +136,8 @@ def _run_points(
         print(f"note: measuring again {len(again)} point(s) stored with another flush_bytes than [timing]'s {flush}",
               flush=True)  # fmt: skip
     # a point keyed by its profile's path: measured again when the file's contents changed since it was stored
-    digests = {p.key(): d for p in points if (d := profile_digest(p.distribution)) is not None}
+    by_file = {dist: profile_digest(dist) for dist in {p.distribution for p in points}}  # each file read once
+    digests = {p.key(): by_file[p.distribution] for p in points if by_file[p.distribution] is not None}
     changed = {
         r["key"]
         for r in latest
