@@ -74,6 +74,19 @@ def test_a_record_of_wrong_types_is_skipped_with_its_line_and_field(tmp_path, ch
     assert results.torn_summary() == f"1 torn or malformed line(s), first {path}:2: {why}"
 
 
+def test_a_point_record_without_its_shape_is_skipped_not_read_as_the_default_point(tmp_path):
+    path = tmp_path / "t.jsonl"
+    partial = {k: v for k, v in _POINT.items() if k != "num_rows"}
+    _write(path, _HEADER, _record(key="empty", point={}), _record(key="partial", point=partial), _record(key="k1"))
+    results = load_results(path)  # {} was read as Point(): B=2048 E=1000000 D=64 and a made-up table size
+    assert [r["key"] for r in results.rows] == ["k1"] and results.torn_lines == 2
+    assert results.torn_notes == (
+        f"{path}: point empty: lacks target, kernel, batch_size, num_rows, embedding_dim, pooling_factor, "
+        "num_tables; skipped",
+        f"{path}: point partial: lacks num_rows; skipped",
+    )
+
+
 def test_a_header_whose_fingerprint_is_not_an_object_is_skipped(tmp_path):
     path = tmp_path / "t.jsonl"
     _write(path, {**_HEADER, "fingerprint": [1]}, _record())

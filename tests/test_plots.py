@@ -390,7 +390,7 @@ def test_speedup_geomean_and_why_a_point_has_no_value(tmp_path):
 
 def test_a_point_field_wins_over_a_derived_value_of_the_same_name(tmp_path):
     path = tmp_path / "r.jsonl"
-    rec = {"kind": "point", "key": "p", "status": "ok", "point": {"kernel": "torch"},
+    rec = {"kind": "point", "key": "p", "status": "ok", "point": Point(kernel="torch").to_dict(),
            "derived": {"kernel": "bogus", "gbps": 3.0}, "measurement": {"median_s": 1e-3}}  # fmt: skip
     path.write_text(json.dumps({"kind": "header", "sweep": "s"}) + "\n" + json.dumps(rec) + "\n")
     row = load_results(path).rows[0]
