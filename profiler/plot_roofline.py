@@ -13,9 +13,11 @@ miscounted (or the ceiling was mismeasured), so it is flagged as an accounting e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -23,30 +25,38 @@ from matplotlib.patches import Patch
 from profiler.ceilings import Ceiling
 from profiler.plot_style import (
     AXIS_NAMES,
+    COMPUTE_ROOF_COLOR,
+    LEVELS,
     SHARED_TINT,
+    UNPLACED,
     color,
+    format_bytes,
     group_equal,
     kernel_styles,
+    level_color,
+    level_marker,
     machine_tags,
-    marker,
     new_figure,
     roof_color,
     roof_key,
+    stack_legends,
 )
 from profiler.results import Machine, group_by, point_label, shared_label, threads_of, varying_fields
+from profiler.sweep_spec import level_of
 
 __all__ = [
     "DEFAULT_TOLERANCE",
     "RoofCheck",
     "above_roof",
+    "dodge_factors",
     "missing_ceilings",
+    "point_level",
     "point_roof_gflops",
     "roofline_figure",
     "roofs_for",
 ]
 
 DEFAULT_TOLERANCE = 0.05  # a point within 5% of its roof is measurement noise, not an accounting error
-_LEVELS = ("L1d", "L2", "L3", "DRAM")
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ def roofs_for(machine: Machine, rows: list[dict[str, Any]]) -> list[Ceiling]:
     measured = [c for c in pool if c.source == "measured"]
     chosen: list[Ceiling] = []
     for t in sorted({_threads(r) for r in rows}) or [1]:
-        for level in _LEVELS:
+        for level in LEVELS:
             chosen += _nearest(
                 [c for c in measured if c.kind == "bandwidth" and c.level == level and c.name == "triad"], t
             )
@@ -146,23 +156,55 @@ def _roof_label(c: Ceiling) -> str:
     return f"{c.name}{extra} {where} {c.threads}t: {unit}" + (" (derived)" if c.source == "derived" else "")
 
 
+def _lighter(col: str, frac: float) -> str:
+    r, g, b = to_rgb(col)
+    return to_hex((r + (1 - r) * frac, g + (1 - g) * frac, b + (1 - b) * frac))
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """A roof as drawn: its colour and the compute roof it bends at (None: it does not bend)."""
+
+    ceiling: Ceiling
+    color: str
+    style: str
+    bend: float | None
+
+    def at(self, ai: float) -> float:
+        c = self.ceiling
+        if c.kind == "compute":
+            return c.value
+        return min(c.value * ai, self.bend) if self.bend else c.value * ai
+
+
 def _draw_roofs(
     ax: Any, roofs: list[Ceiling], x_lo: float, x_hi: float, tint: str | None, sku: str, *, by_threads: bool = False
-) -> None:
+) -> dict[str, _Drawn]:
     # Memory roofs bend at the measured compute roof: a derived peak is drawn (dashed) but is not
     # what the machine reached, so it does not lift the roofs (it does only where none was measured).
     # With points at several thread counts (by_threads), each memory roof bends at the compute roof
-    # of its own thread count, and the labels on the plot name the count.
+    # of its own thread count, the labels on the plot name the count, and fewer threads draw lighter.
+    # One machine: a memory roof takes its level's colour (the colour its points' level legend shows),
+    # gather roofs dash-dotted beside the triad of the same level; compute roofs are grey.
     measured_top = [c.value for c in roofs if c.kind == "compute" and c.source == "measured"]
     top = max(measured_top or [c.value for c in roofs if c.kind == "compute"], default=None)
     tops: dict[int, float] = {}
     for c in roofs if by_threads else []:
         if c.kind == "compute" and c.source == "measured":
             tops[c.threads] = max(tops.get(c.threads, 0.0), c.value)
+    counts = sorted({c.threads for c in roofs})
     xs = [x_lo * (x_hi / x_lo) ** (i / 64) for i in range(65)]
+    drawn: dict[str, _Drawn] = {}
     for i, c in enumerate(ordered := sorted(roofs, key=lambda c: (c.kind, -c.value))):
-        style = "--" if c.source == "derived" else "-"
-        col = tint or roof_color(i, len(ordered))
+        style = "--" if c.source == "derived" else "-." if c.name == "gather" else "-"
+        if tint:
+            col = tint
+        elif c.kind == "compute":
+            col = COMPUTE_ROOF_COLOR
+        else:
+            col = level_color(c.level) if c.level in LEVELS else roof_color(i, len(ordered))
+        if by_threads and not tint and len(counts) > 1:
+            col = _lighter(col, 0.5 * (1 - counts.index(c.threads) / (len(counts) - 1)))
         label = (sku + ": " if sku else "") + _roof_label(c)
         tag = f"{sku} " if sku else ""
         count = f" {c.threads}t" if by_threads else ""
@@ -170,6 +212,7 @@ def _draw_roofs(
             ax.plot([x_lo, x_hi], [c.value, c.value], style, color=col, lw=1.2, alpha=0.8, label=label)
             ax.annotate(f"{tag}{c.name} {c.dtype}{count}", (x_hi, c.value), xytext=(-3, 2),
                         textcoords="offset points", fontsize=6, color=col, ha="right")  # fmt: skip
+            drawn[c.key] = _Drawn(c, col, style, None)
         else:
             bend = tops.get(c.threads, top)
             knee = bend / c.value if bend else None  # where the slanted roof meets the flat one: drawn exactly
@@ -179,6 +222,53 @@ def _draw_roofs(
             name = f"{c.name} {c.level}" if c.name != "triad" else c.level
             ax.annotate(f"{tag}{name}{count}", (line_xs[2], ys[2]), xytext=(0, 3), textcoords="offset points",
                         fontsize=6, color=col)  # fmt: skip
+            drawn[c.key] = _Drawn(c, col, style, bend)
+    return drawn
+
+
+def point_level(row: dict[str, Any], machine: Machine | None) -> str:
+    """The memory level a point's hot set was placed in, for its marker on the roofline.
+
+    The runner records it (memory_level: by the working set, or by the whole tables where the point has no
+    working set, e.g. dlrm or a num_rows sweep). A row without one (an older record) is placed here by the
+    same rule from its hot-set bytes (working_set_bytes, else table_bytes) and its machine's cache sizes;
+    without cache sizes it is UNPLACED rather than guessed to be DRAM.
+    """
+    if row.get("memory_level"):
+        return str(row["memory_level"])
+    caches = machine.cache_sizes_bytes() if machine else {}
+    size = row.get("working_set_bytes") or row.get("table_bytes")
+    return level_of(int(size), caches) if caches and size else UNPLACED
+
+
+def _level_order(levels: set[str]) -> list[str]:
+    return sorted(levels, key=lambda lv: (LEVELS.index(lv) if lv in LEVELS else len(LEVELS) + (lv == UNPLACED), lv))
+
+
+def _hot_sets(rows: list[dict[str, Any]]) -> str:
+    """'512 KiB', '2 MiB, 16 MiB', or '2 MiB - 256 MiB' for more than three sizes: the hot sets of a level."""
+    sizes = sorted({int(n) for r in rows if (n := r.get("working_set_bytes") or r.get("table_bytes"))})
+    if not sizes:
+        return ""
+    if len(sizes) > 3:
+        return f"{format_bytes(sizes[0])} - {format_bytes(sizes[-1])}"
+    return ", ".join(format_bytes(n) for n in sizes)
+
+
+# A column's points are drawn side by side, one slot per kernel (and per machine in a comparison): a slot
+# is about a marker wide, and all slots together span at most this share of the x axis (log units).
+_SLOT_SHARE = 0.012
+_SPREAD_SHARE = 0.08
+
+
+def dodge_factors(n_slots: int, x_lo: float, x_hi: float) -> list[float]:
+    """The x multiplier of each of `n_slots` side-by-side slots around a column's true intensity (1.0 with one):
+    equal steps in log x, centred on 1, about a marker wide on an axis from x_lo to x_hi."""
+    if n_slots <= 1:
+        return [1.0] * n_slots
+    span = math.log10(x_hi / x_lo)
+    step = min(_SLOT_SHARE * span, _SPREAD_SHARE * span / (n_slots - 1))
+    return [10 ** ((i - (n_slots - 1) / 2) * step) for i in range(n_slots)]
 
 
 def missing_ceilings(rows: list[dict[str, Any]], machines: dict[str, Machine]) -> list[str]:
@@ -195,17 +285,23 @@ def roofline_figure(
     title: str = "",
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> tuple[Figure, list[RoofCheck]]:
-    """Log-log roofline of the ok points, one colour and marker per kernel, the machine's roofs as lines.
+    """Log-log roofline of the ok points under the machine's roofs (lines).
 
-    With several machines (compare), colours mark the machine and each machine's roofs take its colour.
-    With points at several thread counts, markers mark the thread count and roofs are drawn per count.
+    Colour is the kernel; marker shape is the memory level the point's hot set was placed in (point_level),
+    and each level's roof is drawn in that level's colour with the same shape on it where its points sit,
+    at their true intensity. Points of one intensity (an embedding-bag sweep over working sets shares one)
+    are drawn side by side, one slot per kernel (dodge_factors); the x label says so and by how much.
+    With several machines (compare), colour marks the machine instead, each machine's roofs take its
+    colour, slots are per kernel and machine, and the kernels are named under each column.
+    With points at several thread counts, marker size grows with the thread count and roofs are drawn
+    per count (fewer threads lighter).
 
     Args:
         rows: flat rows (failed ones and those without FLOPs are skipped).
-        machines: sku_id -> Machine, for the ceilings.
+        machines: sku_id -> Machine, for the ceilings and cache sizes.
         labels: annotate each point with the fields that vary between points.
         title: figure title (default: "Roofline: <machine names>").
-        tolerance: fraction above its roof at which a point is flagged (drawn with a red edge).
+        tolerance: fraction above its roof at which a point is flagged (drawn with a red ring).
     Returns:
         The figure and the flagged points.
     """
@@ -218,7 +314,7 @@ def roofline_figure(
     multi = len(skus) > 1
     styles = kernel_styles(kernels)
     threads = sorted({_threads(r) for r in pts})
-    by_threads = len(threads) > 1 and not multi  # with several machines, colour is the machine, marker the kernel
+    by_threads = len(threads) > 1 and not multi  # with several machines, colour is the machine
     tags, names = machine_tags(skus, {s: m.name for s, m in machines.items()})
     fig, (ax,) = new_figure(panel_in=(11.0, 6.0))
     ais = [float(r["arithmetic_intensity"]) for r in pts]
@@ -230,59 +326,155 @@ def roofline_figure(
             sku_rows = [r for r in pts if r["sku_id"] == sku]
             drawn[sku] = (roofs_for(m, sku_rows), len({_threads(r) for r in sku_rows}) > 1)
     keys = {sku: (sorted(roof_key(c) for c in roofs), split) for sku, (roofs, split) in drawn.items()}
+    roof_of: dict[str, dict[str, _Drawn]] = {}  # sku -> ceiling key -> the roof as drawn
     for group in group_equal(keys):  # machines with the very same roofs share one set of lines
         roofs, split = drawn[group[0]]
         tint = (color(skus.index(group[0])) if len(group) == 1 else SHARED_TINT) if multi else None
-        _draw_roofs(ax, roofs, x_lo, x_hi, tint, ", ".join(tags[s] for s in group), by_threads=split)
+        lines = _draw_roofs(ax, roofs, x_lo, x_hi, tint, ", ".join(tags[s] for s in group), by_threads=split)
+        roof_of.update(dict.fromkeys(group, lines))
     bare = missing_ceilings(pts, machines)
     if bare:  # points without roofs read as a finished roofline unless the figure says otherwise
         who = ", ".join(tags[s] for s in bare) if multi else "this machine"
         ax.text(0.01, 0.99, f"no measured ceilings for {who}: roofs not drawn (dlrmbench machine --ceilings)",
                 transform=ax.transAxes, va="top", fontsize=8, color="firebrick")  # fmt: skip
+    level = {id(r): point_level(r, machines.get(r["sku_id"])) for r in pts}
+    levels = _level_order(set(level.values()))
+    slots = [(k, s) for k in kernels for s in skus if any(r["kernel"] == k and r["sku_id"] == s for r in pts)]
+    factors = dict(zip(slots, dodge_factors(len(slots), x_lo, x_hi), strict=True))
+    x_of = {id(r): float(r["arithmetic_intensity"]) * factors[(r["kernel"], r["sku_id"])] for r in pts}
+    size = {t: 46.0 * (0.5 + i / (len(threads) - 1)) if by_threads else 46.0 for i, t in enumerate(threads)}
     shown = {sweep: varying_fields(group, exclude=["kernel"]) for (sweep,), group in group_by(pts, ["sweep"]).items()}
-    proxies: list[Any] = []  # by_threads: legend entries for colour = kernel and marker = thread count
-    for s, sku in enumerate(skus):
+    for sku in skus:
         for kernel in kernels:
             for t in threads:
-                group = [r for r in pts if r["sku_id"] == sku and r["kernel"] == kernel and _threads(r) == t]
-                if not group:
-                    continue
-                name = f"{tags[sku]}: {kernel}" if multi else kernel
-                col = color(s) if multi else styles[kernel][0]
-                shape = marker(threads.index(t)) if by_threads else styles[kernel][1]
-                ax.scatter(
-                    [r["arithmetic_intensity"] for r in group], [r["gflops"] for r in group], marker=shape,
-                    s=46, color=col, edgecolors="black", linewidths=0.5, zorder=3,
-                    label="_nolegend_" if by_threads else name, gid=f"{kernel} {t}t",
-                )  # fmt: skip
-                slowed = [r for r in group if r.get("contended")]  # hollowed: a neighbour competed for the CPUs
-                if slowed:
-                    ax.scatter([r["arithmetic_intensity"] for r in slowed], [r["gflops"] for r in slowed],
-                               marker=shape, s=26, color="white", zorder=3.5,
-                               gid=f"{kernel} {t}t contended")  # fmt: skip
-                for r in group if labels else []:
-                    text = point_label(r, shown[r["sweep"]], short=True)
-                    ax.annotate(text, (r["arithmetic_intensity"], r["gflops"]), fontsize=7, xytext=(4, 3),
-                                textcoords="offset points")  # fmt: skip
-    if any(r.get("contended") for r in pts):
-        proxies.append(Line2D([], [], ls="none", marker="o", color="white", markeredgecolor="black",
-                              label="hollow: measured under contention"))  # fmt: skip
-    if by_threads:
-        proxies = [Patch(facecolor=styles[k][0], edgecolor="black", lw=0.5, label=k) for k in kernels] + proxies
-        proxies += [Line2D([], [], ls="none", marker=marker(i), color="gray", markeredgecolor="black",
-                           label=f"{t} thread" + ("s" if t != 1 else "")) for i, t in enumerate(threads)]  # fmt: skip
+                for lv in levels:
+                    group = [r for r in pts if r["sku_id"] == sku and r["kernel"] == kernel and _threads(r) == t
+                             and level[id(r)] == lv]  # fmt: skip
+                    if not group:
+                        continue
+                    name = f"{tags[sku]}: {kernel}" if multi else kernel
+                    col = color(skus.index(sku)) if multi else styles[kernel][0]
+                    shape = level_marker(lv)
+                    ax.scatter(
+                        [x_of[id(r)] for r in group], [r["gflops"] for r in group], marker=shape, s=size[t],
+                        color=col, edgecolors="black", linewidths=0.5, zorder=3, label=name,
+                        gid=f"{name} {lv} {t}t",
+                    )  # fmt: skip
+                    slowed = [r for r in group if r.get("contended")]  # hollowed: a neighbour competed for the CPUs
+                    if slowed:
+                        ax.scatter([x_of[id(r)] for r in slowed], [r["gflops"] for r in slowed], marker=shape,
+                                   s=size[t] * 0.55, color="white", zorder=3.5,
+                                   gid=f"{name} {lv} {t}t contended")  # fmt: skip
+                    for r in group if labels else []:
+                        text = point_label(r, shown[r["sweep"]], short=True)
+                        ax.annotate(text, (x_of[id(r)], r["gflops"]), fontsize=7, xytext=(4, 3),
+                                    textcoords="offset points")  # fmt: skip
+    _mark_roofs(ax, pts, level, roof_of)
+    if multi and len(kernels) > 1:
+        _name_slots(ax, pts, kernels, skus, factors)
     if flagged:
-        ax.scatter([f.row["arithmetic_intensity"] for f in flagged], [f.row["gflops"] for f in flagged], s=150,
+        ax.scatter([x_of[id(f.row)] for f in flagged], [f.row["gflops"] for f in flagged], s=150,
                    marker="o", facecolors="none", edgecolors="red", linewidths=1.8, zorder=4,
-                   label=f"above its roof (> {tolerance:.0%})")  # fmt: skip
+                   gid="above its roof")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(x_lo, x_hi)
-    ax.set_xlabel(AXIS_NAMES["arithmetic_intensity"])
+    xlabel = AXIS_NAMES["arithmetic_intensity"]
+    if len(slots) > 1:
+        lo, hi = min(factors.values()), max(factors.values())
+        what = "kernels and machines" if multi else "kernels"
+        xlabel += (f"\n{what} side by side: x shifted \u00d7{lo:.2f} to \u00d7{hi:.2f}; "
+                   "the true intensity is the column's centre, marked on the roofs")  # fmt: skip
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("achieved performance (GFLOP/s)")
     ax.set_title(title or f"Roofline: {names}\n{shared_label(rows)}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    handles, names_ = ax.get_legend_handles_labels()
-    ax.legend(handles + proxies, names_ + [p.get_label() for p in proxies], fontsize=7, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), framealpha=0.85)  # fmt: skip
+    _legends(ax, pts, level, levels, kernels, skus, tags, styles, size, roof_of, flagged, tolerance, by_threads)
     return fig, flagged
+
+
+def _mark_roofs(
+    ax: Any, pts: list[dict[str, Any]], level: dict[int, str], roof_of: dict[str, dict[str, _Drawn]]
+) -> None:
+    """On the roof each point was judged against, at its true intensity: its level's shape in the roof's colour."""
+    marks: dict[tuple[str, float, str], tuple[float, str]] = {}
+    for r in pts:
+        roof = roof_of.get(r["sku_id"], {}).get(str(r.get("ceiling")))
+        if roof:
+            ai = float(r["arithmetic_intensity"])
+            marks.setdefault((roof.ceiling.key + roof.color, ai, level[id(r)]), (roof.at(ai), roof.color))
+    for lv in dict.fromkeys(k[2] for k in marks):
+        here = [(ai, y, col) for (_key, ai, mark_lv), (y, col) in marks.items() if mark_lv == lv]
+        ax.scatter([m[0] for m in here], [m[1] for m in here], marker=level_marker(lv), s=34,
+                   color=[m[2] for m in here], edgecolors="white", linewidths=0.8, zorder=2.5,
+                   gid=f"roof mark {lv}")  # fmt: skip
+
+
+def _name_slots(
+    ax: Any, pts: list[dict[str, Any]], kernels: list[str], skus: list[str], factors: dict[tuple[str, str], float]
+) -> None:
+    """Compare: the kernel of each group of slots, written upright at the foot of every column."""
+    columns: dict[float, float] = {}  # intensities a thousandth of a decade apart are one column
+    for r in pts:
+        ai = float(r["arithmetic_intensity"])
+        columns.setdefault(round(math.log10(ai), 3), ai)
+    for ai in columns.values():
+        for kernel in kernels:
+            here = [f for (k, _s), f in factors.items() if k == kernel]
+            ax.annotate(kernel, (ai * math.sqrt(min(here) * max(here)), 0.01), xycoords=("data", "axes fraction"),
+                        rotation=90, fontsize=6, ha="center", va="bottom", color="dimgray")  # fmt: skip
+
+
+def _legends(
+    ax: Any,
+    pts: list[dict[str, Any]],
+    level: dict[int, str],
+    levels: list[str],
+    kernels: list[str],
+    skus: list[str],
+    tags: dict[str, str],
+    styles: dict[str, tuple[str, str]],
+    size: dict[int, float],
+    roof_of: dict[str, dict[str, _Drawn]],
+    flagged: list[RoofCheck],
+    tolerance: float,
+    by_threads: bool,
+) -> None:
+    """Roofs, then what colour says (kernels, or machines), then what shape says (levels), top to bottom."""
+    multi = len(skus) > 1
+    roof_handles = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+    if multi:
+        who = [Patch(facecolor=color(i), edgecolor="black", lw=0.5, label=tags[s]) for i, s in enumerate(skus)]
+        who_title = "machine (colour of points and roofs)"
+    else:
+        who = [Patch(facecolor=styles[k][0], edgecolor="black", lw=0.5, label=k) for k in kernels]
+        who_title = "kernel (colour)"
+    if any(r.get("contended") for r in pts):
+        who.append(Line2D([], [], ls="none", marker="o", color="white", markeredgecolor="black",
+                          label="hollow: measured under contention"))  # fmt: skip
+    if flagged:
+        who.append(Line2D([], [], ls="none", marker="o", markersize=10, markerfacecolor="none", markeredgecolor="red",
+                          markeredgewidth=1.8, label=f"above its roof (> {tolerance:.0%})"))  # fmt: skip
+    shapes = []
+    for lv in levels:
+        hot = _hot_sets([r for r in pts if level[id(r)] == lv])
+        label = f"{lv}: hot set {hot}" if hot and lv != UNPLACED else lv
+        if lv == UNPLACED:
+            label += " (no level recorded, no cache sizes)"
+        roofs = [roof_of.get(r["sku_id"], {}).get(str(r.get("ceiling"))) for r in pts if level[id(r)] == lv]
+        used = {(roof.color, roof.style) for roof in roofs if roof}
+        # one machine, one roof style for the level: the entry looks like the roof with its mark on it
+        col, style = next(iter(used)) if len(used) == 1 and not multi else ("darkgray", "none")
+        shapes.append(Line2D([], [], ls=style, color=col, marker=level_marker(lv),
+                             markersize=7, markerfacecolor=col, markeredgecolor="black", markeredgewidth=0.5,
+                             label=label))  # fmt: skip
+    if by_threads:
+        shapes += [Line2D([], [], ls="none", marker="o", markersize=math.sqrt(size[t]), color="darkgray",
+                          markeredgecolor="black", markeredgewidth=0.5, label=f"{t} thread" + ("s" if t != 1 else ""))
+                   for t in size]  # fmt: skip
+    shape_title = "hot set in (marker; same mark on its roof)" + (", threads (size)" if by_threads else "")
+    stack_legends(ax, [
+        {"handles": roof_handles, "labels": [h.get_label() for h in roof_handles], "title": "roofs"},
+        {"handles": who, "labels": [h.get_label() for h in who], "title": who_title},
+        {"handles": shapes, "labels": [h.get_label() for h in shapes], "title": shape_title},
+    ])  # fmt: skip

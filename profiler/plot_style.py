@@ -19,18 +19,24 @@ from profiler.sweep_spec import format_bytes  # re-exported: the figures' byte l
 __all__ = [
     "AXIS_NAMES",
     "BYTE_FIELDS",
+    "COMPUTE_ROOF_COLOR",
+    "LEVELS",
     "SHARED_TINT",
+    "UNPLACED",
     "ceiling_color",
     "color",
     "format_bytes",
     "group_equal",
     "kernel_styles",
+    "level_color",
+    "level_marker",
     "machine_tags",
     "marker",
     "new_figure",
     "roof_color",
     "roof_key",
     "save_figure",
+    "stack_legends",
     "use_byte_ticks",
     "use_value_ticks",
 ]
@@ -64,6 +70,13 @@ _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:
 _KERNEL_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
                   "tab:olive", "tab:cyan", "navy", "gold", "teal", "magenta", "maroon", "lime")  # fmt: skip
 _CEILING_COLORS = ("black", "dimgray", "gray", "darkgray", "silver")
+# Memory levels on the roofline: a point's marker shape is the level its hot set was placed in, and that
+# level's roof is drawn in the level's colour and carries the same shape where the points sit under it.
+LEVELS = ("L1d", "L2", "L3", "DRAM")
+UNPLACED = "unplaced"  # no level recorded and no cache sizes to derive one from
+_LEVEL_MARKERS = {"L1d": "o", "L2": "s", "L3": "^", "DRAM": "D", UNPLACED: "X"}
+_LEVEL_COLORS = {"L1d": "#440154", "L2": "#3b528b", "L3": "#21918c", "DRAM": "#35b779"}  # viridis 0, .25, .5, .7
+COMPUTE_ROOF_COLOR = "dimgray"  # compute roofs are grey: no level, and no kernel uses greys
 
 
 _TITLE_CHARS = 80  # about what a one-panel figure's title holds at 10-11 pt before it is clipped
@@ -72,6 +85,17 @@ _TITLE_CHARS = 80  # about what a one-panel figure's title holds at 10-11 pt bef
 def marker(i: int) -> str:
     """The i-th marker shape (kernels keep their shape across figures when given in the same order)."""
     return _MARKERS[i % len(_MARKERS)]
+
+
+def level_marker(level: str) -> str:
+    """The marker shape of a memory level (L1d circle, L2 square, L3 triangle, DRAM diamond, unplaced X);
+    a level name outside these (a GPU's, say) gets a plus."""
+    return _LEVEL_MARKERS.get(level, "P")
+
+
+def level_color(level: str) -> str:
+    """The colour of a memory level's roofs (a dark-to-light viridis ramp, L1d darkest); grey for others."""
+    return _LEVEL_COLORS.get(level, "gray")
 
 
 def color(i: int) -> str:
@@ -170,6 +194,35 @@ def use_value_ticks(axis: Any, values: list[float], max_ticks: int = 12) -> None
         axis.set_major_locator(FixedLocator(distinct))
         axis.set_minor_locator(NullLocator())
         axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v == int(v) else f"{v:g}"))
+
+
+def stack_legends(ax: Any, legends: list[dict[str, Any]], *, gap: float = 0.02) -> list[Any]:
+    """Legends one under another in a column right of `ax`, each placed under the one before as drawn.
+
+    Args:
+        ax: the axes.
+        legends: keyword arguments of Axes.legend per legend (handles, labels, title, ...), top first;
+            an entry without handles is skipped.
+        gap: space between two legends, in axes heights.
+    Returns:
+        The legends drawn, top first; the first is ax.get_legend(), the others are added as artists.
+    """
+    from matplotlib.legend import Legend
+
+    fig, top, drawn = ax.get_figure(), 1.0, []
+    for kw in legends:
+        if not kw.get("handles"):
+            continue
+        opts = {"fontsize": 7, "title_fontsize": 7, "loc": "upper left", "framealpha": 0.85, "alignment": "left",
+                **kw, "bbox_to_anchor": (1.01, top)}  # fmt: skip
+        legend = ax.legend(**opts) if not drawn else Legend(ax, **opts)
+        if drawn:
+            ax.add_artist(legend)
+            legend.set_clip_on(False)  # add_artist clips to the axes, which would keep it out of the layout
+        drawn.append(legend)
+        fig.draw_without_rendering()  # lays the figure out, so the legend's height is known
+        top = ax.transAxes.inverted().transform(legend.get_window_extent().p0)[1] - gap
+    return drawn
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, panel_in: tuple[float, float] = (7.0, 4.6)) -> tuple[Figure, list]:

@@ -34,6 +34,11 @@ _POINT_HEADERS = ["point", "kernel", "working set", "median (ms)", "IQR (ms)", "
                   "ceiling", "status"]  # fmt: skip
 
 
+_ROOFLINE_KEY = (" Colour is the kernel, marker shape the memory level its hot set was placed in (the working set"
+                 " column), and each level's roof carries the same shape at the points' intensity; kernels of one"
+                 " intensity are drawn side by side, shifted as the x label states.")  # fmt: skip
+
+
 def _ms(seconds: float | None) -> str:
     return f"{seconds * 1e3:.4g}" if seconds else "-"
 
@@ -178,8 +183,9 @@ def _sweep_blocks(
         blocks.append(("img", f"plots/{stem.name}.png", f"{sweep}: {kind}"))
         files = ", ".join(dict.fromkeys(Path(str(r.get("source"))).name for r in ok if r.get("source")))
         roofs = "; ceilings from machine.json" if kind != "speedup" else ""
-        blocks.append(("p", f"Figure ({kind}): the {len(ok)} ok points of sweep {sweep} from {files or '?'}{roofs}; "
-                            f"redraw with `dlrmbench plot RESULTS_DIR --sweep {sweep} --kind {kind}`."))  # fmt: skip
+        caption = (f"Figure ({kind}): the {len(ok)} ok points of sweep {sweep} from {files or '?'}{roofs}; "
+                   f"redraw with `dlrmbench plot RESULTS_DIR --sweep {sweep} --kind {kind}`.")  # fmt: skip
+        blocks.append(("p", caption + (_ROOFLINE_KEY if kind == "roofline" else "")))
     return blocks, paths
 
 

@@ -262,8 +262,9 @@ def threads_of(row: dict[str, Any]) -> int:
 
 
 def shared_label(rows: list[dict[str, Any]]) -> str:
-    """What a figure's points have in common, for its title: 'sweep quickstart: B=512 E=2000000 D=64 L=20 T=1
-    2 threads' (the sweep, or how many, the shape fields with one value over all rows, the threads measured)."""
+    """What a figure's points have in common, for its title: 'sweep quickstart: B=512 E=2000000 D=64 L=20 T=1;
+    2 threads' (the sweep, or how many, the shape fields with one value over all rows, the threads measured;
+    the '; ' keeps the thread count from reading as part of T, as 'T=1 2 threads' did)."""
     if not rows:
         return ""
     sweeps = list(dict.fromkeys(str(r.get("sweep")) for r in rows))
@@ -276,7 +277,7 @@ def shared_label(rows: list[dict[str, Any]]) -> str:
     shape = point_label(rows[0], same, short=True) if same else ""
     n = threads.pop() if len(threads) == 1 else None
     count = f"{n} thread{'s' if n != 1 else ''}" if n else ""
-    return head + (": " if shape or count else "") + " ".join(x for x in (shape, count) if x)
+    return head + (": " if shape or count else "") + "; ".join(x for x in (shape, count) if x)
 
 
 def point_label(row: dict[str, Any], keys: list[str], *, short: bool = False) -> str:

@@ -22,7 +22,7 @@ import kernels
 from profiler.ceilings import Ceiling
 from profiler.collective import CollectiveFailure
 from profiler.metrics import Cost, dlrm_step_cost, embedding_bag_cost, fused_sgd_cost, rates
-from profiler.sweep_spec import Point, cache_sizes, check_sizes, format_bytes, resolve_bytes
+from profiler.sweep_spec import Point, cache_sizes, check_sizes, format_bytes, level_of, resolve_bytes
 from profiler.timer import measure
 from profiler.workload import check_memory, hot_rows, make_bag_inputs, profile_digest
 
@@ -33,12 +33,7 @@ class PointTimeout(Exception):
     pass
 
 
-def _level_of(ws_bytes: int | None, caches: dict[str, int]) -> str:
-    if ws_bytes is not None:
-        for level in ("L1d", "L2", "L3"):
-            if level in caches and ws_bytes <= caches[level]:
-                return level
-    return "DRAM"
+_level_of = level_of  # the placement rule lives in sweep_spec, where the plots read it too
 
 
 def pick_ceiling(

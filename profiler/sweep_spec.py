@@ -38,6 +38,7 @@ __all__ = [
     "check_sizes",
     "expand",
     "format_bytes",
+    "level_of",
     "load_spec",
     "parse_spec",
     "resolve_bytes",
@@ -232,13 +233,24 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMG]i?B?)?", re.I)
 _MULT = re.compile(r"(\d+(?:\.\d+)?)\s*\*\s*(L1d?|L2|L3|LLC)", re.I)
 
 
+_BYTE_UNITS = (("B", 1), ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40))
+
+
 def format_bytes(n: float) -> str:
-    """32768 -> '32 KiB', 3e7 -> '28.6 MiB'."""
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            v = n / size
-            return f"{v:.3g} {unit}" if abs(v) < 100 else f"{v:.0f} {unit}"
-    return f"{n:.0f} B"
+    """32768 -> '32 KiB', 3e7 -> '28.6 MiB', 1 << 20 -> '1 MiB'.
+
+    The unit is the largest one the value reaches, moved up one where the shown number would round to
+    1024 or more (1023.9 KiB -> '1 MiB', never '1024 KiB'), so one size always reads the same.
+    """
+
+    def shown(i: int) -> str:
+        v = n / _BYTE_UNITS[i][1]
+        return f"{v:.0f}" if i == 0 or abs(v) >= 100 else f"{v:.3g}"
+
+    i = max((j for j, (_unit, size) in enumerate(_BYTE_UNITS) if abs(n) >= size), default=0)
+    if abs(float(shown(i))) >= 1024 and i + 1 < len(_BYTE_UNITS):
+        i += 1
+    return f"{shown(i)} {_BYTE_UNITS[i][0]}"
 
 
 def cache_sizes(fingerprint: dict[str, Any]) -> dict[str, int]:
@@ -249,6 +261,16 @@ def cache_sizes(fingerprint: dict[str, Any]) -> dict[str, int]:
         for level, c in fingerprint.get("caches", {}).items()
         if level in ("L1d", "L2", "L3") and c.get("size_bytes")
     }
+
+
+def level_of(ws_bytes: int | None, caches: dict[str, int]) -> str:
+    """The memory level a hot set of `ws_bytes` is placed in: the smallest cache (L1d, L2, L3 of `caches`,
+    as cache_sizes() gives them) it fits, else DRAM (also for None, the whole tables)."""
+    if ws_bytes is not None:
+        for level in ("L1d", "L2", "L3"):
+            if level in caches and ws_bytes <= caches[level]:
+                return level
+    return "DRAM"
 
 
 def resolve_bytes(expr: str, caches: dict[str, int], *, where: str = "working_set") -> int | None:

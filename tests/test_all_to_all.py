@@ -232,7 +232,7 @@ def test_run_point_times_an_all_to_all_and_the_report_shows_it(tmp_path):
     paths = write_report(folder, tmp_path / "report")
     page = paths[0].read_text()
     assert "| gloo |" in page and "t_throughput.png" in page
-    assert shared_label(rows) == "sweep t: B=8 D=3 T=4 W=2 1 thread"  # no table rows or lookups: it has none
+    assert shared_label(rows) == "sweep t: B=8 D=3 T=4 W=2; 1 thread"  # no table rows or lookups: it has none
 
 
 def test_run_point_reports_failures_of_all_to_all_points(monkeypatch):

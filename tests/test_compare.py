@@ -63,8 +63,12 @@ def test_plots_of_one_sku_twice_name_each_folder(tmp_path):
     names = "A = Synthetic CPU A (2 cpus) from runs/before\nB = Synthetic CPU A (2 cpus) from runs/after"
     fig, _ = roofline_figure(rows, machines)
     assert fig.axes[0].get_title().startswith(f"Roofline: {names}\n")
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert "A: torch" in legend and "B: torch" in legend
+    from matplotlib.legend import Legend
+
+    legend = [t.get_text() for leg in fig.axes[0].get_children() if isinstance(leg, Legend) for t in leg.get_texts()]
+    assert "A" in legend and "B" in legend  # colour is the machine; its points are labelled 'A: torch'
+    points = [c for c in fig.axes[0].collections if not c.get_gid().startswith("roof mark")]
+    assert {c.get_label() for c in points} == {"A: torch", "B: torch"}
     fig, _ = throughput_figure(rows, machines, x="working_set_bytes", y="gbps")
     assert f"\n{names}\nsweep synth: " in fig._suptitle.get_text()
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][-2:] == ["A: torch", "B: torch"]

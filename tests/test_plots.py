@@ -56,11 +56,14 @@ def test_contended_points_can_be_left_out(tmp_path):
     # kept, a contended point is drawn hollow (a white centre over its kernel's marker), and the legend says so
     rs = load_results(folder)
     fig, _ = roofline_figure(rs.rows, rs.machines)
-    hollow = [c for c in fig.axes[0].collections if c.get_gid() == "torch 1t contended"]
+    ax = fig.axes[0]
+    hollow = [c for c in ax.collections if c.get_gid() == "torch L1d 1t contended"]
     assert len(hollow) == 1 and len(hollow[0].get_offsets()) == 1
     row = next(r for r in rs.rows if r["key"] == key)
-    assert tuple(hollow[0].get_offsets()[0]) == pytest.approx((row["arithmetic_intensity"], row["gflops"]))
-    assert "hollow: measured under contention" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    (under,) = [c for c in ax.collections if c.get_gid() == "torch L1d 1t"]  # its kernel's marker, dodged
+    assert tuple(hollow[0].get_offsets()[0]) == pytest.approx(tuple(under.get_offsets()[0]))
+    assert hollow[0].get_offsets()[0][1] == pytest.approx(row["gflops"])
+    assert "hollow: measured under contention" in _legend_texts(ax)
     # and in the throughput lines, at the same point's x and y
     fig, _ = throughput_figure(rs.rows, rs.machines, x="working_set_bytes")
     (hollow,) = [line for line in fig.axes[0].get_lines() if line.get_gid() == "torch contended"]
@@ -80,7 +83,7 @@ def test_roofline_places_a_point_at_its_intensity_and_gflops(tmp_path):
     assert y == pytest.approx(flops / 1e-6 / 1e9)
     assert flagged == []  # 22.8 GB/s under a 200 GB/s roof
     # the title says what the points share: the sweep, the shape bag_point gives them, the threads measured
-    assert fig.axes[0].get_title().splitlines()[1] == "sweep synth: B=64 E=1000 D=16 L=4 T=1 1 thread"
+    assert fig.axes[0].get_title().splitlines()[1] == "sweep synth: B=64 E=1000 D=16 L=4 T=1; 1 thread"
 
 
 def test_memory_roofs_bend_exactly_at_the_compute_roof(tmp_path):
@@ -237,6 +240,13 @@ def test_a_roofline_without_ceilings_says_so_in_the_figure_and_on_stderr(tmp_pat
     assert "no measured ceilings" not in capsys.readouterr().err
 
 
+def _legend_texts(ax):
+    """The entries of every legend of the axes (roofs, kernels, levels), top to bottom."""
+    from matplotlib.legend import Legend
+
+    return [t.get_text() for leg in ax.get_children() if isinstance(leg, Legend) for t in leg.get_texts()]
+
+
 def _points_of(ax, kernel):
     """The scatter collections of one kernel's points (labelled with its name)."""
     return [c for c in ax.collections if c.get_label() == kernel]
@@ -246,9 +256,12 @@ def test_a_kernel_has_one_colour_and_marker_in_every_figure(tmp_path):
     rs = load_results(_one_sku(tmp_path))  # torch, numba_w8, torch_naive (only at 256M)
     fig_all, _ = roofline_figure(rs.rows, rs.machines)
     fig_w8, _ = roofline_figure(select(rs.rows, ["kernel=numba_w8"]), rs.machines)
-    (w8_all,), (w8_alone,) = _points_of(fig_all.axes[0], "numba_w8"), _points_of(fig_w8.axes[0], "numba_w8")
-    assert to_hex(w8_all.get_facecolor()[0]) == to_hex(w8_alone.get_facecolor()[0])
-    assert (w8_all.get_paths()[0].vertices == w8_alone.get_paths()[0].vertices).all()  # same marker
+    w8s_all, w8s_alone = _points_of(fig_all.axes[0], "numba_w8"), _points_of(fig_w8.axes[0], "numba_w8")
+    assert len(w8s_all) == len(w8s_alone) == 3  # one marker per level (L1d, L2, DRAM), the same in both
+    assert len({to_hex(c.get_facecolor()[0]) for c in w8s_all + w8s_alone}) == 1
+    for a, b in zip(w8s_all, w8s_alone, strict=True):
+        assert a.get_gid() == b.get_gid() and (a.get_paths()[0].vertices == b.get_paths()[0].vertices).all()
+    w8_all = w8s_all[0]
     roof_colours = {k: to_hex(_points_of(fig_all.axes[0], k)[0].get_facecolor()[0]) for k in ("torch", "torch_naive")}
     assert len({*roof_colours.values(), to_hex(w8_all.get_facecolor()[0])}) == 3
     # speedup bars leave the baseline out: the others must not shift into its colour
@@ -331,14 +344,15 @@ def test_a_roofline_of_two_thread_counts_draws_the_roofs_of_each(tmp_path):
     assert max(lines["triad L1d 1t: 200 GB/s"].get_ydata()) == pytest.approx(100.0)
     assert max(lines["triad L1d 2t: 400 GB/s"].get_ydata()) == pytest.approx(200.0)
     assert "gemm float32 2t: 200 GFLOP/s" in lines and "gemm float32 1t: 100 GFLOP/s" in lines
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    legend = _legend_texts(ax)
     assert "1 thread" in legend and "2 threads" in legend
-    one, two = (c for c in ax.collections if c.get_gid() in ("torch 1t", "torch 2t"))
-    assert not (one.get_paths()[0].vertices.shape == two.get_paths()[0].vertices.shape
-                and (one.get_paths()[0].vertices == two.get_paths()[0].vertices).all())  # fmt: skip
+    one, two = (c for c in ax.collections if c.get_gid() in ("torch L1d 1t", "torch L1d 2t"))
+    # both in L1d: the same shape, and the thread count in the marker's size (more threads, larger)
+    assert (one.get_paths()[0].vertices == two.get_paths()[0].vertices).all()
+    assert one.get_sizes()[0] < two.get_sizes()[0]
     # one thread count: no per-count legend, roofs as before
     fig1, _ = roofline_figure([r for r in rs.rows if r["measured_threads"] == 1], rs.machines)
-    legend1 = [t.get_text() for t in fig1.axes[0].get_legend().get_texts()]
+    legend1 = _legend_texts(fig1.axes[0])
     assert "torch" in legend1 and not any("thread" in t for t in legend1)
 
 
