@@ -1,7 +1,7 @@
 """numba_w1, numba_w4, numba_w8, numba_w16: embedding-bag kernels built by one factory from the SIMD width.
 
 `make_numba_bag(W)` wraps the compiled loops of `kernels.numba_simd` (W float32 lanes per
-vector op, up to 8 vectors in flight per pass, parallel over bags) behind the registry
+vector op, up to 8 vectors and 256 B of a row per pass, parallel over bags) behind the registry
 contract, and adds what the benchmark needs beyond it: a fused sparse-SGD backward that
 never builds a gradient tensor, ahead-of-time warm-up, and the generated assembly.
 Inputs are trusted (validated by `kernels.embedding_bag` or the caller). Without numba the

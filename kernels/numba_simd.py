@@ -24,7 +24,13 @@ from numba.extending import intrinsic
 
 __all__ = ["MAX_TILE", "NumbaKernels", "Op", "build", "inspect_asm"]
 
-MAX_TILE = 8  # vectors per tile: 8 zmm accumulators cover D = 128 in one pass and leave registers spare
+MAX_TILE = 8  # vectors per tile, at most; and at most _TILE_MAX_BYTES of a row
+# A tile of 512 B (D=128 float32 as 8 zmm) ran slower than two passes of 256 B, whose second pass finds the rows'
+# other lines fetched by the hardware prefetcher: numba_w16, 1 thread, L=20, no prefetch, medians of 7 interleaved
+# rounds, 256 against 512 B: 1e4 x 128 uniform 284 against 315 us (B=2048), 36.6 against 41.0 (B=256), Zipf 1.15
+# 178 against 192; 1e3 x 128 198 against 205. 128 B tiles (4 passes) ran level with 256 at D=128, and -4% to +2%
+# at D=64. Narrower widths keep 8 vectors (numba_w8: 256 B; measured on numba_w16 only).
+_TILE_MAX_BYTES = 256
 _I32 = ir.IntType(32)
 _LINE_BYTES = 64  # cache line, the prefetch step
 # Rows of at most this many bytes prefetch whole in a rolled loop per lookup; longer rows prefetch each tile's lines,
@@ -267,18 +273,18 @@ def _tile_dist(w, d0, dist, whole):  # pragma: no cover - compiled
 
 
 @njit(inline="always", _nrt=False)
-def _forward_bags(w, idx, off, psw, has_psw, out, b0, b1, dist, width):  # pragma: no cover - compiled
-    """Bags [b0, b1): D in tiles of 8, 4, 2, 1 vectors of `width` lanes, then single lanes."""
+def _forward_bags(w, idx, off, psw, has_psw, out, b0, b1, dist, width, tile):  # pragma: no cover - compiled
+    """Bags [b0, b1): D in tiles of `tile` (8 at most), 4, 2, 1 vectors of `width` lanes, then single lanes."""
     dim = w.shape[1]
     kend = _at(off, b1)
     whole = dim * w.itemsize <= _WHOLE_ROW_MAX_BYTES
     for b in range(b0, b1):
         start, end = _at(off, b), _at(off, b + 1)
         d0 = 0
-        while d0 + MAX_TILE * width <= dim:
+        while d0 + tile * width <= dim:
             pf = _tile_dist(w, d0, dist, whole)
-            _pass(w, idx, psw, has_psw, out, b, start, end, d0, pf, kend, width, MAX_TILE, whole)
-            d0 += MAX_TILE * width
+            _pass(w, idx, psw, has_psw, out, b, start, end, d0, pf, kend, width, tile, whole)
+            d0 += tile * width
         if d0 + 4 * width <= dim:
             _pass(w, idx, psw, has_psw, out, b, start, end, d0, _tile_dist(w, d0, dist, whole), kend, width, 4, whole)
             d0 += 4 * width
@@ -347,10 +353,30 @@ def _chunk_start(off, c, chunks):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def _run_chunk(
-    op, w_a, E, D, idx_a, N, off_a, B, psw_a, has_psw, bd_a, nd_a, lr, dist, c, chunks, width, idx_code, float_code
+    op,
+    w_a,
+    E,
+    D,
+    idx_a,
+    N,
+    off_a,
+    B,
+    psw_a,
+    has_psw,
+    bd_a,
+    nd_a,
+    lr,
+    dist,
+    c,
+    chunks,
+    width,
+    tile,
+    idx_code,
+    float_code,
 ):  # pragma: no cover
-    """Chunk c of `chunks` of one Op; compiled once per (width, idx_code, float_code), all literals."""
+    """Chunk c of `chunks` of one Op; compiled once per (width, tile, idx_code, float_code), all literals."""
     literally(width)
+    literally(tile)
     literally(idx_code)
     literally(float_code)
     w, bd = carray(_ptr(w_a, float_code), (E, D)), carray(_ptr(bd_a, float_code), (B, D))
@@ -358,7 +384,7 @@ def _run_chunk(
     psw = carray(_ptr(psw_a, float_code), N)
     b0, b1 = _chunk_start(off, c, chunks), _chunk_start(off, c + 1, chunks)
     if op == 0:
-        _forward_bags(w, idx, off, psw, has_psw, bd, b0, b1, dist, width)
+        _forward_bags(w, idx, off, psw, has_psw, bd, b0, b1, dist, width, tile)
     elif op == 1:
         _lookup_grads(bd, off, psw, has_psw, carray(_ptr(nd_a, float_code), (N, D)), b0, b1, width)
     else:
@@ -385,6 +411,11 @@ class NumbaKernels(NamedTuple):
     parallel: object  # the same arguments; chunks run in parallel (numba threads)
 
 
+def _tile(width: int, float_bits: int) -> int:
+    """Vectors per forward tile: MAX_TILE, or fewer where the tile would pass _TILE_MAX_BYTES."""
+    return max(1, min(MAX_TILE, _TILE_MAX_BYTES * 8 // (width * float_bits)))
+
+
 def _codes(index_bits: int, float_bits: int) -> tuple[int, int]:
     if index_bits not in (32, 64):
         raise ValueError(f"index_bits {index_bits} is not 32 or 64")
@@ -405,18 +436,22 @@ def build(width: int, index_bits: int, float_bits: int = 32) -> NumbaKernels:
     """
     if width not in (1, 4, 8, 16):
         raise ValueError(f"width {width} is not one of 1, 4, 8, 16")
-    W, (IDX, FLT) = width, _codes(index_bits, float_bits)
+    W, TILE, (IDX, FLT) = width, _tile(width, float_bits), _codes(index_bits, float_bits)
 
     @njit(cache=True)
     def serial(op, w_a, E, D, idx_a, N, off_a, B, psw_a, has_psw, bd_a, nd_a, lr, dist, chunks):  # pragma: no cover
         for c in range(chunks):
-            _run_chunk(op, w_a, E, D, idx_a, N, off_a, B, psw_a, has_psw, bd_a, nd_a, lr, dist, c, chunks, W, IDX, FLT)
+            _run_chunk(
+                op, w_a, E, D, idx_a, N, off_a, B, psw_a, has_psw, bd_a, nd_a, lr, dist, c, chunks, W, TILE, IDX, FLT
+            )
 
     @njit(cache=True, parallel=True)
     def parallel(op, w_a, E, D, idx_a, N, off_a, B, psw_a, has_psw, bd_a, nd_a, lr, dist, chunks):  # pragma: no cover
         for c in prange(chunks):
             i = np.int64(c)
-            _run_chunk(op, w_a, E, D, idx_a, N, off_a, B, psw_a, has_psw, bd_a, nd_a, lr, dist, i, chunks, W, IDX, FLT)
+            _run_chunk(
+                op, w_a, E, D, idx_a, N, off_a, B, psw_a, has_psw, bd_a, nd_a, lr, dist, i, chunks, W, TILE, IDX, FLT
+            )
 
     return NumbaKernels(serial, parallel)
 
@@ -426,9 +461,9 @@ def inspect_asm(width: int, index_bits: int, float_bits: int = 32) -> str:
 
     Compiled afresh, without the disk cache: numba cannot disassemble code it loaded from there.
     """
-    codes = (width, *_codes(index_bits, float_bits))
+    codes = (width, _tile(width, float_bits), *_codes(index_bits, float_bits))
     for sig in _run_chunk.signatures:  # compiled in this process (not loaded from disk): reuse it
-        if tuple(t.literal_value for t in sig[-3:]) == codes and not _run_chunk.stats.cache_hits[sig]:
+        if tuple(t.literal_value for t in sig[-4:]) == codes and not _run_chunk.stats.cache_hits[sig]:
             return _run_chunk.inspect_asm(sig)
     fresh = njit(_run_chunk.py_func)
     off = np.zeros(1, np.int32 if index_bits == 32 else np.int64)  # zero bags: the call only compiles

@@ -326,3 +326,31 @@ def test_forward_with_prefetch_matches_torch_for_every_tile_shape(width, prefetc
             assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (case, dim, idt, fdt)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_forward_tiles_are_capped_at_256_bytes_of_a_row():
+    # numba_w16 float32 reads D=128 as two passes of 4 zmm, not one of 8 (measured faster, numba_simd.MAX_TILE)
+    tile = numba_bag.numba_simd._tile
+    assert [tile(w, 32) for w in numba_bag.WIDTHS] == [8, 8, 8, 4]
+    assert [tile(w, 64) for w in numba_bag.WIDTHS] == [8, 8, 4, 2]
+
+
+@pytest.mark.parametrize("width", numba_bag.WIDTHS)
+@pytest.mark.parametrize("fdt", [torch.float32, torch.float64])
+def test_forward_without_prefetch_matches_torch_across_tile_boundaries(width, fdt):
+    # D on each side of every tile and pass boundary of 256 B tiles (float32 W=16: 64, 128, 192, 256 columns;
+    # float64 W=16: 32, 64, ...), bags of 0-40 with empty ones at each end, weighted and not
+    g = torch.Generator().manual_seed(width)
+    bag = numba_bag.make_numba_bag(width, prefetch_rows=0)
+    for case, dim in enumerate((31, 32, 33, 63, 64, 65, 127, 128, 129, 191, 192, 200, 255, 256, 257)):
+        rows = 50
+        lengths = torch.randint(0, 41, (30,), generator=g)
+        lengths[0] = lengths[-1] = lengths[7] = 0
+        lengths[5] = 1
+        indices = torch.randint(0, rows, (int(lengths.sum()),), generator=g)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+        weight = torch.randn(rows, dim, generator=g, dtype=fdt)
+        psw = torch.randn(indices.numel(), generator=g, dtype=fdt) if case % 2 else None
+        got = bag.forward(weight, indices, offsets, psw)
+        want = F.embedding_bag(indices, weight, offsets[:-1], mode="sum", per_sample_weights=psw)
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (dim, fdt)
