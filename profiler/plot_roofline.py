@@ -177,53 +177,100 @@ class _Drawn:
         return min(c.value * ai, self.bend) if self.bend else c.value * ai
 
 
-def _draw_roofs(
-    ax: Any, roofs: list[Ceiling], x_lo: float, x_hi: float, tint: str | None, sku: str, *, by_threads: bool = False
-) -> dict[str, _Drawn]:
+def _bends(roofs: list[Ceiling], by_threads: bool) -> dict[str, Ceiling]:
     # Memory roofs bend at the measured compute roof: a derived peak is drawn (dashed) but is not
     # what the machine reached, so it does not lift the roofs (it does only where none was measured).
     # With points at several thread counts (by_threads), each memory roof bends at the compute roof
-    # of its own thread count, the labels on the plot name the count, and fewer threads draw lighter.
+    # of its own thread count.
+    compute = [c for c in roofs if c.kind == "compute"]
+    measured = [c for c in compute if c.source == "measured"]
+    top = max(measured or compute, key=lambda c: c.value, default=None)
+    bends = {}
+    for c in roofs:
+        own = [m for m in measured if m.threads == c.threads] if by_threads else []
+        bend = max(own, key=lambda m: m.value) if own else top
+        if c.kind != "compute" and bend:
+            bends[c.key] = bend
+    return bends
+
+
+def _draw_roofs(
+    ax: Any, per_sku: dict[str, tuple[list[Ceiling], bool]], skus: list[str], tags: dict[str, str], x_lo: float,
+    x_hi: float,
+) -> tuple[dict[str, dict[str, _Drawn]], list[list[Any]]]:  # fmt: skip
+    """Each machine's roofs (sku -> its roofs, and whether per thread count), drawn once per group of machines
+    that agree on a roof: the same roof_key (the rule the throughput plot shares its lines by) and, for a
+    memory roof, the same compute roof it bends at. Returns sku -> ceiling key -> the line it is drawn as,
+    and the labels written on the plot in two columns (memory roofs at the left edge, compute at the right)."""
     # One machine: a memory roof takes its level's colour (the colour its points' level legend shows),
-    # gather roofs dash-dotted beside the triad of the same level; compute roofs are grey.
-    measured_top = [c.value for c in roofs if c.kind == "compute" and c.source == "measured"]
-    top = max(measured_top or [c.value for c in roofs if c.kind == "compute"], default=None)
-    tops: dict[int, float] = {}
-    for c in roofs if by_threads else []:
-        if c.kind == "compute" and c.source == "measured":
-            tops[c.threads] = max(tops.get(c.threads, 0.0), c.value)
-    counts = sorted({c.threads for c in roofs})
+    # gather roofs dash-dotted beside the triad of the same level; compute roofs are grey; with points at
+    # several thread counts the labels on the plot name the count, and fewer threads draw lighter.
+    # Several: a roof one machine alone has takes that machine's colour, one several share SHARED_TINT,
+    # and its label names all of them ('A, B L1d').
+    multi = len(skus) > 1
+    bends = {sku: _bends(roofs, split) for sku, (roofs, split) in per_sku.items()}
+    ceiling = {(sku, c.key): c for sku, (roofs, _split) in per_sku.items() for c in roofs}
+    keys = {(sku, key): (roof_key(c), roof_key(b) if (b := bends[sku].get(key)) else None)
+            for (sku, key), c in ceiling.items()}  # fmt: skip
+    groups = sorted(group_equal(keys), key=lambda g: (ceiling[g[0]].kind, -ceiling[g[0]].value))
     xs = [x_lo * (x_hi / x_lo) ** (i / 64) for i in range(65)]
-    drawn: dict[str, _Drawn] = {}
-    for i, c in enumerate(ordered := sorted(roofs, key=lambda c: (c.kind, -c.value))):
+    drawn: dict[str, dict[str, _Drawn]] = {}
+    memory_labels: list[Any] = []
+    compute_labels: list[Any] = []
+    for i, group in enumerate(groups):
+        c, who = ceiling[group[0]], list(dict.fromkeys(sku for sku, _key in group))
+        by_threads = any(per_sku[sku][1] for sku in who)
+        counts = sorted({r.threads for r in per_sku[who[0]][0]})
         style = "--" if c.source == "derived" else "-." if c.name == "gather" else "-"
-        if tint:
-            col = tint
+        if multi:
+            col = SHARED_TINT if len(who) > 1 else color(skus.index(who[0]))
         elif c.kind == "compute":
             col = COMPUTE_ROOF_COLOR
         else:
-            col = level_color(c.level) if c.level in LEVELS else roof_color(i, len(ordered))
-        if by_threads and not tint and len(counts) > 1:
+            col = level_color(c.level) if c.level in LEVELS else roof_color(i, len(groups))
+        if by_threads and not multi and len(counts) > 1:
             col = _lighter(col, 0.5 * (1 - counts.index(c.threads) / (len(counts) - 1)))
-        label = (sku + ": " if sku else "") + _roof_label(c)
-        tag = f"{sku} " if sku else ""
+        sku_tag = ", ".join(tags[sku] for sku in who)
+        label = (sku_tag + ": " if sku_tag else "") + _roof_label(c)
+        tag = f"{sku_tag} " if sku_tag else ""
         count = f" {c.threads}t" if by_threads else ""
         if c.kind == "compute":
             ax.plot([x_lo, x_hi], [c.value, c.value], style, color=col, lw=1.2, alpha=0.8, label=label)
-            ax.annotate(f"{tag}{c.name} {c.dtype}{count}", (x_hi, c.value), xytext=(-3, 2),
-                        textcoords="offset points", fontsize=6, color=col, ha="right")  # fmt: skip
-            drawn[c.key] = _Drawn(c, col, style, None)
+            text = ax.annotate(f"{tag}{c.name} {c.dtype}{count}", (x_hi, c.value), xytext=(-3, 2),
+                               textcoords="offset points", fontsize=6, color=col, ha="right")  # fmt: skip
+            compute_labels.append(text)
+            line = _Drawn(c, col, style, None)
         else:
-            bend = tops.get(c.threads, top)
+            bend = b.value if (b := bends[who[0]].get(c.key)) else None
             knee = bend / c.value if bend else None  # where the slanted roof meets the flat one: drawn exactly
             line_xs = sorted({*xs, knee}) if knee and x_lo < knee < x_hi else xs
             ys = [min(c.value * x, bend) if bend else c.value * x for x in line_xs]
             ax.plot(line_xs, ys, style, color=col, lw=1.2, alpha=0.8, label=label)
             name = f"{c.name} {c.level}" if c.name != "triad" else c.level
-            ax.annotate(f"{tag}{name}{count}", (line_xs[2], ys[2]), xytext=(0, 3), textcoords="offset points",
-                        fontsize=6, color=col)  # fmt: skip
-            drawn[c.key] = _Drawn(c, col, style, bend)
-    return drawn
+            text = ax.annotate(f"{tag}{name}{count}", (line_xs[2], ys[2]), xytext=(0, 3), textcoords="offset points",
+                               fontsize=6, color=col)  # fmt: skip
+            memory_labels.append(text)
+            line = _Drawn(c, col, style, bend)
+        for sku, key in group:
+            drawn.setdefault(sku, {})[key] = line
+    return drawn, [memory_labels, compute_labels]
+
+
+def _unstack(labels: list[Any], *, gap_pt: float = 1.0) -> None:
+    """Nudge the labels of one column up, lowest first, until none overprints the one under it: roofs of close
+    values (L2 220 and L3 181 GB/s, or two machines' DRAM roofs) put their labels on top of each other.
+    The figure must be laid out (drawn) first; the nudge is in points, so it holds at any dpi."""
+    if len(labels) < 2:
+        return
+    per_pt = labels[0].get_figure().dpi / 72
+    floor = -math.inf
+    for text in sorted(labels, key=lambda t: t.get_window_extent().y0):
+        box = text.get_window_extent()
+        lift = max(0.0, floor - box.y0)
+        if lift:
+            dx, dy = text.xyann
+            text.xyann = (dx, float(dy + lift / per_pt))
+        floor = box.y1 + lift + gap_pt * per_pt
 
 
 def point_level(row: dict[str, Any], machine: Machine | None) -> str:
@@ -291,8 +338,10 @@ def roofline_figure(
     and each level's roof is drawn in that level's colour with the same shape on it where its points sit,
     at their true intensity. Points of one intensity (an embedding-bag sweep over working sets shares one)
     are drawn side by side, one slot per kernel (dodge_factors); the x label says so and by how much.
-    With several machines (compare), colour marks the machine instead, each machine's roofs take its
-    colour, slots are per kernel and machine, and the kernels are named under each column.
+    With several machines (compare), colour marks the machine instead: a roof the machines agree on is drawn
+    once in grey and labelled with all of them ('A, B'), one that differs in each machine's colour; slots are
+    per kernel and machine, and the kernels are named under each column. Roof labels of close roofs are
+    nudged apart so that none prints over another.
     With points at several thread counts, marker size grows with the thread count and roofs are drawn
     per count (fewer threads lighter).
 
@@ -325,13 +374,7 @@ def roofline_figure(
         if m and m.ceilings:
             sku_rows = [r for r in pts if r["sku_id"] == sku]
             drawn[sku] = (roofs_for(m, sku_rows), len({_threads(r) for r in sku_rows}) > 1)
-    keys = {sku: (sorted(roof_key(c) for c in roofs), split) for sku, (roofs, split) in drawn.items()}
-    roof_of: dict[str, dict[str, _Drawn]] = {}  # sku -> ceiling key -> the roof as drawn
-    for group in group_equal(keys):  # machines with the very same roofs share one set of lines
-        roofs, split = drawn[group[0]]
-        tint = (color(skus.index(group[0])) if len(group) == 1 else SHARED_TINT) if multi else None
-        lines = _draw_roofs(ax, roofs, x_lo, x_hi, tint, ", ".join(tags[s] for s in group), by_threads=split)
-        roof_of.update(dict.fromkeys(group, lines))
+    roof_of, roof_labels = _draw_roofs(ax, drawn, skus, tags, x_lo, x_hi)  # sku -> ceiling key -> roof drawn
     bare = missing_ceilings(pts, machines)
     if bare:  # points without roofs read as a finished roofline unless the figure says otherwise
         who = ", ".join(tags[s] for s in bare) if multi else "this machine"
@@ -384,12 +427,15 @@ def roofline_figure(
         lo, hi = min(factors.values()), max(factors.values())
         what = "kernels and machines" if multi else "kernels"
         xlabel += (f"\n{what} side by side: x shifted \u00d7{lo:.2f} to \u00d7{hi:.2f}; "
-                   "the true intensity is the column's centre, marked on the roofs")  # fmt: skip
+                   "true intensity at each column's centre")  # fmt: skip
     ax.set_xlabel(xlabel)
     ax.set_ylabel("achieved performance (GFLOP/s)")
     ax.set_title(title or f"Roofline: {names}\n{shared_label(rows)}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     _legends(ax, pts, level, levels, kernels, skus, tags, styles, size, roof_of, flagged, tolerance, by_threads)
+    fig.draw_without_rendering()  # the layout, with the legends beside the axes, places the labels on screen
+    for column in roof_labels:
+        _unstack(column)
     return fig, flagged
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
 
 from profiler.sweep_spec import format_bytes  # re-exported: the figures' byte labels
+
+_K = TypeVar("_K")
 
 __all__ = [
     "AXIS_NAMES",
@@ -160,10 +162,11 @@ def machine_tags(skus: list[str], names: dict[str, str]) -> tuple[dict[str, str]
 SHARED_TINT = "dimgray"  # lines several machines share (same roofs, same caches): drawn once, tagged "A, B"
 
 
-def group_equal(keys: dict[str, Any]) -> list[list[str]]:
-    """The skus grouped by equal `keys[sku]` (in first-seen order): machines whose roofs or caches are the
-    same get one line tagged with all of them, instead of lines drawn over each other with garbled labels."""
-    groups: list[list[str]] = []
+def group_equal(keys: dict[_K, Any]) -> list[list[_K]]:
+    """The skus (or (sku, roof) pairs) grouped by equal `keys[...]`, in first-seen order: machines whose roofs
+    or caches are the same get one line tagged with all of them, instead of lines drawn over each other with
+    garbled labels."""
+    groups: list[list[_K]] = []
     for sku, key in keys.items():
         for g in groups:
             if keys[g[0]] == key:
@@ -175,9 +178,10 @@ def group_equal(keys: dict[str, Any]) -> list[list[str]]:
 
 
 def roof_key(c: Any) -> tuple:
-    """What makes two machines' roofs one line: the same kind of roof at the value its label shows
-    (3 significant figures)."""
-    return (c.kind, c.name, c.level, c.dtype, c.threads, c.source, float(f"{c.value:.3g}"))
+    """What makes two machines' roofs one line: the same kind of roof (a gather's D too, which its label
+    names) at the value its label shows (3 significant figures)."""
+    dim = c.shape[1] if c.name == "gather" and len(c.shape) > 1 else None
+    return (c.kind, c.name, c.level, c.dtype, c.threads, c.source, dim, float(f"{c.value:.3g}"))
 
 
 def use_byte_ticks(axis: Any) -> None:

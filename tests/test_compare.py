@@ -1,6 +1,7 @@
 """`dlrmbench compare`: two runs of one SKU are told apart by folder, the same folder twice is refused,
 the ratio column is named for what it holds (time on A / time on B), each kernel gets its own geomean,
-and a working set that resolves to different bytes on the two sides says so in its row."""
+a working set that resolves to different bytes on the two sides says so in its row, and the roofline draws
+a roof the machines agree on once (tagged 'A, B') and one they differ on per machine."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from synthetic_results import CEILINGS, bag_point, write_sku
 from profiler.cli import main
 from profiler.compare import align, format_ratio_tables, label_sides, write_comparison
 from profiler.plot_roofline import roofline_figure
+from profiler.plot_style import SHARED_TINT
 from profiler.plot_throughput import throughput_figure
 from profiler.results import load_results
 
@@ -182,9 +184,26 @@ def _roof_lines(ax):
     return {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
 
 
-def test_machines_with_the_same_roofs_share_one_set_of_lines(tmp_path):
-    from dataclasses import replace
+def _roof_texts(ax):
+    """The labels written on the plot beside the roofs (the kernel names under the columns stand upright)."""
+    return {t.get_text(): t for t in ax.texts if t.get_rotation() == 0}
 
+
+def _compare(tmp_path, name, other_ceilings):
+    """sku-a of `_run`, its roofs as CEILINGS, beside a second run of sku-a with `other_ceilings` (its 256M
+    point judged against that side's gather): both labelled by folder, A and B."""
+    before = _run(tmp_path / "before", "sku-a", "Synthetic CPU A", 1e-5, 2e-4)
+    gather = next(c for c in other_ceilings if c.name == "gather")
+    pts = [(bag_point("torch", working_set="8K"), 5e-6, TRIAD_L1), (bag_point("torch", working_set="256M"), 5e-5,
+                                                                     gather)]  # fmt: skip
+    other = write_sku(tmp_path / name, "sku-a", "Synthetic CPU A", pts, ceilings=other_ceilings)
+    sets = label_sides([load_results(before), load_results(other)], ["before", name])
+    machines = {k: v for s in sets for k, v in s.machines.items()}
+    rows = [r for a in align(sets)[0] for r in a.rows.values()]
+    return roofline_figure(rows, machines)[0]
+
+
+def test_machines_with_the_same_roofs_share_one_set_of_lines(tmp_path):
     from matplotlib.colors import to_rgb
 
     before = _run(tmp_path / "before", "sku-a", "Synthetic CPU A", 1e-5, 2e-4)
@@ -199,16 +218,57 @@ def test_machines_with_the_same_roofs_share_one_set_of_lines(tmp_path):
     fig, _ = throughput_figure(rows, machines, x="working_set_bytes", y="gbps")
     notes = [t.get_text() for t in fig.axes[0].texts]  # cache sizes and ceilings, each once for both
     assert notes and all(n.startswith("A, B: ") for n in notes) and len(notes) == len(set(notes))
-    # a faster DRAM on B: each side gets its own roofs again, in its colour
+
+
+def test_compare_roofline_shares_each_roof_the_machines_agree_on(tmp_path):
+    """B's DRAM is twice as fast, every other roof the same: the L1d, L2 and compute roofs are drawn once,
+    grey, tagged 'A, B'; the DRAM triad and gather roofs once per machine in its colour. Before, any one
+    difference drew all six roofs per machine: the L1d, L2, gemm and peak lines twice on the same spot, and
+    their labels 'A L1d' and 'B L1d' printed over each other."""
+    from dataclasses import replace
+
+    from matplotlib.colors import to_hex
+
     faster = [replace(c, gbps=c.gbps * 2) if c.level == "DRAM" else c for c in CEILINGS]
-    pts = [(bag_point("torch", working_set="8K"), 5e-6, TRIAD_L1), (bag_point("torch", working_set="256M"), 5e-5,
-                                                                     faster[3])]  # fmt: skip
-    other = write_sku(tmp_path / "other", "sku-a", "Synthetic CPU A", pts, ceilings=faster)
-    sets = label_sides([load_results(before), load_results(other)], ["before", "other"])
-    machines = {k: v for s in sets for k, v in s.machines.items()}
-    rows = [r for a in align(sets)[0] for r in a.rows.values()]
-    roofs = [k for k in _roof_lines(roofline_figure(rows, machines)[0].axes[0]) if ": torch" not in k]
-    assert sorted(k[:3] for k in roofs) == ["A: "] * len(CEILINGS) + ["B: "] * len(CEILINGS)
+    fig = _compare(tmp_path, "faster", faster)
+    ax = fig.axes[0]
+    roofs = {k: v for k, v in _roof_lines(ax).items() if ": torch" not in k}
+    assert sorted(roofs) == [
+        "A, B: fma_peak float32 1t: 400 GFLOP/s (derived)",
+        "A, B: gemm float32 1t: 100 GFLOP/s",
+        "A, B: triad L1d 1t: 200 GB/s",
+        "A, B: triad L2 1t: 100 GB/s",
+        "A: gather D64 DRAM 1t: 10 GB/s",
+        "A: triad DRAM 1t: 20 GB/s",
+        "B: gather D64 DRAM 1t: 20 GB/s",
+        "B: triad DRAM 1t: 40 GB/s",
+    ]
+    point_colour = {}
+    for side in "AB":
+        (pts,) = [c for c in ax.collections if c.get_gid() == f"{side}: torch DRAM 1t"]
+        point_colour[side] = to_hex(pts.get_facecolor()[0])
+    assert point_colour["A"] != point_colour["B"]
+    for label, line in roofs.items():
+        tag = label.split(":")[0]
+        assert to_hex(line.get_color()) == (to_hex(SHARED_TINT) if tag == "A, B" else point_colour[tag]), label
+    texts = _roof_texts(ax)
+    assert sorted(texts) == ["A DRAM", "A gather DRAM", "A, B L1d", "A, B L2", "A, B fma_peak float32",
+                             "A, B gemm float32", "B DRAM", "B gather DRAM"]  # fmt: skip
+    # A's DRAM triad and B's gather are both 20 GB/s: one anchor, so only the nudge keeps the labels apart
+    assert texts["A DRAM"].xy == pytest.approx(texts["B gather DRAM"].xy)
+    fig.draw_without_rendering()
+    boxes = {k: t.get_window_extent() for k, t in texts.items()}
+    assert [(a, b) for a in boxes for b in boxes if a < b and boxes[a].overlaps(boxes[b])] == []
+
+
+def test_gather_roofs_of_different_rows_are_not_shared(tmp_path):
+    """The same gather bandwidth at D=128 on B is another roof: each side keeps its own line and label (the
+    roof key left the D out, so the two were drawn as one line named by A's D64)."""
+    from dataclasses import replace
+
+    wider = [replace(c, shape=(1 << 20, 128, 32)) if c.name == "gather" else c for c in CEILINGS]
+    roofs = [k for k in _roof_lines(_compare(tmp_path, "wider", wider).axes[0]) if "gather" in k]
+    assert sorted(roofs) == ["A: gather D64 DRAM 1t: 10 GB/s", "B: gather D128 DRAM 1t: 10 GB/s"]
 
 
 def test_a_sides_geomean_is_over_the_points_that_side_measured(tmp_path):

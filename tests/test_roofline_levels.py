@@ -203,3 +203,27 @@ def test_compare_colours_the_machine_shapes_the_level_and_names_the_kernel_slots
 )
 def test_format_bytes_names_one_size_one_way(n, text):
     assert format_bytes(n) == text
+
+
+def test_labels_of_close_roofs_are_nudged_apart(tmp_path):
+    """L2 at 110 and L3 at 100 GB/s: both labels sit at the left edge, closer than a line of text, so they
+    printed over each other; the lower stays on its roof and the upper one is lifted clear of it."""
+    from dataclasses import replace
+
+    from profiler.ceilings import Ceiling
+
+    l3 = Ceiling("triad", "bandwidth", "measured", level="L3", threads=1, gbps=100.0)
+    ceilings = [replace(TRIAD_L2, gbps=110.0) if c is TRIAD_L2 else c for c in CEILINGS] + [l3]
+    pts = [(bag_point("torch", working_set="512K"), 1e-5, ceilings[1])]
+    rs = load_results(write_sku(tmp_path, "sku-a", "Synthetic CPU A", pts, ceilings=ceilings))
+    fig = roofline_figure(rs.rows, rs.machines)[0]
+    texts = {t.get_text(): t for t in fig.axes[0].texts}
+    assert {"L2", "L3"} <= set(texts)
+    for dpi in (fig.dpi, 120):  # as drawn, and as save_figure writes the PNG
+        fig.set_dpi(dpi)
+        fig.draw_without_rendering()
+        l2, l3 = (texts[k].get_window_extent() for k in ("L2", "L3"))
+        anchors = [fig.axes[0].transData.transform(texts[k].xy)[1] for k in ("L2", "L3")]
+        assert anchors[0] - anchors[1] < l2.height  # at their roofs alone the two would overprint
+        assert not l2.overlaps(l3) and l2.y0 > l3.y1
+    assert texts["L3"].xyann == (0, 3) and texts["L2"].xyann[1] > 3
