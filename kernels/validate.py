@@ -84,7 +84,13 @@ def _bag_checks(
     num_rows: int | None, indices: torch.Tensor, offsets: torch.Tensor, extra_bad: torch.Tensor | None = None
 ) -> list[int]:
     """Every check at once, read back in one device-to-host copy (on a GPU, one sync per batch): all 0 when
-    right; `extra_bad`, when given, last."""
+    right; `extra_bad`, when given, last. On CPU one compiled pass does them: the dozen small torch ops took
+    27 us for B=256 x L=20 and 39 us for B=2048, two to three times the numba kernel they guard."""
+    strided = indices.layout == offsets.layout == torch.strided
+    if numba is not None and indices.device.type == offsets.device.type == "cpu" and strided:
+        rows = -1 if num_rows is None else min(max(num_rows, 0), 2**63 - 1)  # < 0 rows: every index is out
+        faults = list(_bag_faults(indices.numpy(), offsets.numpy(), np.int64(rows)))
+        return faults + ([int(extra_bad)] if extra_bad is not None else [])
     parts = [offsets[0].long(), offsets[-1].long() - indices.numel()]  # both 0 when right
     if offsets.numel() > 1:
         parts.append((offsets[1:] < offsets[:-1]).any().long())
@@ -181,6 +187,20 @@ def validate_tables(
 
 
 if numba is not None:
+
+    @njit(cache=True, nogil=True)
+    def _bag_faults(indices, offsets, num_rows):  # pragma: no cover - compiled
+        """_bag_checks' flags in one pass: offsets[0] != 0, offsets[-1] != N, a decrease, an index out of
+        [0, num_rows) (num_rows < 0: not checked)."""
+        dec = False
+        for i in range(1, offsets.shape[0]):
+            dec |= offsets[i] < offsets[i - 1]  # no branch: the loop vectorises
+        bad = False
+        if num_rows >= 0:
+            for i in range(indices.shape[0]):
+                v = np.int64(indices[i])
+                bad |= (v < 0) | (v >= num_rows)
+        return int(offsets[0] != 0), int(offsets[-1] != indices.shape[0]), int(dec), int(bad)
 
     @njit(parallel=True, cache=True, nogil=True)
     def _fused_rows(indices, offsets, batch_size, table_rows, row_starts, out):  # pragma: no cover - compiled

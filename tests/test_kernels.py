@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -173,3 +174,30 @@ def test_validate_tables_names_a_bad_shape_or_device_before_its_range_check():
         kernels.validate_tables(rows, torch.zeros(4, dtype=torch.int64, device="meta"), offsets, 2)
     with pytest.raises(ValueError, match=r"table 1.*out of range"):  # and a good shape still gets its range checked
         kernels.validate_tables(rows, torch.tensor([0, 1, 4, 5]), offsets, 2)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["numba", "torch"])
+def test_bag_checks_flag_exactly_what_a_python_loop_flags(compiled, monkeypatch):
+    """The compiled CPU pass and the torch ops (the GPU's path) against a plain loop, on random good and bad
+    bags: int32/int64, strided views, no indices, num_rows None, 0 or past int32."""
+    import kernels.validate as v
+
+    if not compiled:
+        monkeypatch.setattr(v, "numba", None)
+    rng = np.random.default_rng(0)
+    for case in range(400):
+        n, bags = int(rng.integers(0, 12)), int(rng.integers(0, 5))
+        rows = [None, 0, 5, 2**31 + 5][case % 4]
+        idx = rng.integers(-2, 8, n) if case % 3 else rng.integers(0, 5, n)
+        off = np.sort(rng.integers(0, n + 1, bags + 1))
+        if case % 5 == 0 and bags:
+            off[rng.integers(0, bags + 1)] += int(rng.integers(-2, 3))  # a start, an end or a decrease broken
+        want = [off[0] != 0, off[-1] != n, bool(np.any(off[1:] < off[:-1])),
+                rows is not None and bool(np.any((idx < 0) | (idx >= rows)))]  # fmt: skip
+        dt = torch.int32 if case % 2 else torch.int64
+        indices = torch.tensor(np.repeat(idx, 2), dtype=dt)[::2] if case % 7 == 0 else torch.tensor(idx, dtype=dt)
+        got = [bool(x) for x in v._bag_checks(rows, indices, torch.tensor(off, dtype=dt))]
+        if compiled:
+            assert got == want, (case, idx, off, rows)
+        else:  # the torch ops list only the checks that apply (and min, max apart): only any() is comparable
+            assert any(got) == any(want), (case, idx, off, rows)
