@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import replace
 
 import psutil
 
-from model.baseline import DEFAULT_L2_GRID, fit_logistic_cv
+from model.baseline import DEFAULT_L2_GRID
 from model.criteo import CriteoData
 from model.criteo_cache import BadLinePolicy
 from model.criteo_format import NUM_CAT, NUM_DENSE
 from model.data_cli import criteo_flags, criteo_sources
 from model.quality import quality
 from model.train import write_predictions
+from model.warm_start import BASELINE_BATCH, fit_baseline
 from profiler.cli import check_output_path
 from profiler.store import write_json_atomic
 
 __all__ = ["add_commands", "baseline_command"]
 
-_BATCH = 512  # training rows per batch; the L2 strength is picked on the last fifth of the batches
 # full-batch L-BFGS: float64 dense + int64 rows + label per row, with the logits, gradients and
 # L-BFGS's temporaries about three times that
 _BYTES_PER_ROW = 3 * 8 * (NUM_DENSE + NUM_CAT + 1)
@@ -42,7 +41,7 @@ def baseline_command(args: argparse.Namespace) -> int:
     for flag, path in (("--test-predictions-out", args.test_predictions_out), ("--json-out", args.json_out)):
         if path:
             check_output_path(flag, path)
-    sources = criteo_sources(**criteo_flags(args), batch_size=_BATCH, test_batch_size=1024)
+    sources = criteo_sources(**criteo_flags(args), batch_size=BASELINE_BATCH, test_batch_size=1024)
     for note in sources.notes:
         print(note)
     if sources.test is None:
@@ -55,10 +54,7 @@ def baseline_command(args: argparse.Namespace) -> int:
             f"the baseline fits all {sources.train.samples:,} training rows at once (about {need / 2**30:.1f} GiB); "
             f"{free / 2**30:.1f} GiB is free. Fit it on fewer rows (a smaller file or --test-raw-data-file)"
         )
-    # fit_logistic_cv holds back whole batches: at least ten of them, so a small file keeps some back
-    batch = min(_BATCH, -(-sources.train.samples // 10))
-    train = list(replace(sources.train, batch_size=batch))
-    model, held_back = fit_logistic_cv(train, sources.table_rows, NUM_DENSE, l2_grid=grid)
+    model, held_back = fit_baseline(sources.train, NUM_DENSE, l2_grid=grid)  # as --embedding-init lr fits it
     for l2, loss in held_back.items():
         print(f"l2 {l2:g}: log loss {loss:.5f} on the last fifth of the training rows")
     if len(grid) > 1 and model.l2 in (min(grid), max(grid)):

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -111,6 +112,21 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default="reference",
         help="the last layer's starting bias: reference (drawn from N(0, 1), as the reference) or prior "
         "(the log-odds of the training rows' positive rate; --data-generation dataset)",
+    )
+    tr.add_argument(
+        "--embedding-init",
+        choices=["reference", "lr"],
+        default="reference",
+        help="reference (uniform within 1/sqrt(rows), as the reference) or lr: fit `dlrmbench baseline`'s one-hot "
+        "logistic regression on the training rows and start DLRM at its logit (one table coordinate holds each "
+        "row's LR weight; FNN's warm start; --data-generation dataset, --arch-interaction-op cat)",
+    )
+    tr.add_argument(
+        "--embedding-init-rest-scale",
+        type=parse_float(0),
+        default=0.1,
+        help="--embedding-init lr: the output's weights on the top MLP's other, randomly started units are "
+        "scaled by this (0: the model starts exactly at the LR; default %(default)s)",
     )
     tr.add_argument(
         "--ema-decay",
@@ -277,6 +293,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         output_bias = None
     else:
         output_bias = _output_bias(args, sources.train, notes, resumed=resume is not None)
+    init = _embedding_init(args, sources.train, notes)
     say = print if not args.dist_backend or os.environ.get("RANK", "0") == "0" else (lambda *_a: None)
     for note in notes:
         say(note)
@@ -327,7 +344,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         for note in _check_resume(args.load_model, resume, train):
             say(note)
     if not args.dist_backend:
-        return run(cfg, train, sources.train, state_dict=state, resume=resume, test_data=sources.test)
+        return run(cfg, train, sources.train, state_dict=state, resume=resume, test_data=sources.test, init=init)
     return _run_distributed(args, cfg, train, sources, state, pooling)
 
 
@@ -374,6 +391,35 @@ def _output_bias(args: argparse.Namespace, data: Any, notes: list[str], resumed:
     else:
         notes.append(f"output bias starts at {prior}")
     return logit
+
+
+def _embedding_init(args: argparse.Namespace, data: Any, notes: list[str]) -> Callable[[Any], None] | None:
+    """--embedding-init lr: fit the baseline on the training rows now; the function that starts a model at it."""
+    if args.embedding_init == "reference":
+        return None
+    from model.criteo import CriteoData
+    from model.criteo_format import NUM_DENSE
+    from model.warm_start import fit_baseline, logistic_warm_start
+
+    if not isinstance(data, CriteoData):
+        raise ValueError(f"--embedding-init lr needs Criteo training rows (--data-generation dataset), "
+                         f"not --data-generation {args.data_generation}")  # fmt: skip
+    if args.load_model:
+        raise ValueError("--embedding-init lr with --load-model: the loaded weights would replace it; drop one")
+    if args.dist_backend:
+        raise NotImplementedError("--embedding-init lr with --dist-backend: run it on one process")
+    lr, held_back = fit_baseline(data, NUM_DENSE)
+    notes.append(f"--embedding-init lr: logistic regression fitted on the {data.samples:,} training rows, l2 "
+                 f"{lr.l2:g} (held-back log loss {held_back[lr.l2]:.5f}); DLRM starts at its logit "
+                 f"(other top units' output weights x {args.embedding_init_rest_scale:g})")  # fmt: skip
+    if args.output_bias_init == "prior":
+        notes.append("--output-bias-init prior: replaced by the LR's bias under --embedding-init lr")
+    scale = args.embedding_init_rest_scale
+
+    def init(model: Any) -> None:
+        logistic_warm_start(model, lr, rest_scale=scale)
+
+    return init
 
 
 def _run_distributed(args: argparse.Namespace, cfg: DLRMConfig, train: TrainConfig, sources: Any, state: Any,

@@ -190,8 +190,12 @@ def run(
     test_data: Iterable[Batch] | None = None,
     log: Callable[[str], None] = print,
     dist_ctx: DistContext | None = None,
+    init: Callable[[DLRM], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or with inference_only, evaluate) DLRM on `data`; returns the --json-out record.
+
+    `init`, when given, sets the fresh model's weights after the reference's init and the output
+    bias (e.g. model.warm_start's logistic-regression start); not with a loaded or resumed model.
 
     With `test_data`, the model is evaluated on it every `train.test_freq` batches of an epoch
     and at each epoch's end, as the reference (`j` counting within the epoch), and always at the
@@ -227,6 +231,7 @@ def run(
             "--profile": train.profile_trace,
             "--ema-decay": train.ema_decay,
             "--output-bias-init prior": train.output_bias is not None,
+            "--embedding-init": init is not None,
         }
         unsupported = [name for name, given in asked.items() if given]
         if unsupported:
@@ -238,6 +243,10 @@ def run(
             if state_dict is not None:
                 raise ValueError("--output-bias-init prior with --load-model: the loaded weights replace it")
             model.set_output_bias(train.output_bias)
+        if init is not None:
+            if state_dict is not None or resume is not None:
+                raise ValueError("a weight init (--embedding-init) with --load-model: the loaded weights replace it")
+            init(model)
     if state_dict is not None:
         model.load_state_dict(state_dict)
     if resume is not None and resume.weights is not None:
