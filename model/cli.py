@@ -82,9 +82,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     tr.add_argument(
         "--embedding-optimizer",
-        choices=["sgd", "adagrad", "rwsadagrad"],
+        choices=["sgd", "adagrad", "rwsadagrad", "none"],
         default="",
-        help="the embedding tables' own optimizer, as TorchRec and FBGEMM allow (default: --optimizer's)",
+        help="the embedding tables' own optimizer, as TorchRec and FBGEMM allow (default: --optimizer's); none: "
+        "the tables keep their starting values (with --embedding-init lr: the fitted LR's weights)",
     )
     tr.add_argument(
         "--weight-decay",

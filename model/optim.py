@@ -146,6 +146,20 @@ class SplitOptimizer(torch.optim.Optimizer):
         self.param_groups = [*self.parts[0].param_groups, *self.parts[1].param_groups]  # loading made new dicts
 
 
+class Frozen(torch.optim.Optimizer):
+    """--embedding-optimizer none: the tables keep their starting values (e.g. --embedding-init lr's); their
+    parameters stop requiring gradients, so the backward computes none for them."""
+
+    def __init__(self, params: Iterable[Any], lr: float):
+        super().__init__(params, {"lr": lr})
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.requires_grad_(False)
+
+    def step(self, closure=None):  # type: ignore[override]
+        return None
+
+
 @dataclass(frozen=True)
 class LRSchedule:
     """The reference's LRPolicyScheduler (--lr-num-warmup-steps, --lr-decay-start-step, --lr-num-decay-steps).
@@ -229,9 +243,10 @@ def make_optimizer(
     """SGD or Adagrad (ours, both with parallel sparse updates); rwsadagrad is Adagrad row-wise on
     the tables (groups marked `tables`, see model.optim.Adagrad). `embedding`, when it names another
     optimizer, steps the tables (the first of `params`, param_groups' layout) and `name` the rest."""
-    for flag, opt in (("--optimizer", name), ("--embedding-optimizer", embedding)):
-        if opt and opt not in _OPTIMIZERS:
-            raise ValueError(f"{flag} {opt!r}: allowed: {', '.join(_OPTIMIZERS)}")
+    for flag, opt, allowed in (("--optimizer", name, _OPTIMIZERS), ("--embedding-optimizer", embedding,
+                                                                         (*_OPTIMIZERS, "none"))):  # fmt: skip
+        if opt and opt not in allowed:
+            raise ValueError(f"{flag} {opt!r}: allowed: {', '.join(allowed)}")
     table_opt = embedding or name
     if config.embedding_grad == EmbeddingGrad.FUSED:
         if weight_decay:
@@ -246,9 +261,8 @@ def make_optimizer(
     groups = list(params)
     if not (groups and isinstance(groups[0], dict) and groups[0].get("tables")):
         raise ValueError("--embedding-optimizer: the parameters must come as param_groups lays them out, tables first")
-    return SplitOptimizer(
-        _optimizer(table_opt, groups[:1], lr, weight_decay), _optimizer(name, groups[1:], lr, weight_decay)
-    )
+    tables = Frozen(groups[:1], lr) if table_opt == "none" else _optimizer(table_opt, groups[:1], lr, weight_decay)
+    return SplitOptimizer(tables, _optimizer(name, groups[1:], lr, weight_decay))
 
 
 _OPTIMIZERS = ("sgd", "adagrad", "rwsadagrad")

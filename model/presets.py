@@ -37,8 +37,7 @@ class Preset:
 CRITEO_SAMPLE_FLAGS: tuple[str, ...] = (
     "--min-category-count=1", "--arch-sparse-feature-size=8", "--arch-mlp-bot=13-128-64-32-8",
     "--arch-mlp-top=64-1", "--arch-interaction-op=cat", "--mini-batch-size=256", "--optimizer=adagrad",
-    "--learning-rate=0.002", "--embedding-optimizer=sgd", "--embedding-learning-rate=0.5", "--nepochs=20",
-    "--data-shuffle", "--output-bias-init=prior",
+    "--learning-rate=0.001", "--embedding-init=lr", "--embedding-optimizer=none", "--nepochs=20", "--data-shuffle",
 )  # fmt: skip
 
 PRESETS: dict[str, Preset] = {

@@ -302,3 +302,35 @@ def test_rowwise_adagrad_torch_path_for_sparse_grads_matches_the_python_loop(mon
         table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape)
         opt.step()
     torch.testing.assert_close(table.detach(), _rowwise_by_hand(table0, steps, lr=0.1))
+
+
+@pytest.mark.parametrize("kernel", ["torch", "numba_w8"])
+def test_embedding_optimizer_none_keeps_the_tables_and_trains_the_rest_as_torch_adagrad(kernel, tmp_path):
+    """The tables end where they started and get no gradient; the MLPs step exactly as torch.optim.Adagrad
+    steps a copy of the model whose tables are detached."""
+    from model.config import DLRMConfig, Interaction
+    from model.data import RandomData
+    from model.dlrm import DLRM
+    from model.optim import make_optimizer, param_groups
+
+    cfg = DLRMConfig(4, (30, 20), (5, 8, 4), (12, 6, 1), Interaction.CAT, kernel=kernel)
+    model = DLRM(cfg, torch.Generator().manual_seed(0))
+    ref = DLRM(cfg, torch.Generator().manual_seed(0))
+    ref.embeddings.weight.requires_grad_(False)
+    tables = model.embeddings.weight.detach().clone()
+    opt = make_optimizer("adagrad", param_groups(model, 0.5), 0.01, cfg, embedding="none")
+    ref_opt = torch.optim.Adagrad([p for p in ref.parameters() if p.requires_grad], lr=0.01)
+    data = RandomData(cfg.table_rows, cfg.num_dense, 16, 64, 4, False, 1)
+    for i in range(4):
+        b = data.batch(i)
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad(set_to_none=True)
+            torch.nn.functional.binary_cross_entropy(m(b.dense, b.indices, b.offsets), b.labels).backward()
+            o.step()
+    assert model.embeddings.weight.grad is None
+    torch.testing.assert_close(model.embeddings.weight.detach(), tables, rtol=0, atol=0)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), msg=name)
+    fused = DLRMConfig(4, (30,), (5, 4), (8, 1), embedding_grad="fused")
+    with pytest.raises(NotImplementedError, match="--embedding-optimizer none with --embedding-grad fused"):
+        make_optimizer("sgd", param_groups(model, 0.5), 0.01, fused, embedding="none")

@@ -68,18 +68,15 @@ def test_both_models_learn(results):
 
 
 def test_dlrm_is_not_significantly_behind_the_baseline(results):
-    # the guard while the goal below is not met: DLRM losing by more than two paired (DeLong) standard
-    # errors, about 0.008 AUC on these rows, is a regression, not noise
+    # DLRM losing by more than two paired (DeLong) standard errors, about 0.0025 AUC on these rows with the
+    # LR warm start (0.008 trained from scratch), is a regression, not noise
     dlrm, baseline, _, paired = results
     assert paired.a == pytest.approx(dlrm["auc"]) and paired.b == pytest.approx(baseline["auc"])
     assert paired.diff > -2 * paired.se
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not reached: DLRM AUC 0.7434 / log loss 0.4508 (seed 123) vs the baseline's 0.7444 / 0.4513; "
-    "a tie (DeLong: -0.0011 +- 0.0039 AUC)",
-)
 def test_dlrm_beats_logistic_regression(results):
+    """The issue's goal, on the README's split and seed: DLRM 0.7451 / 0.45105 against 0.7444 / 0.45133.
+    The margin is under one standard error (+0.0007 +- 0.0012 AUC); seeds 1-4 are ahead on both too."""
     dlrm, baseline, _, _ = results
     assert dlrm["auc"] > baseline["auc"] and dlrm["logloss"] < baseline["logloss"]
