@@ -26,6 +26,7 @@ from profiler.ceilings import Ceiling
 from profiler.plot_style import (
     AXIS_NAMES,
     COMPUTE_ROOF_COLOR,
+    LABEL_BOX,
     LEVELS,
     SHARED_TINT,
     UNPLACED,
@@ -40,6 +41,7 @@ from profiler.plot_style import (
     roof_color,
     roof_key,
     stack_legends,
+    unstack_labels,
 )
 from profiler.results import Machine, group_by, point_label, shared_label, threads_of, varying_fields
 from profiler.sweep_spec import level_of
@@ -237,7 +239,8 @@ def _draw_roofs(
         if c.kind == "compute":
             ax.plot([x_lo, x_hi], [c.value, c.value], style, color=col, lw=1.2, alpha=0.8, label=label)
             text = ax.annotate(f"{tag}{c.name} {c.dtype}{count}", (x_hi, c.value), xytext=(-3, 2),
-                               textcoords="offset points", fontsize=6, color=col, ha="right")  # fmt: skip
+                               textcoords="offset points", fontsize=6, color=col, ha="right",
+                               bbox=LABEL_BOX)  # fmt: skip
             compute_labels.append(text)
             line = _Drawn(c, col, style, None)
         else:
@@ -248,29 +251,12 @@ def _draw_roofs(
             ax.plot(line_xs, ys, style, color=col, lw=1.2, alpha=0.8, label=label)
             name = f"{c.name} {c.level}" if c.name != "triad" else c.level
             text = ax.annotate(f"{tag}{name}{count}", (line_xs[2], ys[2]), xytext=(0, 3), textcoords="offset points",
-                               fontsize=6, color=col)  # fmt: skip
+                               fontsize=6, color=col, bbox=LABEL_BOX)  # fmt: skip
             memory_labels.append(text)
             line = _Drawn(c, col, style, bend)
         for sku, key in group:
             drawn.setdefault(sku, {})[key] = line
     return drawn, [memory_labels, compute_labels]
-
-
-def _unstack(labels: list[Any], *, gap_pt: float = 1.0) -> None:
-    """Nudge the labels of one column up, lowest first, until none overprints the one under it: roofs of close
-    values (L2 220 and L3 181 GB/s, or two machines' DRAM roofs) put their labels on top of each other.
-    The figure must be laid out (drawn) first; the nudge is in points, so it holds at any dpi."""
-    if len(labels) < 2:
-        return
-    per_pt = labels[0].get_figure().dpi / 72
-    floor = -math.inf
-    for text in sorted(labels, key=lambda t: t.get_window_extent().y0):
-        box = text.get_window_extent()
-        lift = max(0.0, floor - box.y0)
-        if lift:
-            dx, dy = text.xyann
-            text.xyann = (dx, float(dy + lift / per_pt))
-        floor = box.y1 + lift + gap_pt * per_pt
 
 
 def point_level(row: dict[str, Any], machine: Machine | None) -> str:
@@ -433,9 +419,7 @@ def roofline_figure(
     ax.set_title(title or f"Roofline: {names}\n{shared_label(rows)}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     _legends(ax, pts, level, levels, kernels, skus, tags, styles, size, roof_of, flagged, tolerance, by_threads)
-    fig.draw_without_rendering()  # the layout, with the legends beside the axes, places the labels on screen
-    for column in roof_labels:
-        _unstack(column)
+    unstack_labels(fig, roof_labels)  # laid out with the legends beside the axes, where the labels sit on screen
     return fig, flagged
 
 
@@ -492,6 +476,8 @@ def _legends(
     if multi:
         who = [Patch(facecolor=color(i), edgecolor="black", lw=0.5, label=tags[s]) for i, s in enumerate(skus)]
         who_title = "machine (colour of points and roofs)"
+        if any(roof.color == SHARED_TINT for lines in roof_of.values() for roof in lines.values()):
+            who_title += "\ngrey roof: " + ("both share it" if len(skus) == 2 else "shared by the machines it names")
     else:
         who = [Patch(facecolor=styles[k][0], edgecolor="black", lw=0.5, label=k) for k in kernels]
         who_title = "kernel (colour)"

@@ -6,6 +6,7 @@ display or on global pyplot state; saving uses the Agg (PNG) and SVG canvases.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullLocator
+from matplotlib.transforms import Bbox
 
 from profiler.sweep_spec import format_bytes  # re-exported: the figures' byte labels
 
@@ -22,6 +24,7 @@ __all__ = [
     "AXIS_NAMES",
     "BYTE_FIELDS",
     "COMPUTE_ROOF_COLOR",
+    "LABEL_BOX",
     "LEVELS",
     "SHARED_TINT",
     "UNPLACED",
@@ -39,6 +42,7 @@ __all__ = [
     "roof_key",
     "save_figure",
     "stack_legends",
+    "unstack_labels",
     "use_byte_ticks",
     "use_value_ticks",
 ]
@@ -160,6 +164,9 @@ def machine_tags(skus: list[str], names: dict[str, str]) -> tuple[dict[str, str]
 
 
 SHARED_TINT = "dimgray"  # lines several machines share (same roofs, same caches): drawn once, tagged "A, B"
+# behind a roof's or ceiling's label: the line (a slanted roof runs through its own label) and the grid show
+# through faintly instead of striking through the text
+LABEL_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.75}
 
 
 def group_equal(keys: dict[_K, Any]) -> list[list[_K]]:
@@ -182,6 +189,46 @@ def roof_key(c: Any) -> tuple:
     names) at the value its label shows (3 significant figures)."""
     dim = c.shape[1] if c.name == "gather" and len(c.shape) > 1 else None
     return (c.kind, c.name, c.level, c.dtype, c.threads, c.source, dim, float(f"{c.value:.3g}"))
+
+
+def _extent(text: Any) -> Any:
+    """What a label covers on screen: its text, and its background box when it has one."""
+    box = text.get_window_extent()
+    patch = text.get_bbox_patch()
+    return Bbox.union([box, patch.get_window_extent()]) if patch is not None else box
+
+
+def _lift(labels: list[Any], gap_pt: float) -> bool:
+    """Nudge the labels of one column up, lowest first, until none overprints the one under it.
+    Returns whether any label moved."""
+    if len(labels) < 2:
+        return False
+    per_pt = labels[0].get_figure().dpi / 72
+    floor, moved = -math.inf, False
+    for text in sorted(labels, key=lambda t: _extent(t).y0):
+        box = _extent(text)
+        lift = max(0.0, floor - box.y0)
+        if lift:
+            dx, dy = text.xyann
+            text.xyann = (dx, float(dy + lift / per_pt))
+            moved = True
+        floor = box.y1 + lift + gap_pt * per_pt
+    return moved
+
+
+def unstack_labels(fig: Figure, columns: list[list[Any]], *, gap_pt: float = 1.0, rounds: int = 3) -> None:
+    """Nudge close labels apart: within each column (annotations with offsets in points, drawn one above
+    the other, such as the labels of roofs or ceilings of close values: L2 220 and L3 181 GB/s, or two
+    machines' DRAM roofs), each label goes up until it clears the one under it by `gap_pt`.
+
+    The figure is laid out (drawn) first, so the labels have their place on screen; a nudge that grows the
+    layout (a label lifted past the axes' top) is laid out again and checked, up to `rounds` times. The
+    nudge is in points, so it holds at any dpi.
+    """
+    for _ in range(rounds):
+        fig.draw_without_rendering()
+        if not any([_lift(column, gap_pt) for column in columns]):  # a list: every column is lifted
+            return
 
 
 def use_byte_ticks(axis: Any) -> None:

@@ -17,6 +17,7 @@ from profiler.plot_roofline import roofs_for
 from profiler.plot_style import (
     AXIS_NAMES,
     BYTE_FIELDS,
+    LABEL_BOX,
     SHARED_TINT,
     ceiling_color,
     color,
@@ -27,6 +28,7 @@ from profiler.plot_style import (
     marker,
     new_figure,
     roof_key,
+    unstack_labels,
     use_byte_ticks,
     use_value_ticks,
 )
@@ -60,13 +62,30 @@ def _bandwidth_roofs(machine: Machine, rows: list[dict[str, Any]]) -> list[Any]:
     return bw or [c for c in roofs_for(machine, rows) if c.kind == "bandwidth"]  # points judged against none
 
 
-def _draw_ceilings(ax: Any, bw: list[Any], tint: str | None, prefix: str) -> None:
-    for i, c in enumerate(sorted(bw, key=lambda c: -c.value)):
-        col = tint or ceiling_color(i)  # greys: no kernel's colour
-        ax.axhline(c.value, color=col, ls="--" if c.source == "derived" else "-", lw=0.9, alpha=0.6)
-        text = f"{prefix}{c.name} {c.level} {c.threads}t {c.value:.0f} GB/s"
-        ax.annotate(text, (1.0, c.value), xycoords=("axes fraction", "data"), xytext=(-3, 2),
-                    textcoords="offset points", fontsize=7, color=col, ha="right")  # fmt: skip
+def _draw_ceilings(ax: Any, shown: dict[str, list[Any]], skus: list[str], tags: dict[str, str]) -> list[Any]:
+    """Each machine's bandwidth ceilings (sku -> its ceilings), drawn once per group of machines that agree on
+    a ceiling: the same roof_key, the rule the compare roofline shares its roofs by. Returns the labels
+    written at the right edge, to be nudged apart (unstack_labels) once the figure is laid out."""
+    # One machine: greys, darkest at the top (no kernel's colour). Several: a ceiling one machine alone has
+    # takes that machine's colour, one several share SHARED_TINT, and its label names all of them ('A, B: ').
+    multi = len(skus) > 1
+    ceiling = {(sku, c.key): c for sku, roofs in shown.items() for c in roofs}
+    groups = sorted(group_equal({k: roof_key(c) for k, c in ceiling.items()}), key=lambda g: -ceiling[g[0]].value)
+    labels = []
+    for i, group in enumerate(groups):
+        c, who = ceiling[group[0]], list(dict.fromkeys(sku for sku, _key in group))
+        if multi:
+            col = SHARED_TINT if len(who) > 1 else color(skus.index(who[0]))
+        else:
+            col = ceiling_color(i)
+        prefix = ", ".join(tags[sku] for sku in who) + ": " if multi else ""
+        dim = f" D{c.shape[1]}" if c.name == "gather" and len(c.shape) > 1 else ""  # roof_key tells gathers by D
+        text = f"{prefix}{c.name}{dim} {c.level} {c.threads}t {c.value:.0f} GB/s"
+        ax.axhline(c.value, color=col, ls="--" if c.source == "derived" else "-", lw=0.9, alpha=0.6, gid=text)
+        labels.append(ax.annotate(text, (1.0, c.value), xycoords=("axes fraction", "data"), xytext=(-3, 2),
+                                  textcoords="offset points", fontsize=7, color=col, ha="right",
+                                  bbox=LABEL_BOX))  # fmt: skip
+    return labels
 
 
 def throughput_figure(
@@ -81,6 +100,10 @@ def throughput_figure(
     title: str = "",
 ) -> tuple[Figure, list[str]]:
     """Median `y` vs `x`, one line per value of `line` (and per machine when several), p25-p75 shaded.
+
+    With several machines (compare), a cache-size line or bandwidth ceiling the machines agree on is drawn
+    once in grey and labelled with all of them ('A, B: '), one that differs in each machine's colour; labels
+    of close ceilings are nudged apart so that none prints over another.
 
     Args:
         rows: flat rows; failed points and points without `y` are skipped.
@@ -115,6 +138,7 @@ def throughput_figure(
     line_values = list(dict.fromkeys(r.get(line) for r in pts))
     # a kernel keeps its colour and marker across figures; other line fields keep the palette's order
     styles = kernel_styles(line_values) if line == "kernel" else {}
+    ceiling_labels: list[list[Any]] = []  # per panel: the ceilings' labels at its right edge
     for ax, (facet_values, panel_rows) in zip(axes, panels.items(), strict=False):
         known = [sku for sku in skus if machines.get(sku)]
 
@@ -131,13 +155,10 @@ def throughput_figure(
                 for group in group_equal(have):
                     tint, prefix = tint_and_prefix(group)
                     _draw_caches(ax, machines[group[0]], tint or "gray", prefix, {level})
-        if y == "gbps":
+        if y == "gbps":  # each ceiling once for the machines that agree on it (roof_key)
             shown = {sku: _bandwidth_roofs(machines[sku], [r for r in panel_rows if r["sku_id"] == sku])
                      for sku in known if machines[sku].ceilings}  # fmt: skip
-            keys = {sku: sorted(roof_key(c) for c in roofs) for sku, roofs in shown.items()}
-            for group in group_equal(keys):
-                tint, prefix = tint_and_prefix(group)
-                _draw_ceilings(ax, shown[group[0]], tint, prefix)
+            ceiling_labels.append(_draw_ceilings(ax, shown, skus, tags))
         for (sku, value), group in group_by(panel_rows, ["sku_id", line]).items():
             group = sorted(group, key=lambda r: value_of(r, x))
             k = line_values.index(value)
@@ -177,4 +198,5 @@ def throughput_figure(
         ax.legend(fontsize=7, loc="best", framealpha=0.85, title="median, p25-p75 band", title_fontsize=7)
     heading = f"{AXIS_NAMES.get(y, y)} vs {AXIS_NAMES.get(x, x)}"
     fig.suptitle(title or f"{heading}{chr(10) if multi else ': '}{names}\n{shared_label(rows)}", fontsize=11)
+    unstack_labels(fig, ceiling_labels)  # ceilings of close values (two machines' DRAM) print apart
     return fig, notes

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from matplotlib.legend import Legend
 from synthetic_results import CEILINGS, bag_point, write_sku
 
 from profiler.cli import main
@@ -65,7 +66,6 @@ def test_plots_of_one_sku_twice_name_each_folder(tmp_path):
     names = "A = Synthetic CPU A (2 cpus) from runs/before\nB = Synthetic CPU A (2 cpus) from runs/after"
     fig, _ = roofline_figure(rows, machines)
     assert fig.axes[0].get_title().startswith(f"Roofline: {names}\n")
-    from matplotlib.legend import Legend
 
     legend = [t.get_text() for leg in fig.axes[0].get_children() if isinstance(leg, Legend) for t in leg.get_texts()]
     assert "A" in legend and "B" in legend  # colour is the machine; its points are labelled 'A: torch'
@@ -259,6 +259,29 @@ def test_compare_roofline_shares_each_roof_the_machines_agree_on(tmp_path):
     fig.draw_without_rendering()
     boxes = {k: t.get_window_extent() for k, t in texts.items()}
     assert [(a, b) for a in boxes for b in boxes if a < b and boxes[a].overlaps(boxes[b])] == []
+    # each label on a faint white box: a slanted roof runs through its own label at the left edge
+    for label, text in texts.items():
+        box = text.get_bbox_patch()
+        assert box is not None and to_hex(box.get_facecolor()) == "#ffffff" and 0 < box.get_alpha() < 1, label
+    # the legend says what grey is: a roof drawn once for both machines
+    titles = {leg.get_title().get_text() for leg in ax.get_children() if isinstance(leg, Legend)}
+    assert "machine (colour of points and roofs)\ngrey roof: both share it" in titles
+
+
+def test_a_compare_roofline_sharing_no_roof_does_not_explain_grey(tmp_path):
+    """Every roof twice as high on B: no roof is shared, none is grey, and the legend does not speak of grey."""
+    from dataclasses import replace
+
+    from matplotlib.colors import to_rgb
+
+    faster = [replace(c, gbps=c.gbps * 2) if c.kind == "bandwidth" else replace(c, gflops=c.gflops * 2)
+              for c in CEILINGS]  # fmt: skip
+    ax = _compare(tmp_path, "faster", faster).axes[0]
+    roofs = {k: v for k, v in _roof_lines(ax).items() if ": torch" not in k}
+    assert len(roofs) == 2 * len(CEILINGS) and not any(k.startswith("A, B") for k in roofs)
+    assert not any(len(set(to_rgb(line.get_color()))) == 1 for line in roofs.values())  # no grey
+    titles = {leg.get_title().get_text() for leg in ax.get_children() if isinstance(leg, Legend)}
+    assert "machine (colour of points and roofs)" in titles
 
 
 def test_gather_roofs_of_different_rows_are_not_shared(tmp_path):

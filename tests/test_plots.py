@@ -428,6 +428,46 @@ def test_compare_throughput_shares_a_cache_line_per_level_the_machines_agree_on(
     assert sorted(texts) == ["A, B: L1d 32 KiB", "A, B: L2 1 MiB", "A: L3 32 MiB", "B: L3 16 MiB"]
 
 
+def test_compare_throughput_shares_each_ceiling_the_machines_agree_on(tmp_path):
+    """Two machines that differ only in their gather ceiling (10 and 12 GB/s): the L1d and L2 triad ceilings
+    drawn once each in grey, tagged 'A, B', the gather once per machine in its colour, and the two gather
+    labels (anchored a few pixels apart at the right edge) nudged apart. Before, one differing ceiling drew
+    every ceiling once per machine, two lines on one spot and their labels printed over each other."""
+    from matplotlib.colors import to_hex
+
+    from profiler.plot_style import SHARED_TINT
+
+    def side(name, gather):
+        ceilings = [gather if c.name == "gather" else c for c in CEILINGS]
+        pts = [(bag_point("torch", working_set=ws), t, c)
+               for ws, t, c in (("8K", 1e-5, TRIAD_L1), ("512K", 2e-5, TRIAD_L2), ("256M", 2e-4, gather))]  # fmt: skip
+        return load_results(write_sku(tmp_path, name, f"Synthetic CPU {name}", pts, ceilings=ceilings))
+
+    sets = [side("sku-a", GATHER), side("sku-b", replace(GATHER, gbps=12.0))]
+    rows = [r for s in sets for r in s.rows]
+    machines = {k: v for s in sets for k, v in s.machines.items()}
+    fig, _ = throughput_figure(rows, machines, x="working_set_bytes", y="gbps")
+    ax = fig.axes[0]
+    texts = {t.get_text(): t for t in ax.texts if t.get_text().endswith("GB/s")}
+    assert sorted(texts) == ["A, B: triad L1d 1t 200 GB/s", "A, B: triad L2 1t 100 GB/s",
+                             "A: gather D64 DRAM 1t 10 GB/s", "B: gather D64 DRAM 1t 12 GB/s"]  # fmt: skip
+    lines = [line for line in ax.get_lines() if set(line.get_xdata()) == {0, 1}]  # axhline: x in axes units
+    assert sorted(line.get_gid() for line in lines) == sorted(texts)  # one line per label: none drawn twice
+    data = {line.get_label(): to_hex(line.get_color()) for line in ax.get_lines() if line.get_label()[1:3] == ": "}
+    assert data["A: torch"] != data["B: torch"]
+    for line in lines:
+        tag = line.get_gid().split(":")[0]
+        want = to_hex(SHARED_TINT) if tag == "A, B" else data[f"{tag}: torch"]
+        assert to_hex(line.get_color()) == want == to_hex(texts[line.get_gid()].get_color()), line.get_gid()
+    # the gather labels' anchors are closer than a label is tall: only the nudge keeps them apart
+    fig.draw_without_rendering()
+    a, b = texts["A: gather D64 DRAM 1t 10 GB/s"], texts["B: gather D64 DRAM 1t 12 GB/s"]
+    anchors = [ax.transData.transform((1, t.xy[1]))[1] for t in (a, b)]
+    assert anchors[1] - anchors[0] < a.get_window_extent().height
+    boxes = {k: t.get_window_extent() for k, t in texts.items()}
+    assert [(x, y) for x in boxes for y in boxes if x < y and boxes[x].overlaps(boxes[y])] == []
+
+
 def test_speedup_axis_says_which_way_is_faster(tmp_path):
     table = speedups(load_results(_one_sku(tmp_path)).rows, "torch")
     ax = speedup_figure(table).axes[0]
