@@ -31,6 +31,7 @@ except ImportError as exc:  # numba is a dependency, but listing must survive wi
 
 __all__ = [
     "AUTO_PREFETCH_MIN_BYTES",
+    "AUTO_SGD_PREFETCH_MIN_BYTES",
     "DEFAULT_PREFETCH_ROWS",
     "WIDTHS",
     "NumbaBag",
@@ -50,7 +51,16 @@ WIDTHS = (1, 4, 8, 16)  # float32 lanes: scalar, 128-bit (SSE/NEON), 256-bit (AV
 DEFAULT_PREFETCH_ROWS = 32
 # Smaller tables sit in L2/L3, where the prefetch instructions cost more than they save (measured on a
 # 32 MiB-L3 Zen 4: a 5 MiB table ran ~12% slower with them, 256 MiB+ tables 10-30% faster).
+# A same-run map of 1-64 MiB tables (numba_w16, 1 thread, L=20, B=2048 and 256, medians of 9-11 interleaved
+# rounds, time on/off) found no better rule by table bytes or row size: at 12 MiB rows over 128 B gain with uniform
+# rows (D=64/128 0.84-0.89) but lose with Zipf 1.15 at B=256 (1.02-1.07); rows of up to 128 B lose with Zipf up to
+# 32 MiB (16 MiB: D=16 1.66-1.72, D=32 1.25-1.35) where uniform gains (0.65-0.82); at 8 MiB and under prefetch
+# loses (up to 1.9 at D=16 Zipf) but for D=64 uniform (0.92-0.95).
 AUTO_PREFETCH_MIN_BYTES = 16 << 20
+# The fused SGD update (read-modify-write of whole rows) gains from a smaller table: at 12 MiB 0.39-1.00 in two
+# runs, every D 16-128, uniform and Zipf 1.15, B=2048 and 256 (e.g. D=64 uniform B=2048 379 against 500 us, D=128
+# Zipf 451 against 497); 10 MiB loses with D=16 Zipf (1.04-1.10), 8 MiB with Zipf at D=16/64/128 (1.02-1.12).
+AUTO_SGD_PREFETCH_MIN_BYTES = 12 << 20
 _SERIAL_MAX_FLOATS = 1 << 15  # below this many gathered floats a parallel region costs more than it saves
 _REQUIRES = "numba>=0.60"
 
@@ -87,7 +97,8 @@ class NumbaBag:
     """The embedding-bag kernels of one SIMD width.
 
     `prefetch_rows`: software prefetch distance in lookups (0 = off); None chooses
-    DEFAULT_PREFETCH_ROWS for tables of at least AUTO_PREFETCH_MIN_BYTES and 0 below.
+    DEFAULT_PREFETCH_ROWS for tables of at least AUTO_PREFETCH_MIN_BYTES (the fused SGD update:
+    AUTO_SGD_PREFETCH_MIN_BYTES) and 0 below.
     """
 
     width: int
@@ -97,11 +108,13 @@ class NumbaBag:
     def name(self) -> str:
         return f"numba_w{self.width}"
 
-    def prefetch_distance(self, table_bytes: int) -> int:
-        """Lookups ahead whose rows are prefetched, for a table of this size (0 = no prefetch)."""
+    def prefetch_distance(self, table_bytes: int, sgd: bool = False) -> int:
+        """Lookups ahead whose rows are prefetched, for a table of this size (0 = no prefetch); `sgd`: for the
+        fused SGD update rather than the forward."""
         if self.prefetch_rows is not None:
             return self.prefetch_rows
-        return DEFAULT_PREFETCH_ROWS if table_bytes >= AUTO_PREFETCH_MIN_BYTES else 0
+        least = AUTO_SGD_PREFETCH_MIN_BYTES if sgd else AUTO_PREFETCH_MIN_BYTES
+        return DEFAULT_PREFETCH_ROWS if table_bytes >= least else 0
 
     def _run(
         self,
@@ -148,7 +161,7 @@ class NumbaBag:
             bd.data_ptr(),
             0 if nd is None else nd.data_ptr(),
             lr,
-            self.prefetch_distance(rows * dim * weight.element_size()),  # float64 rows are 8-byte
+            self.prefetch_distance(rows * dim * weight.element_size(), op == numba_simd.Op.SGD),  # f64: 8-byte
             chunks,
         )
 

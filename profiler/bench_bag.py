@@ -287,6 +287,8 @@ def step_fn(p: BagPoint, x: Inputs) -> tuple[Callable[[], object], dict[str, Any
         bag.warm((idx.dtype,))
         extra["prefetch_rows"] = bag.prefetch_distance(t.numel() * 4)
         if p.backward:
+            extra["sgd_prefetch_rows"] = bag.prefetch_distance(t.numel() * 4, sgd=True)
+        if p.backward:
             fn = lambda: (bag.forward(t, i := next(rot), off), bag.sgd_(t, i, off, g, lr))  # noqa: E731
         else:
             fn = lambda: bag.forward(t, next(rot), off)  # noqa: E731

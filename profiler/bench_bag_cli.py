@@ -319,6 +319,8 @@ def _print_row(r: dict[str, Any], done: list[dict[str, Any]]) -> None:
     notes = [f"{r['frac_of_gather']:.0%} of the plain loop"] if r["frac_of_gather"] else []
     if r.get("prefetch_rows") is not None:
         notes.append(f"prefetch {r['prefetch_rows']}")
+    if r.get("sgd_prefetch_rows") is not None:
+        notes.append(f"sgd prefetch {r['sgd_prefetch_rows']}")
     if r.get("kernel_note"):
         notes.append(r["kernel_note"])
     notes = "; ".join(notes + r["warnings"])[:120]

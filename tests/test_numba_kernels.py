@@ -298,6 +298,32 @@ def test_a_float64_table_is_sized_by_its_own_bytes_for_the_auto_prefetch(monkeyp
     assert dists == [numba_bag.DEFAULT_PREFETCH_ROWS, 0]
 
 
+def test_the_fused_sgd_update_prefetches_from_a_smaller_table_than_the_forward(monkeypatch):
+    # hand-computed: the forward prefetches from 16 MiB, the SGD update from 12 MiB (both count the dtype's bytes)
+    bag, mib, on = numba_bag.make_numba_bag(4), 1 << 20, numba_bag.DEFAULT_PREFETCH_ROWS
+    assert [bag.prefetch_distance(n * mib) for n in (8, 12, 14, 16)] == [0, 0, 0, on]
+    assert [bag.prefetch_distance(n * mib, sgd=True) for n in (8, 12, 14, 16)] == [0, on, on, on]
+    assert bag.prefetch_distance(12 * mib - 1, sgd=True) == 0
+    assert numba_bag.make_numba_bag(4, prefetch_rows=0).prefetch_distance(64 * mib, sgd=True) == 0  # forced
+    # and sgd_ asks for the SGD threshold: a 12 MiB float64 table (6 MiB as float32) prefetches in sgd_ only
+    rows, dim = 24_576, 64
+    dists = []
+    built = numba_bag._kernels
+
+    def spy(w, ib, fb=32):
+        k = built(w, ib, fb)
+        return type(k)(lambda *a: (dists.append((a[0], a[13])), k.serial(*a))[1], k.parallel)
+
+    monkeypatch.setattr(numba_bag, "_kernels", spy)
+    indices, offsets = torch.tensor([0, rows - 1]), torch.tensor([0, 1, 2])
+    for dtype in (torch.float64, torch.float32):
+        weight = torch.zeros(rows, dim, dtype=dtype)
+        numba_bag.make_numba_bag(4).forward(weight, indices, offsets)
+        numba_bag.make_numba_bag(4).sgd_(weight, indices, offsets, torch.ones(2, dim, dtype=dtype), 0.1)
+    fwd, sgd = numba_bag.numba_simd.Op.FORWARD, numba_bag.numba_simd.Op.SGD
+    assert dists == [(fwd, 0), (sgd, on), (fwd, 0), (sgd, 0)]
+
+
 @pytest.mark.parametrize("width", numba_bag.WIDTHS)
 @pytest.mark.parametrize("prefetch", [1, 3, 32])
 def test_forward_with_prefetch_matches_torch_for_every_tile_shape(width, prefetch):
