@@ -16,6 +16,8 @@ from kernels import get as get_kernel
 from model.checkpoint import RESUME_SETTINGS, Resume
 from model.config import DLRMConfig, EmbeddingGrad, Interaction, parse_sizes
 from model.data_cli import add_data_arguments, build_sources, fit_tables
+from model.dlrm import DLRM
+from model.optim import check_optimizers
 from model.presets import MEMORY_FRACTION, PRESETS, get_preset, scale_rows, scale_to_fit
 from model.train import LossFunction, TrainConfig, load_checkpoint, resolve_device, run
 from profiler.bench_bag_cli import parse_float, parse_threads
@@ -85,7 +87,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         choices=["sgd", "adagrad", "rwsadagrad", "none"],
         default="",
         help="the embedding tables' own optimizer, as TorchRec and FBGEMM allow (default: --optimizer's); none: "
-        "the tables keep their starting values (with --embedding-init lr: the fitted LR's weights)",
+        "the tables keep their starting values (with --embedding-init lr: the fitted LR's weights; no gradient, "
+        "no --weight-decay on them)",
     )
     tr.add_argument(
         "--weight-decay",
@@ -120,7 +123,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default="reference",
         help="reference (uniform within 1/sqrt(rows), as the reference) or lr: fit `dlrmbench baseline`'s one-hot "
         "logistic regression on the training rows and start DLRM at its logit (one table coordinate holds each "
-        "row's LR weight; FNN's warm start; --data-generation dataset, --arch-interaction-op cat)",
+        "row's LR weight; FNN's warm start; --data-generation dataset, --arch-interaction-op cat; with --load-model "
+        "the loaded weights are kept, nothing is fitted)",
     )
     tr.add_argument(
         "--embedding-init-rest-scale",
@@ -245,6 +249,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         get_kernel(cfg.kernel)
     except ValueError as exc:
         raise ValueError(f"--kernel: {exc}") from None
+    check_optimizers(args.optimizer, args.embedding_optimizer, cfg.embedding_grad, args.weight_decay)  # before the data
     if args.save_freq < 0 or (args.save_freq and not args.save_model):
         raise ValueError(f"--save-freq {args.save_freq}: give N >= 1 iterations, with --save-model PATH")
     if args.save_freq and (args.inference_only or args.dist_backend):
@@ -294,7 +299,7 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
         output_bias = None
     else:
         output_bias = _output_bias(args, sources.train, notes, resumed=resume is not None)
-    init = _embedding_init(args, sources.train, notes)
+    init = _embedding_init(args, cfg, sources.train, notes)
     say = print if not args.dist_backend or os.environ.get("RANK", "0") == "0" else (lambda *_a: None)
     for note in notes:
         say(note)
@@ -394,21 +399,29 @@ def _output_bias(args: argparse.Namespace, data: Any, notes: list[str], resumed:
     return logit
 
 
-def _embedding_init(args: argparse.Namespace, data: Any, notes: list[str]) -> Callable[[Any], None] | None:
-    """--embedding-init lr: fit the baseline on the training rows now; the function that starts a model at it."""
+def _embedding_init(
+    args: argparse.Namespace, cfg: DLRMConfig, data: Any, notes: list[str]
+) -> Callable[[DLRM], None] | None:
+    """--embedding-init lr: fit the baseline on the training rows now; the function that starts a model at it.
+
+    With --load-model the loaded weights replace any init: nothing is fitted (as --output-bias-init prior),
+    so the command that was stopped goes on with --load-model added.
+    """
     if args.embedding_init == "reference":
         return None
     from model.criteo import CriteoData
     from model.criteo_format import NUM_DENSE
-    from model.warm_start import fit_baseline, logistic_warm_start
+    from model.warm_start import check_warm_start, fit_baseline, logistic_warm_start
 
     if not isinstance(data, CriteoData):
         raise ValueError(f"--embedding-init lr needs Criteo training rows (--data-generation dataset), "
                          f"not --data-generation {args.data_generation}")  # fmt: skip
-    if args.load_model:
-        raise ValueError("--embedding-init lr with --load-model: the loaded weights would replace it; drop one")
     if args.dist_backend:
         raise NotImplementedError("--embedding-init lr with --dist-backend: run it on one process")
+    if args.load_model:
+        notes.append(f"--embedding-init lr not applied: {args.load_model}'s weights are loaded")
+        return None
+    check_warm_start(cfg, data.table_rows, NUM_DENSE)  # before the fit: refused at once
     lr, held_back = fit_baseline(data, NUM_DENSE)
     notes.append(f"--embedding-init lr: logistic regression fitted on the {data.samples:,} training rows, l2 "
                  f"{lr.l2:g} (held-back log loss {held_back[lr.l2]:.5f}); DLRM starts at its logit "
@@ -417,7 +430,7 @@ def _embedding_init(args: argparse.Namespace, data: Any, notes: list[str]) -> Ca
         notes.append("--output-bias-init prior: replaced by the LR's bias under --embedding-init lr")
     scale = args.embedding_init_rest_scale
 
-    def init(model: Any) -> None:
+    def init(model: DLRM) -> None:
         logistic_warm_start(model, lr, rest_scale=scale)
 
     return init

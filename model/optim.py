@@ -4,7 +4,7 @@ schedule; an exponential moving average of the weights; and make_optimizer, whic
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +14,17 @@ import torch
 from kernels.update import adagrad_rows, scatter_add_rows
 from model.config import DLRMConfig, EmbeddingGrad
 
-__all__ = ["SGD", "Adagrad", "LRSchedule", "SplitOptimizer", "WeightEMA", "make_optimizer", "param_groups"]
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Frozen",
+    "LRSchedule",
+    "SplitOptimizer",
+    "WeightEMA",
+    "check_optimizers",
+    "make_optimizer",
+    "param_groups",
+]
 
 _MIN_DECAYED_LR = 1e-7  # the reference's floor while (and after) the rate decays
 
@@ -147,8 +157,12 @@ class SplitOptimizer(torch.optim.Optimizer):
 
 
 class Frozen(torch.optim.Optimizer):
-    """--embedding-optimizer none: the tables keep their starting values (e.g. --embedding-init lr's); their
-    parameters stop requiring gradients, so the backward computes none for them."""
+    """--embedding-optimizer none: the tables keep their starting values (e.g. --embedding-init lr's).
+
+    Constructing it turns `requires_grad` off on its parameters, so the backward computes no gradient
+    for them (and no sparse gradient is built); step() does nothing. Its state is empty, so a resumed
+    run (model.checkpoint) builds it afresh and loads nothing but its rate. No weight decay either.
+    """
 
     def __init__(self, params: Iterable[Any], lr: float):
         super().__init__(params, {"lr": lr})
@@ -156,7 +170,7 @@ class Frozen(torch.optim.Optimizer):
             for p in group["params"]:
                 p.requires_grad_(False)
 
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
         return None
 
 
@@ -232,6 +246,30 @@ class WeightEMA:
                 torch._foreach_copy_([p.data for p in self.params], saved)
 
 
+def check_optimizers(name: str, embedding: str, embedding_grad: EmbeddingGrad | str, weight_decay: float) -> str:
+    """The tables' optimizer (`embedding` or `name`); ValueError or NotImplementedError for a combination
+    make_optimizer cannot build. `dlrmbench train` calls it before any data is read or model fitted."""
+    embedding_grad = EmbeddingGrad(embedding_grad)
+    for flag, opt, allowed in (("--optimizer", name, _OPTIMIZERS), ("--embedding-optimizer", embedding,
+                                                                         (*_OPTIMIZERS, "none"))):  # fmt: skip
+        if opt and opt not in allowed:
+            raise ValueError(f"{flag} {opt!r}: allowed: {', '.join(allowed)}")
+    table_opt = embedding or name
+    if embedding_grad == EmbeddingGrad.FUSED:
+        if weight_decay:
+            raise NotImplementedError("--weight-decay with --embedding-grad fused: the fused update has no decay term")
+        if table_opt == "none":
+            raise NotImplementedError("--embedding-optimizer none with --embedding-grad fused: a fused update steps "
+                                      "the tables inside the backward; frozen tables take --embedding-grad sparse "
+                                      "(the default) or dense")  # fmt: skip
+        if table_opt != "sgd":
+            flag = "--embedding-optimizer" if embedding else "--optimizer"
+            raise NotImplementedError(f"{flag} {table_opt} with --embedding-grad fused: fused updates are SGD only")
+    if weight_decay and (name != "sgd" or table_opt not in ("sgd", "none")):  # none: the MLPs decay, the tables not
+        raise NotImplementedError("--weight-decay is implemented for --optimizer sgd only (tables and MLPs)")
+    return table_opt
+
+
 def make_optimizer(
     name: str,
     params: Iterable[Any],
@@ -243,19 +281,7 @@ def make_optimizer(
     """SGD or Adagrad (ours, both with parallel sparse updates); rwsadagrad is Adagrad row-wise on
     the tables (groups marked `tables`, see model.optim.Adagrad). `embedding`, when it names another
     optimizer, steps the tables (the first of `params`, param_groups' layout) and `name` the rest."""
-    for flag, opt, allowed in (("--optimizer", name, _OPTIMIZERS), ("--embedding-optimizer", embedding,
-                                                                         (*_OPTIMIZERS, "none"))):  # fmt: skip
-        if opt and opt not in allowed:
-            raise ValueError(f"{flag} {opt!r}: allowed: {', '.join(allowed)}")
-    table_opt = embedding or name
-    if config.embedding_grad == EmbeddingGrad.FUSED:
-        if weight_decay:
-            raise NotImplementedError("--weight-decay with --embedding-grad fused: the fused update has no decay term")
-        if table_opt != "sgd":
-            flag = "--embedding-optimizer" if embedding else "--optimizer"
-            raise NotImplementedError(f"{flag} {table_opt} with --embedding-grad fused: fused updates are SGD only")
-    if weight_decay and (name, table_opt) != ("sgd", "sgd"):
-        raise NotImplementedError("--weight-decay is implemented for --optimizer sgd only (tables and MLPs)")
+    table_opt = check_optimizers(name, embedding, config.embedding_grad, weight_decay)
     if table_opt == name:
         return _optimizer(name, params, lr, weight_decay)
     groups = list(params)

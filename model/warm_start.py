@@ -20,17 +20,18 @@ them with weights scaled by `rest_scale` (0: the model starts exactly at the LR'
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
 from torch import nn
 
 from model.baseline import DEFAULT_L2_GRID, LogisticModel, fit_logistic_cv
-from model.config import Interaction
+from model.config import DLRMConfig, Interaction
 from model.criteo import CriteoData
 from model.dlrm import DLRM
 
-__all__ = ["BASELINE_BATCH", "baseline_batches", "fit_baseline", "logistic_warm_start"]
+__all__ = ["BASELINE_BATCH", "baseline_batches", "check_warm_start", "fit_baseline", "logistic_warm_start"]
 
 BASELINE_BATCH = 512  # training rows per batch of `dlrmbench baseline`; its L2 is picked on the last fifth of them
 
@@ -52,6 +53,26 @@ def _linears(mlp: nn.Sequential) -> list[nn.Linear]:
     return [m for m in mlp if isinstance(m, nn.Linear)]
 
 
+def check_warm_start(cfg: DLRMConfig, table_rows: Sequence[int], num_dense: int, coordinate: int = 0) -> None:
+    """ValueError unless a DLRM of `cfg` can carry an LR over `table_rows` and `num_dense` features.
+
+    `dlrmbench train` calls it before fitting the LR, so a model that cannot carry it is refused at once.
+    """
+    if cfg.interaction != Interaction.CAT:
+        raise ValueError("--embedding-init lr needs --arch-interaction-op cat (a dot product cannot carry a sum)")
+    if tuple(cfg.table_rows) != tuple(table_rows):
+        differ = [t for t, (a, b) in enumerate(zip(cfg.table_rows, table_rows, strict=False)) if a != b]
+        where = f"table {differ[0]}: {cfg.table_rows[differ[0]]} rows, the data's {table_rows[differ[0]]}" if differ \
+            else f"{cfg.num_tables} tables, the data's {len(table_rows)}"  # fmt: skip
+        raise ValueError(f"--embedding-init lr needs the tables the data gives (omit --arch-embedding-size): {where}")
+    if cfg.num_dense != num_dense:
+        raise ValueError(f"--embedding-init lr: {cfg.num_dense} dense features, the LR has {num_dense}")
+    if not 0 <= coordinate < cfg.embedding_dim:
+        raise ValueError(f"coordinate {coordinate} outside the embedding dim {cfg.embedding_dim}")
+    if any(w < 2 for w in (*cfg.bottom_mlp[1:], *cfg.top_mlp[:-1])):
+        raise ValueError("--embedding-init lr needs every bottom MLP layer and top hidden layer >= 2 units wide")
+
+
 @torch.no_grad()
 def logistic_warm_start(model: DLRM, lr: LogisticModel, rest_scale: float = 0.0, coordinate: int = 0) -> float:
     """Set `model`'s weights so that its logit is `lr`'s (plus `rest_scale` times the random units' output).
@@ -62,20 +83,14 @@ def logistic_warm_start(model: DLRM, lr: LogisticModel, rest_scale: float = 0.0,
         rest_scale: factor on the output weights of the units that do not carry the LR (0: exactly the LR).
         coordinate: the embedding coordinate that carries each row's LR weight.
     Returns:
-        K, the first top hidden unit's bias (a lower bound on its input's negative part, plus 1).
+        K, the first top hidden unit's bias (0 for a linear top). Its pre-activation is K + (the sum of
+        one LR weight per table) + (a ReLU output >= 0) >= K + (the sum of each table's most negative
+        weight, or 0) = 1 (less float32 rounding, ~1e-6), for every input: unseen and empty rows are
+        table rows too, and the dense features reach it only through that ReLU. So its ReLU passes it
+        unchanged.
     """
     cfg = model.config
-    if cfg.interaction != Interaction.CAT:
-        raise ValueError("--embedding-init lr needs --arch-interaction-op cat (a dot product cannot carry a sum)")
-    if tuple(cfg.table_rows) != lr.table_rows:
-        raise ValueError(f"--embedding-init lr: the tables have {cfg.table_rows} rows, the LR {lr.table_rows}")
-    if cfg.num_dense != lr.dense_w.numel():
-        raise ValueError(f"--embedding-init lr: {cfg.num_dense} dense features, the LR has {lr.dense_w.numel()}")
-    if not 0 <= coordinate < cfg.embedding_dim:
-        raise ValueError(f"coordinate {coordinate} outside the embedding dim {cfg.embedding_dim}")
-    narrow = [w for w in (*cfg.bottom_mlp[1:], *cfg.top_mlp[:-1]) if w < 2]
-    if narrow:
-        raise ValueError("--embedding-init lr needs every bottom MLP layer and top hidden layer >= 2 units wide")
+    check_warm_start(cfg, lr.table_rows, lr.dense_w.numel(), coordinate)
     if not math.isfinite(rest_scale) or rest_scale < 0:
         raise ValueError(f"rest scale {rest_scale}: must be finite and >= 0")
     D, T = cfg.embedding_dim, cfg.num_tables

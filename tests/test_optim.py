@@ -334,3 +334,30 @@ def test_embedding_optimizer_none_keeps_the_tables_and_trains_the_rest_as_torch_
     fused = DLRMConfig(4, (30,), (5, 4), (8, 1), embedding_grad="fused")
     with pytest.raises(NotImplementedError, match="--embedding-optimizer none with --embedding-grad fused"):
         make_optimizer("sgd", param_groups(model, 0.5), 0.01, fused, embedding="none")
+
+
+def test_embedding_optimizer_none_with_weight_decay_decays_the_mlps_as_torch_sgd_and_not_the_tables():
+    from model.config import DLRMConfig, Interaction
+    from model.data import RandomData
+    from model.dlrm import DLRM
+    from model.optim import make_optimizer, param_groups
+
+    cfg = DLRMConfig(4, (30, 20), (5, 8, 4), (12, 6, 1), Interaction.CAT)
+    model = DLRM(cfg, torch.Generator().manual_seed(0))
+    ref = DLRM(cfg, torch.Generator().manual_seed(0))
+    ref.embeddings.weight.requires_grad_(False)
+    tables = model.embeddings.weight.detach().clone()
+    opt = make_optimizer("sgd", param_groups(model, 0.5), 0.05, cfg, weight_decay=0.1, embedding="none")
+    ref_opt = torch.optim.SGD([p for p in ref.parameters() if p.requires_grad], lr=0.05, weight_decay=0.1)
+    data = RandomData(cfg.table_rows, cfg.num_dense, 16, 64, 4, False, 1)
+    for i in range(4):
+        b = data.batch(i)
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad(set_to_none=True)
+            torch.nn.functional.binary_cross_entropy(m(b.dense, b.indices, b.offsets), b.labels).backward()
+            o.step()
+    torch.testing.assert_close(model.embeddings.weight.detach(), tables, rtol=0, atol=0)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), msg=name)
+    with pytest.raises(NotImplementedError, match="--weight-decay is implemented for --optimizer sgd only"):
+        make_optimizer("adagrad", param_groups(model, 0.5), 0.05, cfg, weight_decay=0.1, embedding="none")
