@@ -91,7 +91,7 @@ def test_weight_decay_dense_like_torch_and_sparse_only_on_touched_rows():
     before = table.detach().clone()
     rows = torch.tensor([4, 1, 4])  # row 4 twice: decays once, both gradients add
     values = torch.randn(3, 2, generator=g)
-    table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, (6, 2))
+    table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, (6, 2), check_invariants=True)
     SGD([table], lr=0.1, weight_decay=0.5).step()
     want = before.clone()
     for r in (1, 4):
@@ -145,7 +145,7 @@ def test_rowwise_adagrad_matches_a_python_loop_and_torch_adagrad_on_dense_params
         table, bias = table0.clone().requires_grad_(), bias0.clone().requires_grad_()
         opt = Adagrad([{"params": [table], "tables": True}, {"params": [bias]}], lr=0.1, row_wise_tables=True)
         for (rows, grads), dg in zip(steps, dense_grads, strict=True):
-            sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape)
+            sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape, check_invariants=True)
             table.grad = sparse.to_dense() if as_dense else sparse
             bias.grad = dg.clone()
             opt.step()
@@ -176,7 +176,8 @@ def test_adagrad_on_cuda_matches_the_cpu(row_wise):
         table = table0.to(device).requires_grad_()
         opt = Adagrad([{"params": [table], "tables": True}], lr=0.05, row_wise_tables=row_wise)
         for rows, grads in steps:
-            table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape).to(device)
+            grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape, check_invariants=True)
+            table.grad = grad.to(device)
             opt.step()
         out[device] = table.detach().cpu()
     torch.testing.assert_close(out["cuda"], out["cpu"])
@@ -192,7 +193,7 @@ def test_rowwise_adagrad_compiled_path_on_many_duplicates(threads):
     table = table0.clone().requires_grad_()
     opt = Adagrad([{"params": [table], "tables": True}], lr=0.05, row_wise_tables=True)
     for rows, grads in steps:  # uncoalesced, as the embedding backward gives it
-        table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape)
+        table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape, check_invariants=True)
         opt.step()
     torch.testing.assert_close(table.detach().double(), expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"row ids span \[0, 300\], table has 300 rows"):
@@ -212,10 +213,12 @@ def test_adagrad_matches_torch_adagrad_on_uncoalesced_sparse_and_dense_grads(dty
     ):
         table, w = table0.clone().requires_grad_(), w0.clone().requires_grad_()
         opt = make([{"params": [table], "tables": True}, {"params": [w]}])
-        for rows, grads, dw in steps:
-            table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape)  # rows repeat
-            w.grad = dw.clone()
-            opt.step()
+        with torch.sparse.check_sparse_tensor_invariants(enable=False):  # said, as torch's Adagrad warns if implicit
+            for rows, grads, dw in steps:
+                # rows repeat
+                table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape, check_invariants=True)
+                w.grad = dw.clone()
+                opt.step()
         out[name] = (table.detach(), w.detach())
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
     torch.testing.assert_close(out["ours"][0], out["torch"][0], **tol)
@@ -234,7 +237,7 @@ def test_adagrad_tables_of_different_sizes_stepped_in_turn_match_torch():
         opts = [make([t], lr=0.05) for t in tables]
         for step in steps:
             for t, opt, (rows, grads) in zip(tables, opts, step, strict=True):
-                t.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, t.shape)
+                t.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, t.shape, check_invariants=True)
                 opt.step()
         out[name] = [t.detach() for t in tables]
     for ours, ref in zip(out["ours"], out["torch"], strict=True):
@@ -270,7 +273,7 @@ def test_embedding_optimizer_steps_the_tables_and_the_rest_each_with_its_own_rul
                 for o in opts:
                     for g in o.param_groups:
                         g["lr"] /= 2
-            table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape)
+            table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape, check_invariants=True)
             w.grad = dw.clone()
             for o in opts:
                 o.step()
@@ -299,7 +302,7 @@ def test_rowwise_adagrad_torch_path_for_sparse_grads_matches_the_python_loop(mon
     table = table0.clone().requires_grad_()
     opt = Adagrad([{"params": [table], "tables": True}], lr=0.1, row_wise_tables=True)
     for rows, grads in steps:
-        table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape)
+        table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), grads, table.shape, check_invariants=True)
         opt.step()
     torch.testing.assert_close(table.detach(), _rowwise_by_hand(table0, steps, lr=0.1))
 
