@@ -18,7 +18,7 @@ profiler.metrics.embedding_bag_cost, so an embedding-bag point divided by it is 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -29,7 +29,10 @@ from profiler.timer import Measurement, measure
 
 __all__ = [
     "Ceiling",
+    "FmaWidth",
+    "below_measured",
     "derived_ceilings",
+    "fma_width",
     "gemm_ceiling",
     "level_working_sets",
     "measure_ceilings",
@@ -338,40 +341,124 @@ def usable_threads(fp: dict[str, Any]) -> tuple[int, int]:
     return cores, cpus
 
 
-def derived_ceilings(fp: dict[str, Any]) -> list[Ceiling]:
+@dataclass(frozen=True)
+class FmaWidth:
+    """Float32 FMA throughput of one core: `units` pipes of `lanes` float32 lanes, `flop` FLOPs per lane per
+    cycle (2 for an FMA, 1 where the ISA has none), and where the figure comes from."""
+
+    units: int
+    lanes: int
+    flop: int
+    source: str
+    known: bool  # the microarchitecture's documented pipes; False: assumed (from the ISA flags, or SKU-dependent)
+
+    @property
+    def per_cycle(self) -> int:
+        return self.units * self.lanes * self.flop
+
+
+# (vendor, family, model ranges, flag it needs) -> width. Model ranges as Linux's bsp_init_amd assigns
+# X86_FEATURE_ZEN3 / ZEN4 / ZEN5 (arch/x86/kernel/cpu/amd.c). Widths: Zen 3 two 256-bit FMA pipes (as Zen 2);
+# Zen 4 FMA on pipes FP0 / FP1 (LLVM's znver4 model, after AMD's Zen 4 optimization guide 57647), 256-bit
+# wide, AVX-512 "double-pumped" through them; Zen 5 512-bit FP datapaths (AMD, Hot Chips 2024), but the
+# mobile Strix Point cores' vector pipes measured narrower (their FMA width unconfirmed here); Intel:
+# "2 x 512-bit FMA (varies by SKU)" (WikiChip, FLOPS).
+_X86_WIDTHS: tuple[tuple[str, int, tuple[tuple[int, int], ...], str, FmaWidth], ...] = (
+    ("AuthenticAMD", 0x19, ((0x00, 0x0F), (0x20, 0x5F)), "",
+     FmaWidth(2, 8, 2, "AMD Zen 3: two 256-bit FMA pipes", True)),
+    ("AuthenticAMD", 0x19, ((0x10, 0x1F), (0x60, 0xAF)), "",
+     FmaWidth(2, 8, 2, "AMD Zen 4: two 256-bit FMA pipes; AVX-512 runs on them in two halves", True)),
+    ("AuthenticAMD", 0x1A, ((0x00, 0x2F), (0x40, 0x4F), (0x70, 0x7F)), "avx512f",
+     FmaWidth(2, 16, 2, "AMD Zen 5: two 512-bit FMA pipes, assumed: desktop and server parts have 512-bit FP "
+              "datapaths; the mobile (Ryzen AI 300) cores have narrower vector pipes, unsure how much: "
+              "possibly up to twice their rate", False)),
+    ("GenuineIntel", 6, ((0x00, 0xFF),), "avx512f",
+     FmaWidth(2, 16, 2, "Intel AVX-512: two 512-bit FMA units assumed (Xeon Gold / Platinum have two; "
+              "some Silver / Bronze and client parts one, half this; the model number does not tell)", False)),
+)  # fmt: skip
+# Arm Neoverse by MIDR (the fingerprint's cpu_vendor 'ARM' and cpu_model = part): FP/ASIMD pipes that take
+# an FMA, each 128 bits (4 float32 lanes) as NEON is. N1, N2: 2 x 128-bit FMA and V1: 2 x 256-bit SVE FMA,
+# 32 FLOP/cycle either way (WikiChip, FLOPS); N3 two, V2 and V3 four FP/ASIMD pipes issuing FMAs (LLVM's
+# Neoverse scheduling models, after Arm's software optimization guides).
+_ARM_WIDTHS: dict[int, FmaWidth] = {
+    0xD0C: FmaWidth(2, 4, 2, "Arm Neoverse N1: two 128-bit FMA pipes", True),
+    0xD49: FmaWidth(2, 4, 2, "Arm Neoverse N2: two 128-bit FMA pipes", True),
+    0xD8E: FmaWidth(2, 4, 2, "Arm Neoverse N3: two 128-bit FMA pipes", True),
+    0xD40: FmaWidth(2, 8, 2, "Arm Neoverse V1: two 256-bit SVE FMA pipes", True),
+    0xD4F: FmaWidth(4, 4, 2, "Arm Neoverse V2: four 128-bit FMA pipes", True),
+    0xD84: FmaWidth(4, 4, 2, "Arm Neoverse V3: four 128-bit FMA pipes", True),
+}
+
+
+def fma_width(fp: dict[str, Any]) -> FmaWidth:
+    """The float32 FMA width of one core: from the microarchitecture where the fingerprint names a known
+    one (x86 vendor, family and model; Arm's MIDR part), else assumed from the ISA flags: 2 FMA units at
+    the widest vector width the flags allow (avx512f 16 lanes, avx2 / avx 8, else 4)."""
+    flags = set(fp.get("isa_flags", []))
+    vendor, family, model = fp.get("cpu_vendor"), fp.get("cpu_family"), fp.get("cpu_model")
+    for v, fam, ranges, flag, width in _X86_WIDTHS:
+        if (vendor == v and family == fam and model is not None and any(lo <= model <= hi for lo, hi in ranges)
+                and (not flag or flag in flags)):  # fmt: skip
+            return width
+    if vendor == "ARM" and model in _ARM_WIDTHS:
+        return _ARM_WIDTHS[model]
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags or "avx" in flags else 4
+    fma = "fma" in flags or "avx512f" in flags or "asimd" in flags
+    return FmaWidth(2, lanes, 2 if fma else 1, f"assumed from the ISA flags: 2 units of the widest vectors ({lanes} "
+                    "float32 lanes)" + ("" if fma else ", a multiply and an add unit (no FMA)"), False)  # fmt: skip
+
+
+def below_measured(peak: Ceiling, ceilings: Iterable[Ceiling]) -> Ceiling | None:
+    """The highest measured compute ceiling of the peak's device and dtype above the derived `peak`, if any:
+    a machine that measured more than its derived peak shows the peak's clock or width to be low."""
+    over = [c for c in ceilings if c.source == "measured" and c.kind == "compute" and c.dtype == peak.dtype
+            and c.device.split(":")[0] == peak.device.split(":")[0] and c.value > peak.value]  # fmt: skip
+    return max(over, key=lambda c: c.value, default=None)
+
+
+def derived_ceilings(fp: dict[str, Any], measured: Iterable[Ceiling] = ()) -> list[Ceiling]:
     """Textbook peaks from the fingerprint, each with its assumptions in `method`.
 
-    CPU float32 peak = cores x MHz x FMA units x lanes x 2 (physical cores in the affinity set, at most the
-    cgroup quota: SMT siblings share the units), assuming 2 FMA units per core at the widest
-    vector width the ISA flags allow. This overstates CPUs that split wide vectors (Zen 4 executes
-    512-bit FMAs on 256-bit units: half the AVX-512 figure), which is why plots prefer measured ceilings.
+    CPU float32 peak = cores x MHz x FMA units x float32 lanes x 2 (physical cores in the affinity set, at most
+    the cgroup quota: SMT siblings share the units); the units and lanes per core come from fma_width: the
+    microarchitecture's pipes where the fingerprint names a known one, else assumed from the ISA flags.
     GPU DRAM = memory clock x bus width x 2 (DDR) / 8, where both are known.
+
+    The MHz is the fingerprint's cpu_mhz: on a VM /proc/cpuinfo's nominal clock, which cores that boost beat.
+    Given `measured` ceilings (measure_ceilings passes its own), a peak below a measured GEMM of its dtype keeps
+    its figure at the reported clock and says so in `method` and `warnings`, with the clock that GEMM implies
+    at this width (a lower bound: GEMM at 100% of the FMA rate). Raising the peak to that clock would make it
+    equal the GEMM by construction, claiming an efficiency nobody measured.
     """
     out: list[Ceiling] = []
+    measured = list(measured)
     flags = set(fp.get("isa_flags", []))
     cores = _compute_cores(fp)
     mhz = fp.get("cpu_mhz")
-    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags or "avx" in flags else 4
-    fma = 2 if ("fma" in flags or "avx512f" in flags or "asimd" in flags) else 1
     if cores and mhz:
-        per_cycle = 2 * lanes * fma  # 2 units x lanes x (2 FLOPs per FMA, or mul + add)
-        assume = f"{cores} cores x {mhz:.0f} MHz x 2 units x {lanes} lanes x {2 if fma == 2 else 1} FLOP"
+        width = fma_width(fp)
+        assume = (f"{cores} cores x {mhz:.0f} MHz x {width.units} units x {width.lanes} lanes x {width.flop} FLOP "
+                  f"({width.source})")  # fmt: skip
         if fp.get("cpu_quota") is not None and cores == max(1, int(fp["cpu_quota"])):
-            assume += f" (the cgroup's CPU quota, {fp['cpu_quota']:g} CPUs)"
-        threads = cores
-        out.append(
-            Ceiling(
-                "fma_peak", "compute", "derived", threads=threads, gflops=cores * mhz * per_cycle / 1e3, method=assume
-            )
-        )
+            assume += f"; cores: the cgroup's CPU quota, {fp['cpu_quota']:g} CPUs"
+        peaks = [("float32", width.per_cycle, assume)]
         if "avx512_bf16" in flags:
-            out.append(
-                Ceiling(
-                    "fma_peak", "compute", "derived", threads=threads, dtype="bfloat16",
-                    gflops=2 * cores * mhz * per_cycle / 1e3,
-                    method=assume + "; bf16 dot-product (vdpbf16ps) doubles the float32 rate",
-                )
-            )  # fmt: skip
+            bf16 = assume + "; bf16 dot-product (vdpbf16ps) doubles the float32 rate"
+            if "amx_bf16" in flags:
+                bf16 += "; AMX tile units not counted (a bf16 GEMM on AMX can exceed this)"
+            peaks.append(("bfloat16", 2 * width.per_cycle, bf16))
+        for dtype, per_cycle, method in peaks:
+            c = Ceiling("fma_peak", "compute", "derived", threads=cores, dtype=dtype,
+                        gflops=cores * mhz * per_cycle / 1e3, method=method)  # fmt: skip
+            if (over := below_measured(c, measured)) is not None:
+                implied = over.value * 1e3 / (min(over.threads, cores) * per_cycle)
+                why = (f"below the measured {over.key} ({over.value:.0f} GFLOP/s): the cores run faster than the "
+                       f"reported {mhz:.0f} MHz ({fp.get('cpu_mhz_source', 'cpu_mhz')}), at least {implied:.0f} "
+                       f"MHz by that GEMM at {per_cycle} FLOP/cycle")  # fmt: skip
+                if not width.known or "AMX" in method:
+                    why += ", or the assumed width is too narrow"
+                c = replace(c, method=f"{c.method}; {why}", warnings=[why])
+            out.append(c)
     for i, gpu in enumerate(fp.get("gpus", [])):
         if gpu.get("memory_clock_mhz") and gpu.get("bus_width_bits"):
             gbps = gpu["memory_clock_mhz"] * gpu["bus_width_bits"] * 2 / 8 / 1e3
@@ -460,7 +547,7 @@ def measure_ceilings(
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             _gpu_ceilings(f"cuda:{i}", quick, _BUDGET[mode], add)
-    derived = derived_ceilings(fp)
+    derived = derived_ceilings(fp, out)  # after the GEMMs: a peak below one says so
     for c in derived:
         say(_line(c))
     return out + derived

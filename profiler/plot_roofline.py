@@ -14,6 +14,7 @@ miscounted (or the ceiling was mismeasured), so it is flagged as an accounting e
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from profiler.ceilings import Ceiling
+from profiler.ceilings import Ceiling, below_measured
 from profiler.plot_style import (
     AXIS_NAMES,
     COMPUTE_ROOF_COLOR,
@@ -151,11 +152,20 @@ def roofs_for(machine: Machine, rows: list[dict[str, Any]]) -> list[Ceiling]:
     return list({c.key: c for c in chosen}.values())
 
 
-def _roof_label(c: Ceiling) -> str:
+def _roof_label(c: Ceiling, drawn: Iterable[Ceiling] = ()) -> str:
+    """'triad L1d 1t: 200 GB/s'; a derived peak says '(derived)', and why where it sits below a measured roof
+    drawn beside it (`drawn`): the clock it was computed at (on a VM the nominal one) or its width is low."""
     where = c.level or c.dtype
     unit = f"{c.value:.0f} GB/s" if c.kind == "bandwidth" else f"{c.value:.0f} GFLOP/s"
     extra = f" D{c.shape[1]}" if c.name == "gather" and len(c.shape) > 1 else ""
-    return f"{c.name}{extra} {where} {c.threads}t: {unit}" + (" (derived)" if c.source == "derived" else "")
+    label = f"{c.name}{extra} {where} {c.threads}t: {unit}"
+    if c.source != "derived":
+        return label
+    over = below_measured(c, drawn) if c.kind == "compute" else None
+    if over is None:
+        return label + " (derived)"
+    low = "its clock or assumed width is low" if "assumed" in c.method else "the cores run faster than its clock"
+    return label + f" (derived; below measured {over.name} {over.threads}t {over.value:.0f}: {low})"
 
 
 def _lighter(col: str, frac: float) -> str:
@@ -233,7 +243,7 @@ def _draw_roofs(
         if by_threads and not multi and len(counts) > 1:
             col = _lighter(col, 0.5 * (1 - counts.index(c.threads) / (len(counts) - 1)))
         sku_tag = ", ".join(tags[sku] for sku in who)
-        label = (sku_tag + ": " if sku_tag else "") + _roof_label(c)
+        label = (sku_tag + ": " if sku_tag else "") + _roof_label(c, per_sku[who[0]][0])
         tag = f"{sku_tag} " if sku_tag else ""
         count = f" {c.threads}t" if by_threads else ""
         if c.kind == "compute":

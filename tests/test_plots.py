@@ -203,6 +203,26 @@ def test_memory_roofs_bend_at_the_measured_compute_roof_not_the_derived_peak(tmp
     assert derived.get_linestyle() == "--" and set(derived.get_ydata()) == {400.0}
 
 
+def test_a_derived_peak_under_a_measured_roof_says_why_in_its_label(tmp_path):
+    """A VM reports its nominal clock: a peak derived from it can sit under the GEMM the cores reached."""
+    low = replace(CEILINGS[5], gflops=80.0, method="1 cores x 2596 MHz x 2 units x 8 lanes x 2 FLOP (AMD Zen 4: ...)")
+    folder = write_sku(tmp_path, "sku-a", "CPU", [(bag_point(working_set="8K"), 1e-6, TRIAD_L1)],
+                       ceilings=[*CEILINGS[:5], low])  # fmt: skip
+    rs = load_results(folder)
+    fig, _ = roofline_figure(rs.rows, rs.machines)
+    (label,) = [line.get_label() for line in fig.axes[0].get_lines() if "derived" in line.get_label()]
+    assert label == ("fma_peak float32 1t: 80 GFLOP/s (derived; below measured gemm 1t 100: "
+                     "the cores run faster than its clock)")  # fmt: skip
+    # a width the fingerprint could not name may be the low one
+    assumed = replace(low, method="1 cores x 2596 MHz x 2 units x 8 lanes x 2 FLOP (assumed from the ISA flags)")
+    folder = write_sku(tmp_path / "b", "sku-a", "CPU", [(bag_point(working_set="8K"), 1e-6, TRIAD_L1)],
+                       ceilings=[*CEILINGS[:5], assumed])  # fmt: skip
+    rs = load_results(folder)
+    fig, _ = roofline_figure(rs.rows, rs.machines)
+    (label,) = [line.get_label() for line in fig.axes[0].get_lines() if "derived" in line.get_label()]
+    assert label.endswith("(derived; below measured gemm 1t 100: its clock or assumed width is low)")
+
+
 def test_compare_names_the_backend_of_all_to_all_points(tmp_path):
     point = Point(target="all_to_all", world_size=2, batch_size=64, num_rows=1000, embedding_dim=16, sweep="a2a")
     sets = []

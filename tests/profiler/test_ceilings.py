@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -36,10 +37,90 @@ def test_l3_not_above_the_l2s_is_left_out() -> None:
 
 def test_derived_peaks_by_hand() -> None:
     peaks = {c.dtype: c for c in derived_ceilings(FP)}
-    # 2 cores x 2500 MHz x 2 FMA units x 16 lanes x 2 FLOP = 320 GFLOP/s; bf16 dot products double it
+    # no vendor / family / model: the flag rule, 2 cores x 2500 MHz x 2 FMA units x 16 lanes x 2 FLOP = 320
+    # GFLOP/s; bf16 dot products double it
     assert peaks["float32"].gflops == pytest.approx(320.0)
     assert peaks["bfloat16"].gflops == pytest.approx(640.0)
-    assert all(c.source == "derived" for c in peaks.values())
+    assert all(c.source == "derived" and "assumed from the ISA flags" in c.method for c in peaks.values())
+
+
+def _cpu(vendor: str, family: int | None, model: int, flags: list[str], cores: int, mhz: float) -> dict:
+    fp = {"cpu_vendor": vendor, "cpu_model": model, "isa_flags": flags, "affinity_cpus": cores, "cpu_mhz": mhz}
+    return fp if family is None else {**fp, "cpu_family": family}
+
+
+ZEN4 = _cpu("AuthenticAMD", 0x19, 0x11, ["avx", "avx2", "fma", "avx512f", "avx512_bf16"], 2, 2596.0)  # Genoa
+
+
+@pytest.mark.parametrize(
+    ("fp", "float32", "says"),
+    [
+        # Zen 4 (EPYC 9004, family 0x19 model 0x11): AVX-512 on two 256-bit pipes, 2 x 8 lanes:
+        # 2 cores x 2596 MHz x 2 x 8 x 2 = 166.144 GFLOP/s (the flag rule's 16 lanes gave 332.3)
+        (ZEN4, 166.144, "Zen 4"),
+        # Zen 4 desktop (Raphael, model 0x61) with AVX-512 hidden by the hypervisor: the same 2 x 8
+        (_cpu("AuthenticAMD", 0x19, 0x61, ["avx", "avx2", "fma"], 8, 4500.0), 8 * 4500 * 32 / 1e3, "Zen 4"),
+        # Zen 3 (EPYC 7B13, model 0x01): two 256-bit FMA pipes, 4 x 3000 x 2 x 8 x 2 = 384 GFLOP/s
+        (_cpu("AuthenticAMD", 0x19, 0x01, ["avx", "avx2", "fma"], 4, 3000.0), 384.0, "Zen 3"),
+        # Zen 5 with AVX-512: 2 x 16 lanes, assumed (mobile parts have half): 2 x 3000 x 64 = 384
+        (_cpu("AuthenticAMD", 0x1A, 0x02, ["avx2", "fma", "avx512f"], 2, 3000.0), 384.0, "Zen 5"),
+        # Intel with AVX-512 (Sapphire Rapids, 6/0x8F): 2 x 512-bit assumed, 8 x 3800 x 2 x 16 x 2 = 1945.6
+        (_cpu("GenuineIntel", 6, 0x8F, ["avx2", "fma", "avx512f"], 8, 3800.0), 1945.6, "assumed"),
+        # Neoverse N1 (Graviton 2, part 0xD0C): two 128-bit pipes, 64 x 2500 x 2 x 4 x 2 = 2560
+        (_cpu("ARM", None, 0xD0C, ["asimd"], 64, 2500.0), 2560.0, "Neoverse N1"),
+        # Neoverse V2 (Graviton 4 / Grace, part 0xD4F): four 128-bit pipes, 4 x 3100 x 4 x 4 x 2 = 396.8
+        # (the flag rule's 2 x 4 gave half)
+        (_cpu("ARM", None, 0xD4F, ["asimd", "sve"], 4, 3100.0), 396.8, "Neoverse V2"),
+        # an Arm part not in the table (AmpereOne, implementer 0xC0): the flag rule, 2 x 4 lanes, assumed
+        (_cpu("Ampere", None, 0xAC3, ["asimd"], 2, 3000.0), 2 * 3000 * 16 / 1e3, "assumed"),
+    ],
+)
+def test_derived_peak_by_microarchitecture(fp: dict, float32: float, says: str) -> None:
+    c = next(c for c in derived_ceilings(fp) if c.dtype == "float32")
+    assert c.gflops == pytest.approx(float32) and says in c.method and c.threads == fp["affinity_cpus"]
+    assert not c.warnings and "below the measured" not in c.method  # no GEMM given: nothing to compare
+
+
+def test_zen4_bf16_peak_doubles_its_float32_width() -> None:
+    peaks = {c.dtype: c for c in derived_ceilings(ZEN4)}
+    # 2 cores x 2596 MHz x 2 x 8 lanes x 2 FLOP x 2 (bf16 pairs) = 332.288 GFLOP/s
+    assert peaks["bfloat16"].gflops == pytest.approx(332.288) and "vdpbf16ps" in peaks["bfloat16"].method
+
+
+def test_amx_is_not_counted_in_the_bf16_peak() -> None:
+    fp = _cpu("GenuineIntel", 6, 0x8F, ["fma", "avx512f", "avx512_bf16", "amx_bf16"], 1, 2000.0)
+    bf16 = next(c for c in derived_ceilings(fp) if c.dtype == "bfloat16")
+    assert bf16.gflops == pytest.approx(2000 * 128 / 1e3) and "AMX tile units not counted" in bf16.method
+
+
+def test_a_peak_below_a_measured_gemm_says_the_clock_is_higher() -> None:
+    """This VM's example: /proc/cpuinfo says 2596 MHz, the 2-thread GEMM measured 209 GFLOP/s."""
+    gemm = Ceiling("gemm", "compute", "measured", threads=2, gflops=209.0, shape=(2048, 512, 256))
+    slower = Ceiling("gemm", "compute", "measured", threads=1, gflops=102.0, shape=(1024, 1024, 1024))
+    gpu = Ceiling("gemm", "compute", "measured", device="cuda:0", gflops=5e4, shape=(8192, 8192, 8192))
+    bf16 = Ceiling("gemm", "compute", "measured", threads=2, dtype="bfloat16", gflops=300.0, shape=(1024,) * 3)
+    peaks = {c.dtype: c for c in derived_ceilings(ZEN4, iter([slower, gemm, gpu, bf16]))}
+    f32 = peaks["float32"]
+    # the figure stays at the reported clock (166.144), and says why it is under the GEMM: 209 GFLOP/s on
+    # 2 cores at 32 FLOP/cycle needs 209e3 / 64 = 3265.6 MHz at least
+    assert f32.gflops == pytest.approx(166.144)
+    assert "below the measured gemm/2048x512x256/2t/float32 (209 GFLOP/s)" in f32.method
+    assert "faster than the reported 2596 MHz" in f32.method and "at least 3266 MHz" in f32.method
+    assert f32.warnings and "assumed width" not in f32.method  # Zen 4's width is known: the clock is low
+    # bf16: 300 < 332.3, no note (the GPU's 50 TFLOP/s and the float32 GEMM are other devices / dtypes)
+    assert not peaks["bfloat16"].warnings and "below" not in peaks["bfloat16"].method
+    # one GEMM at 1 thread above the whole 2-core peak: implied per core, 400e3 / (1 x 32) = 12500 MHz
+    (one,) = [c for c in derived_ceilings({**ZEN4, "isa_flags": ["avx2", "fma"]},
+                                          [replace(slower, gflops=400.0)])]  # fmt: skip
+    assert "at least 12500 MHz" in one.method
+
+
+def test_an_assumed_width_under_a_gemm_may_be_the_width() -> None:
+    fp = _cpu("GenuineIntel", 6, 0x8F, ["fma", "avx512f"], 1, 1000.0)  # 1 x 1000 x 64 = 64 GFLOP/s, assumed
+    gemm = Ceiling("gemm", "compute", "measured", threads=1, gflops=80.0, shape=(1024,) * 3)
+    (c,) = derived_ceilings(fp, [gemm])
+    assert c.gflops == pytest.approx(64.0) and "at least 1250 MHz" in c.method
+    assert "or the assumed width is too narrow" in c.method
 
 
 def test_gpu_dram_peak_derived_from_clock_and_bus() -> None:
@@ -373,3 +454,21 @@ def test_measure_ceilings_keeps_the_best_round(monkeypatch) -> None:
     assert got[("copy", None)].gbps == 9.0 and got[("triad", None)].gbps == 8.0
     assert [got[("gather", dim)].gbps for dim in (16, 64, 128)] == [48.0, 192.0, 384.0]  # round 2's
     assert "best of 3 rounds" in got[("copy", None)].method
+
+
+def test_measure_ceilings_checks_the_derived_peak_against_its_gemms(monkeypatch) -> None:
+    """The derived peak is computed after the GEMMs are measured, so a peak below one is stored with why."""
+    monkeypatch.setattr(ceilings, "stream_ceiling",
+                        lambda kind, level, ws, t, budget: Ceiling(kind, "bandwidth", "measured", level=level,
+                                                                   threads=t, gbps=1.0))  # fmt: skip
+    monkeypatch.setattr(ceilings, "_gather_ceiling",
+                        lambda dim, tb, t, budget: Ceiling("gather", "bandwidth", "measured", level="DRAM",
+                                                           threads=t, gbps=1.0, shape=(1, dim, 32)))  # fmt: skip
+    monkeypatch.setattr(ceilings, "gemm_ceiling",
+                        lambda shape, dtype, t, budget: Ceiling("gemm", "compute", "measured", threads=t, dtype=dtype,
+                                                                shape=shape, gflops=100.0 * t))  # fmt: skip
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fp = {**ZEN4, "isa_flags": ["avx2", "fma"], "caches": {}}  # 2 x 2596 x 32 = 166.1; the 2-thread GEMM: 200
+    peak = next(c for c in ceilings.measure_ceilings(fp, quick=True, thread_counts=(1, 2)) if c.source == "derived")
+    assert peak.gflops == pytest.approx(166.144) and "below the measured gemm/" in peak.method
+    assert "at least 3125 MHz" in peak.method  # 200e3 / (2 cores x 32 FLOP/cycle)

@@ -129,6 +129,7 @@ def test_smt_xeon_peak_and_sets_count_physical_cores(machine: FakeMachine, monke
     peaks = {c.dtype: c for c in derived_ceilings(fp)}
     # 8 cores (not 16 hardware threads) x 3800 MHz x 2 units x 16 lanes x 2 FLOP
     assert peaks["float32"].gflops == pytest.approx(8 * 3800 * 64 / 1e3) and peaks["float32"].threads == 8
+    assert "two 512-bit FMA units assumed" in peaks["float32"].method  # Gold / Platinum: 2; some Silver: 1
     assert (fp["logical_cpus"], fp["physical_cores"], fp["affinity_cpus"], fp["affinity_cores"]) == (16, 8, 16, 8)
     assert fp["sockets"] == 2 and fp["numa_nodes"] == 2
     assert fp["caches"]["L3"] == {"size_bytes": 105 << 20, "source": "sysfs", "shared_cpus": 8, "instances": 2}
@@ -177,6 +178,11 @@ def test_many_ccd_epyc_keeps_an_l3_ceiling_at_every_thread_count(
     assert sets["L3"] == 2 * (32 << 20) // 2 and sets["L2"] == 16 * (1 << 20) // 2
     assert usable_threads(fp) == (16, 32)
     assert level_working_sets(fp, 2)["L3"] == (32 << 20) // 2  # two threads may share one CCD
+    peaks = {c.dtype: c for c in derived_ceilings(fp)}
+    # Zen 4 (family 25, model 17): AVX-512 on two 256-bit FMA pipes, 16 cores x 3700 MHz x 2 x 8 lanes x 2 FLOP
+    # = 1894.4 GFLOP/s, bf16 twice that (the flag rule's 16 lanes gave 3788.8 and 7577.6)
+    assert peaks["float32"].gflops == pytest.approx(1894.4) and "Zen 4" in peaks["float32"].method
+    assert peaks["bfloat16"].gflops == pytest.approx(3788.8)
 
 
 ARM_PROC = "\n".join(
@@ -209,6 +215,21 @@ def test_arm_server_is_named_from_its_midr_fields(machine: FakeMachine, monkeypa
     assert fp["sku_id"].startswith("arm-neoverse-v1-8c-")
     assert "cpu_mhz" not in fp and derived_ceilings(fp) == []  # no frequency anywhere: no derived peak, no error
     assert cache_sizes(fp) == {"L1d": 64 << 10, "L2": 1 << 20}
+
+
+def test_neoverse_v2_peak_counts_its_four_fma_pipes(machine: FakeMachine, monkeypatch: pytest.MonkeyPatch) -> None:
+    def own(c: int) -> list[int]:
+        return [c]
+
+    proc = ARM_PROC.replace("CPU part\t: 0xd40", "CPU part\t: 0xd4f")  # Graviton 4 / Grace
+    machine.build({c: (0, c) for c in range(8)}, [(1, "Data", "64K", own), (2, "Unified", "2048K", own)], proc,
+                  arch="aarch64", max_khz=2800000)  # fmt: skip
+    _no_py_cpuinfo(monkeypatch)
+    fp = fingerprint.collect()
+    assert fp["cpu_brand"] == "ARM Neoverse-V2" and fp["cpu_mhz"] == 2800.0
+    (peak,) = derived_ceilings(fp)
+    # 8 cores x 2800 MHz x 4 pipes x 4 float32 lanes x 2 FLOP = 716.8 GFLOP/s (the flag rule gave half)
+    assert peak.gflops == pytest.approx(716.8) and "Neoverse V2" in peak.method
 
 
 def test_sku_id_does_not_depend_on_py_cpuinfo(machine: FakeMachine, monkeypatch: pytest.MonkeyPatch) -> None:
