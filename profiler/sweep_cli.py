@@ -154,6 +154,7 @@ def _run_points(
     if retry:
         print(f"note: measuring again {retry} point(s) stored as failed", flush=True)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
+    contended: list[str] = []
     from tqdm import tqdm
 
     # A bar redraws one line with carriage returns: on a terminal only. Piped into a log (CI, nohup,
@@ -161,7 +162,7 @@ def _run_points(
     plain = progress and not sys.stderr.isatty()
     bar = tqdm(points, desc=spec.name, unit="pt", disable=not progress or plain, file=sys.stderr, dynamic_ncols=True)
     try:
-        _measure_points(spec, points, store, fp, ceilings, bar, done, counts, plain, point_timeout_s)
+        _measure_points(spec, points, store, fp, ceilings, bar, done, counts, plain, point_timeout_s, contended)
     except KeyboardInterrupt:
         bar.close()
         print(
@@ -174,6 +175,10 @@ def _run_points(
     print(
         f"{spec.name}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} already stored -> {store.path}"
     )
+    if contended:  # a summary of "ok" alone hid that a neighbour had slowed them (their notes scroll past)
+        print(f"note: {len(contended)} of the {counts['ok']} ok point(s) ran under contention (CPU pressure or "
+              f"steal; first: {contended[0]}); plot and report take --exclude-contended to leave them out, and "
+              "`--force` on a quieter machine measures every point again")  # fmt: skip
     return counts
 
 
@@ -188,6 +193,7 @@ def _measure_points(
     counts: dict[str, int],
     plain: bool,
     point_timeout_s: float,
+    contended: list[str],
 ) -> None:
     for i, point in enumerate(bar, 1):
         key = point.key()
@@ -206,6 +212,8 @@ def _measure_points(
         store.append({"key": key, "point": point.to_dict(), "started": started, **rec})
         done.add(key)
         counts[rec["status"]] += 1
+        if rec["status"] == "ok" and (rec.get("measurement") or {}).get("contended"):
+            contended.append(label)
         if plain:
             print(f"[{i}/{len(points)}] {label}: {rec['status']} ({time.perf_counter() - t0:.1f} s)", flush=True)
         if rec["status"] == "failed":

@@ -335,3 +335,22 @@ def test_points_of_a_changed_stack_distance_profile_are_measured_again(tmp_path,
     assert "measuring again 1 point(s) whose stack-distance profile changed since stored" in capsys.readouterr().out
     digests = [r["derived"]["profile_sha256"] for r in _records(results)]
     assert len(digests) == 2 and digests[0] != digests[1] and all(len(d) == 16 for d in digests)
+
+
+def test_a_sweep_summary_counts_the_points_measured_under_contention(tmp_path, monkeypatch, capsys):
+    import profiler.runner
+
+    spec, results = _spec(tmp_path), tmp_path / "results"
+    real, calls = profiler.runner.run_point, []
+
+    def every_other_contended(*a, **k):
+        rec = real(*a, **k)
+        calls.append(rec)
+        rec["measurement"]["contended"] = len(calls) % 2 == 1  # the first of the two points only
+        return rec
+
+    monkeypatch.setattr(profiler.runner, "run_point", every_other_contended)
+    assert run_sweep(spec, results_dir=results, progress=False, filters=["kernel=torch"])["ok"] == 2
+    out = capsys.readouterr().out
+    assert "note: 1 of the 2 ok point(s) ran under contention" in out and "--exclude-contended" in out
+    assert "(CPU pressure or steal; first: " in out
