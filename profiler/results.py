@@ -39,7 +39,6 @@ POINT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Point))
 _SHORT = {"batch_size": "B", "num_rows": "E", "embedding_dim": "D", "pooling_factor": "L", "num_tables": "T",
           "working_set": "ws", "distribution": "dist", "embedding_grad": "grad", "world_size": "W"}  # fmt: skip
 _SHAPE = ("batch_size", "num_rows", "embedding_dim", "pooling_factor", "num_tables")
-_REQUIRED = ("target", "kernel", *_SHAPE)  # every point record a sweep writes carries all of Point's fields
 _BYTES_PER_ELEMENT = 4  # float32 tables: a working set of "all" is the whole table
 
 
@@ -124,10 +123,6 @@ def load_results(path: str | Path, *, include_contended: bool = True, include_fa
         machine = _machine_for(f.parent, header, machines)
         for rec in latest_per_key(read.records):  # a point measured again: its last record
             if rec.get("kind", "point") != "point":
-                continue
-            if missing := [name for name in _REQUIRED if name not in rec["point"]]:  # {} read as the default point
-                torn += 1
-                notes.append(f"{f}: point {rec['key']}: lacks {', '.join(missing)}; skipped")
                 continue
             row = _flatten(rec, header, machine, f)
             if row["status"] != "ok" and not include_failed:

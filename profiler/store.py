@@ -38,6 +38,8 @@ __all__ = [
 #    records {"kind": "point", schema_version, key, point, status, reason, measurement, derived, ...}
 SCHEMA_VERSION = 1
 _POINT_TYPES = {f.name: int if f.type == "int" else str for f in fields(Point)}
+# every point record a sweep writes carries these: without them a record would read as the default point
+_POINT_REQUIRED = ("target", "kernel", "batch_size", "num_rows", "embedding_dim", "pooling_factor", "num_tables")
 
 
 class Busy(RuntimeError):
@@ -77,6 +79,8 @@ def _problem(rec: dict[str, Any]) -> str | None:
     point = rec.get("point")
     if not isinstance(point, dict):
         return "no 'point' object"
+    if missing := [name for name in _POINT_REQUIRED if name not in point]:  # {} read as 2048 x 1e6 x 64
+        return f"point lacks {', '.join(missing)}"
     version = rec.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         return f"schema_version {version!r}; this dlrmbench reads {SCHEMA_VERSION}"

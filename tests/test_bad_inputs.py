@@ -81,10 +81,21 @@ def test_a_point_record_without_its_shape_is_skipped_not_read_as_the_default_poi
     results = load_results(path)  # {} was read as Point(): B=2048 E=1000000 D=64 and a made-up table size
     assert [r["key"] for r in results.rows] == ["k1"] and results.torn_lines == 2
     assert results.torn_notes == (
-        f"{path}: point empty: lacks target, kernel, batch_size, num_rows, embedding_dim, pooling_factor, "
-        "num_tables; skipped",
-        f"{path}: point partial: lacks num_rows; skipped",
+        f"{path}:2: point lacks target, kernel, batch_size, num_rows, embedding_dim, pooling_factor, num_tables",
+        f"{path}:3: point lacks num_rows",
     )
+
+
+def test_a_shapeless_record_measured_again_neither_hides_the_stored_point_nor_counts_as_stored(tmp_path):
+    """A key's good record, then a record of the same key without its shape: the good one is what the readers
+    see (load_results, and the sweep's record of what is stored), the broken line is reported by number."""
+    path = tmp_path / "t.jsonl"
+    _write(path, _HEADER, _record(key="k1"), _record(key="k1", point={}), _record(key="k2", point={}))
+    results = load_results(path)
+    assert [(r["key"], r["num_rows"], r["median_s"]) for r in results.rows] == [("k1", 1000, 1e-5)]
+    assert results.torn_lines == 2
+    assert sorted(read_records(path).problems) == [3, 4]
+    assert ResultFile(path, {}).latest_status() == {"k1": "ok"}  # k2 was never stored: the sweep measures it
 
 
 def test_a_header_whose_fingerprint_is_not_an_object_is_skipped(tmp_path):

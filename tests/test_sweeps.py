@@ -12,6 +12,9 @@ import pytest
 from profiler.store import Busy, ResultFile, latest_per_key, read_records
 from profiler.sweep_spec import Point, expand, load_spec, parse_spec, resolve_bytes
 
+_P = Point().to_dict()  # a point record's fields: the store skips a record without its shape
+_PJ = json.dumps(_P)
+
 SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.toml"))
 CACHES = {"L1d": 32 << 10, "L2": 1 << 20, "L3": 32 << 20}
 
@@ -124,12 +127,12 @@ def test_point_key_is_stable_and_ignores_the_sweep_name():
 def test_store_appends_and_skips_torn_lines(tmp_path):
     path = tmp_path / "r.jsonl"
     store = ResultFile(path, {"sweep": "t"})
-    store.append({"key": "a", "point": {}, "status": "ok"})
+    store.append({"key": "a", "point": _P, "status": "ok"})
     with open(path, "a") as f:  # a crash in mid-write
         f.write('{"kind": "point", "key": "b", "sta')
     assert read_records(path).torn_lines == [3]
     assert store.latest_status() == {"a": "ok"}
-    store.append({"key": "c", "point": {}, "status": "failed", "reason": "x"})
+    store.append({"key": "c", "point": _P, "status": "failed", "reason": "x"})
     got = read_records(path)
     assert [r["key"] for r in got.records] == ["a", "c"] and got.torn_lines == [3]
     assert got.header["sweep"] == "t" and got.header["schema_version"] == 1
@@ -139,7 +142,7 @@ def test_store_appends_and_skips_torn_lines(tmp_path):
 def test_records_of_the_wrong_shape_are_skipped_like_torn_lines(tmp_path):
     path = tmp_path / "r.jsonl"
     lines = ['{"kind": "header"}', '{"kind": "point", "point": null, "key": "a"}', '{"key": ["a"], "point": {}}',
-             "[1, 2]", '{"key": "b", "point": {}, "status": "ok"}']  # fmt: skip
+             "[1, 2]", f'{{"key": "b", "point": {_PJ}, "status": "ok"}}']  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
     got = read_records(path)
     assert [r["key"] for r in got.records] == ["b"] and got.torn_lines == [2, 3, 4]
@@ -164,7 +167,7 @@ def test_a_second_holder_of_a_results_file_is_refused(tmp_path):
 def _writer(path: str, tag: str, n: int) -> None:
     store = ResultFile(path, {"sweep": "t"})
     for i in range(n):
-        store.append({"key": f"{tag}{i}", "point": {}, "status": "ok", "payload": tag * 2000})
+        store.append({"key": f"{tag}{i}", "point": _P, "status": "ok", "payload": tag * 2000})
 
 
 def test_concurrent_writers_do_not_interleave(tmp_path):
@@ -223,8 +226,8 @@ def test_small_calls_on_a_large_table_are_placed_by_the_rows_they_touch():
 
 def test_read_records_keeps_the_first_header_of_concatenated_files(tmp_path):
     path = tmp_path / "r.jsonl"
-    lines = ['{"kind": "header", "sweep": "first"}', '{"key": "a", "point": {}}',
-             '{"kind": "header", "sweep": "second"}', '{"key": "b", "point": {}}']  # fmt: skip
+    lines = ['{"kind": "header", "sweep": "first"}', f'{{"key": "a", "point": {_PJ}}}',
+             '{"kind": "header", "sweep": "second"}', f'{{"key": "b", "point": {_PJ}}}']  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
     got = read_records(path)
     assert got.header == {"kind": "header", "sweep": "first"} and [r["key"] for r in got.records] == ["a", "b"]
