@@ -250,6 +250,9 @@ def train_main(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as exc:
         raise ValueError(f"--kernel: {exc}") from None
     check_optimizers(args.optimizer, args.embedding_optimizer, cfg.embedding_grad, args.weight_decay)  # before the data
+    if args.embedding_optimizer == "none" and args.embedding_learning_rate:
+        raise ValueError(f"--embedding-learning-rate {args.embedding_learning_rate:g} with --embedding-optimizer none: "
+                         "frozen tables take no rate; drop one")  # fmt: skip
     if args.save_freq < 0 or (args.save_freq and not args.save_model):
         raise ValueError(f"--save-freq {args.save_freq}: give N >= 1 iterations, with --save-model PATH")
     if args.save_freq and (args.inference_only or args.dist_backend):

@@ -164,7 +164,7 @@ class Frozen(torch.optim.Optimizer):
     run (model.checkpoint) builds it afresh and loads nothing but its rate. No weight decay either.
     """
 
-    def __init__(self, params: Iterable[Any], lr: float):
+    def __init__(self, params: Iterable[Any], lr: float) -> None:
         super().__init__(params, {"lr": lr})
         for group in self.param_groups:
             for p in group["params"]:

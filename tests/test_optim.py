@@ -288,6 +288,9 @@ def test_embedding_optimizer_from_the_cli_and_its_refusals(capsys):
     assert "--embedding-optimizer adagrad with --embedding-grad fused" in capsys.readouterr().err
     assert main([*base, "--embedding-optimizer=sgd", "--weight-decay=0.1"]) == 2
     assert "--weight-decay is implemented for --optimizer sgd only" in capsys.readouterr().err
+    assert main([*base, "--embedding-optimizer=none", "--embedding-learning-rate=0.5"]) == 2  # was ignored
+    assert "--embedding-learning-rate 0.5 with --embedding-optimizer none" in capsys.readouterr().err
+    assert main([*base, "--embedding-optimizer=none"]) == 0
 
 
 def test_rowwise_adagrad_torch_path_for_sparse_grads_matches_the_python_loop(monkeypatch):
