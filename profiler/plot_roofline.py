@@ -165,7 +165,8 @@ def _roof_label(c: Ceiling, drawn: Iterable[Ceiling] = ()) -> str:
     if over is None:
         return label + " (derived)"
     low = "its clock or assumed width is low" if "assumed" in c.method else "the cores run faster than its clock"
-    return label + f" (derived; below measured {over.name} {over.threads}t {over.value:.0f}: {low})"
+    # two lines: on one, the legend's width squeezed the axes and clipped the x label
+    return label + f" (derived;\nbelow measured {over.name} {over.threads}t {over.value:.0f}: {low})"
 
 
 def _lighter(col: str, frac: float) -> str:

@@ -211,7 +211,7 @@ def test_a_derived_peak_under_a_measured_roof_says_why_in_its_label(tmp_path):
     rs = load_results(folder)
     fig, _ = roofline_figure(rs.rows, rs.machines)
     (label,) = [line.get_label() for line in fig.axes[0].get_lines() if "derived" in line.get_label()]
-    assert label == ("fma_peak float32 1t: 80 GFLOP/s (derived; below measured gemm 1t 100: "
+    assert label == ("fma_peak float32 1t: 80 GFLOP/s (derived;\nbelow measured gemm 1t 100: "
                      "the cores run faster than its clock)")  # fmt: skip
     # a width the fingerprint could not name may be the low one
     assumed = replace(low, method="1 cores x 2596 MHz x 2 units x 8 lanes x 2 FLOP (assumed from the ISA flags)")
@@ -220,7 +220,7 @@ def test_a_derived_peak_under_a_measured_roof_says_why_in_its_label(tmp_path):
     rs = load_results(folder)
     fig, _ = roofline_figure(rs.rows, rs.machines)
     (label,) = [line.get_label() for line in fig.axes[0].get_lines() if "derived" in line.get_label()]
-    assert label.endswith("(derived; below measured gemm 1t 100: its clock or assumed width is low)")
+    assert label.endswith("(derived;\nbelow measured gemm 1t 100: its clock or assumed width is low)")
 
 
 def test_compare_names_the_backend_of_all_to_all_points(tmp_path):
