@@ -310,22 +310,22 @@ def test_rowwise_adagrad_torch_path_for_sparse_grads_matches_the_python_loop(mon
     torch.testing.assert_close(table.detach(), _rowwise_by_hand(table0, steps, lr=0.1))
 
 
-@pytest.mark.parametrize("kernel", ["torch", "numba_w8"])
-def test_embedding_optimizer_none_keeps_the_tables_and_trains_the_rest_as_torch_adagrad(kernel, tmp_path):
-    """The tables end where they started and get no gradient; the MLPs step exactly as torch.optim.Adagrad
-    steps a copy of the model whose tables are detached."""
+def _frozen_tables_against_torch(kernel, ours, reference):
+    """Train a small DLRM with `ours(params)` (tables frozen) and a twin whose tables are detached with
+    `reference(params)` (a torch optimizer) on the same 4 batches; assert the tables ended where they started
+    and every other weight matches the twin's. Returns the model."""
     from model.config import DLRMConfig, Interaction
     from model.data import RandomData
     from model.dlrm import DLRM
-    from model.optim import make_optimizer, param_groups
+    from model.optim import param_groups
 
     cfg = DLRMConfig(4, (30, 20), (5, 8, 4), (12, 6, 1), Interaction.CAT, kernel=kernel)
     model = DLRM(cfg, torch.Generator().manual_seed(0))
     ref = DLRM(cfg, torch.Generator().manual_seed(0))
     ref.embeddings.weight.requires_grad_(False)
     tables = model.embeddings.weight.detach().clone()
-    opt = make_optimizer("adagrad", param_groups(model, 0.5), 0.01, cfg, embedding="none")
-    ref_opt = torch.optim.Adagrad([p for p in ref.parameters() if p.requires_grad], lr=0.01)
+    opt = ours(param_groups(model, 0.5), cfg)
+    ref_opt = reference([p for p in ref.parameters() if p.requires_grad])
     data = RandomData(cfg.table_rows, cfg.num_dense, 16, 64, 4, False, 1)
     for i in range(4):
         b = data.batch(i)
@@ -337,33 +337,31 @@ def test_embedding_optimizer_none_keeps_the_tables_and_trains_the_rest_as_torch_
     torch.testing.assert_close(model.embeddings.weight.detach(), tables, rtol=0, atol=0)
     for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p.detach(), q.detach(), msg=name)
+    return model
+
+
+@pytest.mark.parametrize("kernel", ["torch", "numba_w8"])
+def test_embedding_optimizer_none_keeps_the_tables_and_trains_the_rest_as_torch_adagrad(kernel):
+    from model.config import DLRMConfig
+    from model.optim import make_optimizer, param_groups
+
+    model = _frozen_tables_against_torch(
+        kernel,
+        lambda groups, cfg: make_optimizer("adagrad", groups, 0.01, cfg, embedding="none"),
+        lambda params: torch.optim.Adagrad(params, lr=0.01),
+    )
     fused = DLRMConfig(4, (30,), (5, 4), (8, 1), embedding_grad="fused")
     with pytest.raises(NotImplementedError, match="--embedding-optimizer none with --embedding-grad fused"):
         make_optimizer("sgd", param_groups(model, 0.5), 0.01, fused, embedding="none")
 
 
 def test_embedding_optimizer_none_with_weight_decay_decays_the_mlps_as_torch_sgd_and_not_the_tables():
-    from model.config import DLRMConfig, Interaction
-    from model.data import RandomData
-    from model.dlrm import DLRM
     from model.optim import make_optimizer, param_groups
 
-    cfg = DLRMConfig(4, (30, 20), (5, 8, 4), (12, 6, 1), Interaction.CAT)
-    model = DLRM(cfg, torch.Generator().manual_seed(0))
-    ref = DLRM(cfg, torch.Generator().manual_seed(0))
-    ref.embeddings.weight.requires_grad_(False)
-    tables = model.embeddings.weight.detach().clone()
-    opt = make_optimizer("sgd", param_groups(model, 0.5), 0.05, cfg, weight_decay=0.1, embedding="none")
-    ref_opt = torch.optim.SGD([p for p in ref.parameters() if p.requires_grad], lr=0.05, weight_decay=0.1)
-    data = RandomData(cfg.table_rows, cfg.num_dense, 16, 64, 4, False, 1)
-    for i in range(4):
-        b = data.batch(i)
-        for m, o in ((model, opt), (ref, ref_opt)):
-            o.zero_grad(set_to_none=True)
-            torch.nn.functional.binary_cross_entropy(m(b.dense, b.indices, b.offsets), b.labels).backward()
-            o.step()
-    torch.testing.assert_close(model.embeddings.weight.detach(), tables, rtol=0, atol=0)
-    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(p.detach(), q.detach(), msg=name)
+    model = _frozen_tables_against_torch(
+        "torch",
+        lambda groups, cfg: make_optimizer("sgd", groups, 0.05, cfg, weight_decay=0.1, embedding="none"),
+        lambda params: torch.optim.SGD(params, lr=0.05, weight_decay=0.1),
+    )
     with pytest.raises(NotImplementedError, match="--weight-decay is implemented for --optimizer sgd only"):
-        make_optimizer("adagrad", param_groups(model, 0.5), 0.05, cfg, weight_decay=0.1, embedding="none")
+        make_optimizer("adagrad", param_groups(model, 0.5), 0.05, model.config, weight_decay=0.1, embedding="none")
