@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import math
 
-import psutil
-
 from model.baseline import DEFAULT_L2_GRID
 from model.criteo import CriteoData
 from model.criteo_cache import BadLinePolicy
-from model.criteo_format import NUM_CAT, NUM_DENSE
+from model.criteo_format import NUM_DENSE
 from model.data_cli import criteo_flags, criteo_sources
 from model.quality import quality
 from model.train import write_predictions
@@ -25,10 +23,6 @@ from profiler.cli import check_output_path
 from profiler.store import write_json_atomic
 
 __all__ = ["add_commands", "baseline_command"]
-
-# full-batch L-BFGS: float64 dense + int64 rows + label per row, with the logits, gradients and
-# L-BFGS's temporaries about three times that
-_BYTES_PER_ROW = 3 * 8 * (NUM_DENSE + NUM_CAT + 1)
 
 
 def baseline_command(args: argparse.Namespace) -> int:
@@ -47,13 +41,6 @@ def baseline_command(args: argparse.Namespace) -> int:
     if sources.test is None:
         raise ValueError("the baseline needs test rows: give --test-fraction F or --test-raw-data-file PATH")
     assert sources.table_rows is not None and isinstance(sources.train, CriteoData)
-    need = sources.train.samples * _BYTES_PER_ROW
-    free = psutil.virtual_memory().available
-    if need > free:
-        raise ValueError(
-            f"the baseline fits all {sources.train.samples:,} training rows at once (about {need / 2**30:.1f} GiB); "
-            f"{free / 2**30:.1f} GiB is free. Fit it on fewer rows (a smaller file or --test-raw-data-file)"
-        )
     model, held_back = fit_baseline(sources.train, NUM_DENSE, l2_grid=grid)  # as --embedding-init lr fits it
     for l2, loss in held_back.items():
         print(f"l2 {l2:g}: log loss {loss:.5f} on the last fifth of the training rows")

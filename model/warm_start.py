@@ -23,16 +23,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 
+import psutil
 import torch
 from torch import nn
 
 from model.baseline import DEFAULT_L2_GRID, LogisticModel, fit_logistic_cv
 from model.config import DLRMConfig, Interaction
 from model.criteo import CriteoData
+from model.criteo_format import NUM_CAT, NUM_DENSE
 from model.dlrm import DLRM
 
 __all__ = ["BASELINE_BATCH", "baseline_batches", "check_warm_start", "fit_baseline", "logistic_warm_start"]
 
+# full-batch L-BFGS: float64 dense + int64 rows + label per row, with the logits, gradients and
+# L-BFGS's temporaries about three times that
+_BYTES_PER_ROW = 3 * 8 * (NUM_DENSE + NUM_CAT + 1)
 BASELINE_BATCH = 512  # training rows per batch of `dlrmbench baseline`; its L2 is picked on the last fifth of them
 
 
@@ -45,7 +50,17 @@ def baseline_batches(train: CriteoData) -> CriteoData:
 def fit_baseline(
     train: CriteoData, num_dense: int, l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
 ) -> tuple[LogisticModel, dict[float, float]]:
-    """The baseline `dlrmbench baseline` fits on these training rows: (model, {l2: held-back log loss})."""
+    """The baseline `dlrmbench baseline` fits on these training rows: (model, {l2: held-back log loss}).
+
+    Refused (ValueError) where the full-batch fit would not fit in the memory available now.
+    """
+    need = train.samples * _BYTES_PER_ROW
+    free = psutil.virtual_memory().available
+    if need > free:
+        raise ValueError(
+            f"the baseline fits all {train.samples:,} training rows at once (about {need / 2**30:.1f} GiB); "
+            f"{free / 2**30:.1f} GiB is free. Fit it on fewer rows (a smaller file or --test-raw-data-file)"
+        )
     return fit_logistic_cv(list(baseline_batches(train)), train.table_rows, num_dense, l2_grid=l2_grid)
 
 

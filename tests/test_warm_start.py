@@ -333,3 +333,15 @@ def test_refusals_come_before_the_lr_is_fitted(tmp_path, monkeypatch, capsys):
     assert main([*argv, "--embedding-grad=fused"]) == 2
     err = capsys.readouterr().err
     assert "--embedding-optimizer none with --embedding-grad fused" in err and err.count("\n") == 1
+
+
+def test_embedding_init_lr_refuses_a_fit_past_the_memory_available(tmp_path, capsys, monkeypatch):
+    import model.warm_start
+
+    raw = _raw(tmp_path)
+    monkeypatch.setattr(model.warm_start.psutil, "virtual_memory", lambda: type("M", (), {"available": 100_000})())
+    argv = ["train", "--data-generation=dataset", f"--raw-data-file={raw}", "--test-fraction=0.25",
+            f"--processed-data-file={tmp_path / 'c'}", "--arch-sparse-feature-size=4", "--arch-mlp-bot=13-8-4",
+            "--arch-mlp-top=8-1", "--arch-interaction-op=cat", "--embedding-init=lr", "--threads=1"]  # fmt: skip
+    assert main(argv) == 2  # the tables fit in 100 KB, the full-batch fit of 180 rows (~170 KB) does not
+    assert "fits all 180 training rows at once" in capsys.readouterr().err
