@@ -90,11 +90,16 @@ class Ceiling:
         return self
 
     @property
+    def row_dim(self) -> int | None:
+        """A gather's row width D (its shape is (rows, D)); None for every other ceiling."""
+        return self.shape[1] if self.name == "gather" and len(self.shape) > 1 else None
+
+    @property
     def key(self) -> str:
         """A stable label: 'triad/DRAM/2t/float32', 'gather/DRAM/D64/1t/float32', 'gemm/2048x2048x2048/2t/bfloat16'."""
         where = self.level or "x".join(map(str, self.shape)) or "peak"
-        if self.name == "gather" and len(self.shape) > 1:
-            where += f"/D{self.shape[1]}"
+        if self.row_dim is not None:
+            where += f"/D{self.row_dim}"
         return f"{self.name}/{where}/{self.threads}t/{self.dtype}" + ("" if self.device == "cpu" else f"/{self.device}")
 
     @property

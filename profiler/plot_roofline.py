@@ -157,7 +157,7 @@ def _roof_label(c: Ceiling, drawn: Iterable[Ceiling] = ()) -> str:
     drawn beside it (`drawn`): the clock it was computed at (on a VM the nominal one) or its width is low."""
     where = c.level or c.dtype
     unit = f"{c.value:.0f} GB/s" if c.kind == "bandwidth" else f"{c.value:.0f} GFLOP/s"
-    extra = f" D{c.shape[1]}" if c.name == "gather" and len(c.shape) > 1 else ""
+    extra = f" D{c.row_dim}" if c.row_dim is not None else ""
     label = f"{c.name}{extra} {where} {c.threads}t: {unit}"
     if c.source != "derived":
         return label

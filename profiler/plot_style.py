@@ -187,8 +187,7 @@ def group_equal(keys: dict[_K, Any]) -> list[list[_K]]:
 def roof_key(c: Any) -> tuple:
     """What makes two machines' roofs one line: the same kind of roof (a gather's D too, which its label
     names) at the value its label shows (3 significant figures)."""
-    dim = c.shape[1] if c.name == "gather" and len(c.shape) > 1 else None
-    return (c.kind, c.name, c.level, c.dtype, c.threads, c.source, dim, float(f"{c.value:.3g}"))
+    return (c.kind, c.name, c.level, c.dtype, c.threads, c.source, c.row_dim, float(f"{c.value:.3g}"))
 
 
 def _extent(text: Any) -> Any:

@@ -79,7 +79,7 @@ def _draw_ceilings(ax: Any, shown: dict[str, list[Any]], skus: list[str], tags: 
         else:
             col = ceiling_color(i)
         prefix = ", ".join(tags[sku] for sku in who) + ": " if multi else ""
-        dim = f" D{c.shape[1]}" if c.name == "gather" and len(c.shape) > 1 else ""  # roof_key tells gathers by D
+        dim = f" D{c.row_dim}" if c.row_dim is not None else ""  # roof_key tells gathers by D
         text = f"{prefix}{c.name}{dim} {c.level} {c.threads}t {c.value:.0f} GB/s"
         ax.axhline(c.value, color=col, ls="--" if c.source == "derived" else "-", lw=0.9, alpha=0.6, gid=text)
         labels.append(ax.annotate(text, (1.0, c.value), xycoords=("axes fraction", "data"), xytext=(-3, 2),

@@ -55,7 +55,7 @@ def pick_ceiling(
     pool = [c for c in pool if c.threads == best_threads]
     if compute:
         return max(pool, key=lambda c: c.value)
-    return min(pool, key=lambda c: abs((c.shape[1] if len(c.shape) > 1 else dim) - dim))
+    return min(pool, key=lambda c: abs((c.row_dim if c.row_dim is not None else dim) - dim))
 
 
 _MAX_ALARM_S = 1e8  # about 3 years; setitimer overflows its time_t past ~9.2e9 s
