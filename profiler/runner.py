@@ -33,9 +33,6 @@ class PointTimeout(Exception):
     pass
 
 
-_level_of = level_of  # the placement rule lives in sweep_spec, where the plots read it too
-
-
 def pick_ceiling(
     ceilings: list[Ceiling], *, level: str, dim: int, threads: int, compute: bool = False
 ) -> Ceiling | None:
@@ -140,7 +137,7 @@ def run_point(
                 "placed by what they touch"
             )
             footprint = touched
-        level = _level_of(footprint, caches)
+        level = level_of(footprint, caches)
         ceiling = pick_ceiling(ceilings, level=level, dim=point.embedding_dim, threads=threads, compute=compute_bound)
     r = rates(
         cost,

@@ -256,11 +256,11 @@ def test_pick_ceiling_takes_the_nearest_thread_count_and_row_width():
 
 
 def test_a_working_set_the_size_of_a_cache_is_placed_in_it():
-    from profiler.runner import _level_of
+    from profiler.sweep_spec import level_of
 
     caches = {"L1d": 32 << 10, "L2": 1 << 20, "L3": 32 << 20}
-    assert [_level_of(n, caches) for n in (32 << 10, (32 << 10) + 1, 1 << 20)] == ["L1d", "L2", "L2"]
-    assert [_level_of(n, caches) for n in (32 << 20, (32 << 20) + 1, None)] == ["L3", "DRAM", "DRAM"]
+    assert [level_of(n, caches) for n in (32 << 10, (32 << 10) + 1, 1 << 20)] == ["L1d", "L2", "L2"]
+    assert [level_of(n, caches) for n in (32 << 20, (32 << 20) + 1, None)] == ["L3", "DRAM", "DRAM"]
 
 
 def test_a_dlrm_point_is_judged_by_its_share_of_the_gemm_roof():
